@@ -1,0 +1,241 @@
+"""Configs as frozen dataclasses, loaded from YAML and validated once, with errors that name the field.
+
+Every config class is a frozen dataclass whose fields carry a one-line help text:
+
+    @dataclasses.dataclass(frozen=True)
+    class SacConfig:
+        lr: float = doc(3e-4, "Adam learning rate of actor and critic.")
+
+`load_config(SacConfig, "configs/x.yaml", overrides=["lr=1e-4"])` reads the file, applies `a.b.c=value`
+overrides (values parsed as YAML), builds the nested dataclasses, and raises `ConfigError` naming the
+dotted field path and what to do for unknown keys, wrong types, or values a `validate()` method rejects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, misspelled, of the wrong type, or out of range."""
+
+
+def doc(default: Any, help_text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a one-line help text (shown by `--help` and in errors)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or a default_factory for mutable defaults")
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda: default, metadata={"help": help_text}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help_text}, **kwargs)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of a config field ('' when it has none)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    return ""
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp` and convert where lossless (int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin in (tuple, typing.Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        key_tp, val_tp = get_args(tp)
+        return {_coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, path)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = path or cls.__name__
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: required field is missing ({f.metadata.get('help', 'no help')})")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{path}.{e}" if path else str(e)) from None
+    return obj
+
+
+def from_dict(cls: type[T], data: dict | None) -> T:
+    """Build and validate a config dataclass from a plain mapping."""
+    return _build(cls, data or {}, "")
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {k} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=3' -> ('a.b', 3); the value is parsed as YAML so lists and booleans work."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected the form section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load `cls` from a YAML file (or defaults), apply `a.b=value` overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(data, key, value)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-safe mapping (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """A stable short hash of a config (used by the gRPC handshake)."""
+    text = json.dumps(to_dict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field, `section.field (type, default): help` — the text behind `--help`."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else "required"
+        lines.append(f"{name} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+    return lines
