@@ -1,0 +1,71 @@
+"""Observation encoders: the state vector as is, plus a small conv net per camera (features concatenated).
+
+Observations follow q2rl.interfaces: {"state": f32[..., D], "images": {name: u8[..., H, W, 3]}}; any number
+of leading batch dimensions. A policy with `camera_names=()` reads only the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvEncoder(nn.Module):
+    """uint8 HxWx3 image -> feature vector: strided 3x3 convs, then Dense + LayerNorm + tanh (DrQ style)."""
+
+    channels: Sequence[int] = (32, 32, 32, 32)
+    strides: Sequence[int] = (2, 2, 2, 1)
+    feature_dim: int = 64
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = image.astype(jnp.float32) / 255.0 - 0.5
+        for width, stride in zip(self.channels, self.strides):
+            x = nn.relu(nn.Conv(width, (3, 3), strides=(stride, stride), padding="VALID")(x))
+        x = x.reshape(*x.shape[:-3], -1)
+        x = nn.Dense(self.feature_dim)(x)
+        return jnp.tanh(nn.LayerNorm()(x))
+
+
+class ObsEncoder(nn.Module):
+    """Concatenates the state with one ConvEncoder feature vector per camera in `camera_names`."""
+
+    camera_names: Sequence[str] = ()
+    channels: Sequence[int] = (32, 32, 32, 32)
+    strides: Sequence[int] = (2, 2, 2, 1)
+    feature_dim: int = 64
+
+    @nn.compact
+    def __call__(self, obs: Mapping[str, Any]) -> jax.Array:
+        parts = [obs["state"].astype(jnp.float32)]
+        for name in self.camera_names:
+            encoder = ConvEncoder(self.channels, self.strides, self.feature_dim, name=f"conv_{name}")
+            parts.append(encoder(obs["images"][name]))
+        return jnp.concatenate(parts, axis=-1)
+
+
+def random_shift(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """DrQ augmentation: pad [B, H, W, C] images by edge replication, crop back at a random offset per image."""
+    if pad <= 0:
+        return images
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * pad + 1)
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def augment_observation(key: jax.Array, obs: Mapping[str, Any], pad: int = 4) -> dict[str, Any]:
+    """Random-shift every camera image of a batched observation (independent offsets per camera)."""
+    images = obs.get("images") or {}
+    if not images or pad <= 0:
+        return dict(obs)
+    keys = jax.random.split(key, len(images))
+    shifted = {name: random_shift(k, images[name], pad) for k, name in zip(keys, sorted(images))}
+    return {**obs, "images": shifted}
