@@ -1,0 +1,210 @@
+"""Checkpoints without pickle: a JSON header (metadata, format version, checksum) + a msgpack pytree.
+
+File layout:  b"Q2RLCKPT" | uint32 LE header length | header JSON | payload (flax.serialization msgpack).
+The header records the payload size and SHA-256, so a truncated or corrupted file is detected on load.
+Writes go to a temporary file that is fsynced and then renamed over the target: a crash mid-save leaves
+the previous checkpoint intact.
+
+    save_checkpoint("runs/x/policy.ckpt", {"params": params}, metadata={"step": 10})
+    ckpt = load_checkpoint("runs/x/policy.ckpt")        # ckpt.state (nested dicts of numpy), ckpt.metadata
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct as binary
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import serialization
+
+from q2rl.config import ConfigError, from_dict, to_dict
+from q2rl.core.normalization import ObsNormalizer
+from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
+
+MAGIC = b"Q2RLCKPT"
+FORMAT_VERSION = 1
+BC_POLICY_KIND = "bc_policy"
+BC_POLICY_FILENAME = "policy.ckpt"
+_LEN = binary.Struct("<I")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupted, or of another format version or kind."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What `load_checkpoint` returns: the restored state (nested dicts of numpy arrays) and the metadata."""
+
+    state: Any
+    metadata: dict
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform/filesystem; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def encode_checkpoint(tree: Any, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """The bytes of a checkpoint holding `tree` (any flax-serialisable pytree) and JSON-able `metadata`."""
+    payload = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(tree)))
+    header = {
+        "format_version": FORMAT_VERSION,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "metadata": dict(metadata or {}),
+    }
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    return MAGIC + _LEN.pack(len(header_bytes)) + header_bytes + payload
+
+
+def save_checkpoint(path: str | Path, tree: Any, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Atomically write `tree` + `metadata` to `path`; returns the path."""
+    atomic_write_bytes(path, encode_checkpoint(tree, metadata))
+    return Path(path)
+
+
+def _read_header(path: Path, data: bytes) -> tuple[dict, int]:
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"{path}: not a q2rl checkpoint (bad magic bytes); is it the right file?")
+    start = len(MAGIC) + _LEN.size
+    if len(data) < start:
+        raise CheckpointError(f"{path}: truncated checkpoint ({len(data)} bytes, header missing)")
+    (header_len,) = _LEN.unpack_from(data, len(MAGIC))
+    if len(data) < start + header_len:
+        raise CheckpointError(f"{path}: truncated checkpoint ({len(data)} bytes, header cut short)")
+    try:
+        header = json.loads(data[start:start + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, this q2rl reads version {FORMAT_VERSION}; "
+            "re-create it with this version of q2rl"
+        )
+    return header, start + header_len
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Only the metadata of a checkpoint (validates the header, not the payload)."""
+    path = Path(path)
+    with _open(path) as f:
+        head = f.read(len(MAGIC) + _LEN.size)
+        if len(head) == len(MAGIC) + _LEN.size and head.startswith(MAGIC):
+            head += f.read(_LEN.unpack_from(head, len(MAGIC))[0])
+    return _read_header(path, head)[0]["metadata"]
+
+
+def _open(path: Path):
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
+
+
+def load_checkpoint(path: str | Path, target: Any = None) -> Checkpoint:
+    """Read and verify a checkpoint; with `target`, the state is restored into that pytree's structure."""
+    path = Path(path)
+    with _open(path) as f:
+        data = f.read()
+    header, offset = _read_header(path, data)
+    payload = data[offset:]
+    if len(payload) != header["payload_bytes"]:
+        raise CheckpointError(
+            f"{path}: truncated or padded checkpoint (payload {len(payload)} bytes, expected "
+            f"{header['payload_bytes']}); the save was probably interrupted — use an earlier checkpoint"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise CheckpointError(f"{path}: corrupted checkpoint (payload checksum mismatch)")
+    try:
+        state = serialization.msgpack_restore(payload)
+        if target is not None:
+            state = serialization.from_state_dict(target, state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: checkpoint does not match the expected structure ({e})") from None
+    return Checkpoint(state=state, metadata=header["metadata"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BC policies
+
+
+def bc_policy_file(path: str | Path) -> Path:
+    """A BC run directory or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    return path / BC_POLICY_FILENAME if path.is_dir() else path
+
+
+def save_bc_policy(path: str | Path, policy: BCPolicy, policy_cfg: PolicyConfig, state_dim: int,
+                   action_dim: int, image_shapes: Mapping[str, Sequence[int]] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a BC policy with everything needed to rebuild it (`load_bc_policy`); `extra` is free metadata."""
+    metadata = {
+        "kind": BC_POLICY_KIND,
+        "policy": to_dict(policy_cfg),
+        "camera_names": list(policy.camera_names),
+        "state_dim": int(state_dim),
+        "action_dim": int(action_dim),
+        "image_shapes": {k: list(v) for k, v in (image_shapes or {}).items()},
+        **dict(extra or {}),
+    }
+    tree = {"params": policy.params, "normalizer": policy.normalizer}
+    return save_checkpoint(bc_policy_file(path), tree, metadata)
+
+
+def load_bc_policy(path: str | Path) -> BCPolicy:
+    """Rebuild a `BCPolicy` from a checkpoint file or a BC run directory (`runs/bc/NAME`)."""
+    return load_bc_policy_with_metadata(path)[0]
+
+
+def load_bc_policy_with_metadata(path: str | Path) -> tuple[BCPolicy, dict]:
+    """`load_bc_policy` plus the checkpoint's metadata (policy config, shapes, training info)."""
+    path = bc_policy_file(path)
+    ckpt = load_checkpoint(path)
+    meta = ckpt.metadata
+    if meta.get("kind") != BC_POLICY_KIND:
+        raise CheckpointError(f"{path}: holds a {meta.get('kind')!r} checkpoint, not a BC policy")
+    try:
+        cfg = from_dict(PolicyConfig, meta["policy"])
+        net = make_policy_net(cfg, meta["action_dim"], tuple(meta["camera_names"]))
+        normalizer = ObsNormalizer(
+            state_mean=np.asarray(ckpt.state["normalizer"]["state_mean"], np.float32),
+            state_std=np.asarray(ckpt.state["normalizer"]["state_std"], np.float32),
+        )
+        params = ckpt.state["params"]
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{path}: BC policy checkpoint is missing or has a bad entry ({e})") from None
+    return BCPolicy(module=net, params=params, normalizer=normalizer), meta
