@@ -1,0 +1,155 @@
+"""Live status the learner and actors publish as small JSON files, and the one-line view the session shows.
+
+The learner rewrites `status.json` about once a second and every actor `actors/<id>.json`; the session (or
+anyone with a shell on the box: `watch cat runs/<run>/status.json`) reads them. JSON, not pickle: it is for
+humans and the session, never for restoring state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from q2rl.learner.run_dir import STATUS_FILE, read_json, write_json
+
+
+@dataclasses.dataclass
+class EvalPoint:
+    """Eval success over a window of evaluation episodes, at the learner's env-step count."""
+
+    env_steps: int
+    success_rate: float
+    episodes: int
+
+
+@dataclasses.dataclass
+class LearnerStatus:
+    """What the learner reports about itself (status.json)."""
+
+    phase: str = "starting"  # starting | rollout | q_estimation | online | stopping | done
+    env_steps: int = 0  # training transitions stored (eval episodes excluded)
+    episodes: int = 0  # finished training episodes
+    cut_episodes: int = 0  # episodes ended by an actor crash/quit rather than success/time limit
+    eval_episodes: int = 0
+    train_success_rate: float = 0.0  # over the last `window` training episodes
+    eval_success_rate: float | None = None  # over the last eval window
+    bc_share: float = 1.0  # fraction of executed actions that came from pi_BC, recent steps
+    updates: int = 0  # jitted update calls (each = UTD critic steps + 1 actor step)
+    updates_per_s: float = 0.0
+    utd_measured: float = 0.0  # critic steps per stored env step in the online phase
+    param_version: int = 0
+    actors_connected: int = 0
+    duplicates_dropped: int = 0
+    budget_env_steps: int = 0  # env steps the learner currently allows (sim pacing)
+    eval_curve: list[EvalPoint] = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+    updated_at: float = 0.0
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "LearnerStatus":
+        known = {f.name for f in dataclasses.fields(LearnerStatus)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["eval_curve"] = [EvalPoint(**p) for p in data.get("eval_curve", [])]
+        return LearnerStatus(**data)
+
+
+@dataclasses.dataclass
+class ActorStatus:
+    """What an actor reports about itself (actors/<id>.json)."""
+
+    actor_id: str = ""
+    episode: int = 0
+    step: int = 0
+    env_steps: int = 0
+    param_version: int = 0
+    link: str = "connecting"  # connected | reconnecting | down
+    spooled: int = 0  # transitions not yet acknowledged by the learner
+    waiting_for_learner_s: float = 0.0  # time spent paced (sim) — the learner is the bottleneck
+    steps_per_s: float = 0.0
+    max_loop_gap_ms: float = 0.0
+    updated_at: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "ActorStatus":
+        known = {f.name for f in dataclasses.fields(ActorStatus)}
+        return ActorStatus(**{k: v for k, v in data.items() if k in known})
+
+
+def write_learner_status(run_dir: Path, status: LearnerStatus) -> None:
+    status.updated_at = time.time()
+    write_json(run_dir / STATUS_FILE, status.to_json())
+
+
+def read_learner_status(run_dir: Path) -> LearnerStatus | None:
+    data = read_json(run_dir / STATUS_FILE)
+    return None if data is None else LearnerStatus.from_json(data)
+
+
+def actor_status_path(run_dir: Path, actor_id: str) -> Path:
+    return run_dir / "actors" / f"{actor_id}.json"
+
+
+def write_actor_status(run_dir: Path, status: ActorStatus) -> None:
+    status.updated_at = time.time()
+    write_json(actor_status_path(run_dir, status.actor_id), status.to_json())
+
+
+def read_actor_statuses(run_dir: Path) -> list[ActorStatus]:
+    out = []
+    for path in sorted((run_dir / "actors").glob("*.json")):
+        data = read_json(path)
+        if data is not None:
+            out.append(ActorStatus.from_json(data))
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "  -" if x is None else f"{100 * x:3.0f}%"
+
+
+def _k(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
+
+
+def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_steps: int, now: float) -> str:
+    """One line: phase, episodes, steps, success rates, BC/RL share, updates/s, and each actor's link health."""
+    links = []
+    for a in actors:
+        stale = now - a.updated_at > 5.0
+        state = "stale" if stale else a.link
+        spool = f"/{a.spooled}" if a.spooled else ""
+        links.append(f"{a.actor_id}:{state}{spool}")
+    parts = [
+        f"{status.phase:<12}",
+        f"ep {status.episodes:4d}",
+        f"steps {_k(status.env_steps)}/{_k(target_steps)}",
+        f"train {_pct(status.train_success_rate)}",
+        f"eval {_pct(status.eval_success_rate)}",
+        f"BC/RL {_pct(status.bc_share)}/{_pct(1 - status.bc_share)}",
+        f"upd/s {status.updates_per_s:5.0f}",
+        f"v{status.param_version}",
+        "link " + (" ".join(links) if links else "-"),
+    ]
+    return " | ".join(parts)
+
+
+def format_curve(curve: list[EvalPoint], width: int = 40) -> str:
+    """The eval success curve as text rows: env steps, success, a bar."""
+    rows = [f"{'env steps':>10}  {'eval success':>12}  (episodes)"]
+    for p in curve:
+        bar = "#" * int(round(p.success_rate * width))
+        rows.append(f"{p.env_steps:>10d}  {100 * p.success_rate:11.0f}%  ({p.episodes:3d})  {bar}")
+    return "\n".join(rows)
+
+
+def status_age(data: dict[str, Any] | None, now: float) -> float:
+    return float("inf") if not data else now - float(data.get("updated_at", 0.0))

@@ -1,0 +1,111 @@
+"""A run's directory on disk: where the learner keeps its config, checkpoints, episodes and status.
+
+    runs/<name>/
+        config.yaml          the resolved run config (its hash is the handshake's config hash)
+        checkpoint/          learner state (msgpack, written atomically) + meta.json
+        episodes/            append-only episode files (learner.episode_store)
+        status.json          the learner's live status (rewritten atomically about once a second)
+        actors/<id>.json     each actor's live status (link health, spool)
+        episodes.jsonl       one line per finished episode report
+        learner.addr         host:port the learner actually bound (written once it serves)
+
+Every write that replaces a file goes through `atomic_write`: a crash mid-write leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+STATUS_FILE = "status.json"
+ADDRESS_FILE = "learner.addr"
+EPISODE_LOG = "episodes.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists already, missing, or not a run)."""
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Replace `path` with `data` so that readers see either the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The JSON content of `path`, or None when it does not exist (yet)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def append_jsonl(path: str | Path, obj: Any) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """All complete lines of a JSON-lines file (a torn last line from a crash is skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def default_run_name(task: str, now: datetime.datetime | None = None) -> str:
+    now = now or datetime.datetime.now()
+    return f"{task}-{now:%Y%m%d-%H%M%S}"
+
+
+def create_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh run directory; an existing one is refused (use --resume to continue it)."""
+    path = Path(root) / name
+    if path.exists() and any(path.iterdir()):
+        raise RunDirError(
+            f"run directory {path} already exists; continue it with --resume {path}, "
+            "or choose another learner.run_name"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def open_run_dir(path: str | Path) -> Path:
+    """An existing run directory for --resume; must hold the config the run was started with."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise RunDirError(f"{path} is not a q2rl run directory (no {CONFIG_FILE}); nothing to resume")
+    return path

@@ -1,0 +1,325 @@
+"""`q2rl session`: a whole training session — the learner and N actors as separate processes on loopback.
+
+    q2rl session --config configs/sim/pick_cube.yaml [--actors N] [--env-steps N] [--resume RUN] [a.b=c ...]
+
+1. Prepare the BC policy if the config names none (sim: scripted demos + BC training, cached under runs/).
+2. Start `q2rl learner`, wait until it serves (it writes runs/<run>/learner.addr), start the actors.
+3. Show live progress from the status files until the env-step budget, the wall-time limit or the success
+   target is reached, or Ctrl-C.
+4. Shut down in order — actors first (their spools drain into the learner), then the learner (final
+   checkpoint) — run a final evaluation of the last checkpoint, and print the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from q2rl.config import ConfigError, describe, load_config, to_dict
+from q2rl.learner.progress import (
+    EvalPoint,
+    LearnerStatus,
+    format_curve,
+    format_status_line,
+    read_actor_statuses,
+    read_learner_status,
+)
+from q2rl.learner.run_dir import (
+    ADDRESS_FILE,
+    SUMMARY_FILE,
+    default_run_name,
+    open_run_dir,
+    read_json,
+    write_json,
+)
+
+FINAL_EVAL_FILE = "final_eval.json"
+
+
+def q2rl_command(*args: str) -> list[str]:
+    """The argv that runs a `q2rl` sub-command with this interpreter (works without the console script)."""
+    return [sys.executable, "-m", "q2rl.cli", *args]
+
+
+def _die_with_parent() -> None:
+    """Child processes get SIGTERM when the session dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def spawn(argv: list[str], log_path: Path | None = None) -> subprocess.Popen:
+    """Start a child in its own process group, so Ctrl-C reaches only the session, which orders the shutdown."""
+    out = open(log_path, "ab") if log_path is not None else None
+    return subprocess.Popen(
+        argv,
+        stdout=out or None,
+        stderr=subprocess.STDOUT if out else None,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float, name: str) -> int | None:
+    """SIGINT (clean shutdown), then SIGKILL after `timeout_s`. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"session: {name} did not stop within {timeout_s:.0f} s; killing it", file=sys.stderr)
+        proc.kill()
+        return proc.wait()
+
+
+def wait_for_address(run_dir: Path, learner: subprocess.Popen, timeout_s: float) -> str:
+    """host:port the learner bound, once it serves; a learner that dies first is an error."""
+    deadline = time.monotonic() + timeout_s
+    path = run_dir / ADDRESS_FILE
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        if learner.poll() is not None:
+            raise RuntimeError(f"the learner exited with code {learner.returncode} before serving; see {run_dir}/learner.log")
+        time.sleep(0.1)
+    raise RuntimeError(f"the learner did not start serving within {timeout_s:.0f} s; see {run_dir}/learner.log")
+
+
+class Display:
+    """The live status line: rewritten in place on a terminal, one line every few seconds otherwise."""
+
+    def __init__(self, stream=sys.stdout, plain_every_s: float = 10.0):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.plain_every_s = plain_every_s
+        self._last_plain = 0.0
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
+            self.stream.write("\r" + line[:width] + "\x1b[K")
+            self.stream.flush()
+        elif time.monotonic() - self._last_plain >= self.plain_every_s:
+            self._last_plain = time.monotonic()
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@dataclasses.dataclass
+class SessionResult:
+    run_dir: str
+    reason: str
+    wall_s: float
+    env_steps: int
+    episodes: int
+    cut_episodes: int
+    updates: int
+    eval_curve: list[EvalPoint]
+    final_eval_success: float | None
+    final_eval_episodes: int
+
+
+def prepare_bc(cfg, root: Path) -> str:
+    """The BC checkpoint the run uses: the configured one, or one trained from scripted demos (sim), cached."""
+    from q2rl.learner.bc_source import ensure_bc_policy
+
+    return ensure_bc_policy(cfg, root)
+
+
+def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:
+    """Why the session should end now, or None to keep going."""
+    if status is not None:
+        if status.phase == "done" or status.env_steps >= cfg.session.env_steps:
+            return f"reached {cfg.session.env_steps} env steps"
+        target = cfg.session.stop_at_eval_success
+        if target > 0 and status.eval_success_rate is not None and status.eval_success_rate >= target:
+            return f"eval success {status.eval_success_rate:.0%} >= target {target:.0%}"
+    if cfg.session.max_minutes > 0 and now - started >= 60 * cfg.session.max_minutes:
+        return f"wall-time limit of {cfg.session.max_minutes:g} min"
+    return None
+
+
+def run_session(cfg, overrides: list[str], config_path: str, resume: str | None) -> SessionResult:
+    """Start, watch and stop one session; returns what happened."""
+    started = time.monotonic()
+    root = Path(cfg.learner.run_root)
+    overrides = list(overrides)
+    if resume:
+        run_dir = open_run_dir(resume)
+        learner_argv = q2rl_command("learner", "--resume", str(run_dir), *overrides)
+    else:
+        if not cfg.bc.checkpoint:
+            overrides.append(f"bc.checkpoint={prepare_bc(cfg, root)}")
+        name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
+        overrides.append(f"learner.run_name={name}")
+        run_dir = root / name
+        learner_argv = q2rl_command("learner", "--config", config_path, *overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"session: run directory {run_dir}")
+    learner = spawn(learner_argv, run_dir / "learner.log")
+    actors: dict[str, subprocess.Popen] = {}
+    restarts: dict[str, int] = {}
+    display = Display()
+    reason = "interrupted (Ctrl-C)"
+    try:
+        address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
+        print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)")
+        for i in range(cfg.session.actors):
+            actors[f"actor-{i}"] = _start_actor(run_dir, address, i)
+        while True:
+            now = time.monotonic()
+            status = read_learner_status(run_dir)
+            if learner.poll() is not None:
+                reason = f"the learner exited with code {learner.returncode} (see {run_dir}/learner.log)"
+                break
+            for actor_id, proc in list(actors.items()):
+                if proc.poll() is not None:
+                    restarts[actor_id] = restarts.get(actor_id, 0) + 1
+                    if restarts[actor_id] > cfg.session.actor_restarts:
+                        raise RuntimeError(f"{actor_id} keeps failing (code {proc.returncode}); see {run_dir}/{actor_id}.log")
+                    display.finish()
+                    print(f"session: {actor_id} exited with code {proc.returncode}; restarting it", file=sys.stderr)
+                    actors[actor_id] = _start_actor(run_dir, address, int(actor_id.split("-")[-1]))
+            if status is not None:
+                display.show(format_status_line(status, read_actor_statuses(run_dir), cfg.session.env_steps, time.time()))
+            why = stop_reason(status, cfg, started, now)
+            if why:
+                reason = why
+                break
+            time.sleep(cfg.session.refresh_s)
+    except KeyboardInterrupt:
+        reason = "interrupted (Ctrl-C)"
+    finally:
+        display.finish()
+        print(f"session: stopping ({reason}) — actors first, then the learner (final checkpoint)")
+        _shutdown(actors, learner, cfg.session.shutdown_timeout_s)
+    final = _final_eval(run_dir, cfg) if cfg.session.final_eval_episodes > 0 else None
+    status = read_learner_status(run_dir) or LearnerStatus()
+    return SessionResult(
+        run_dir=str(run_dir),
+        reason=reason,
+        wall_s=time.monotonic() - started,
+        env_steps=status.env_steps,
+        episodes=status.episodes,
+        cut_episodes=status.cut_episodes,
+        updates=status.updates,
+        eval_curve=status.eval_curve,
+        final_eval_success=None if final is None else final.get("success_rate"),
+        final_eval_episodes=0 if final is None else int(final.get("episodes", 0)),
+    )
+
+
+def _start_actor(run_dir: Path, address: str, index: int) -> subprocess.Popen:
+    argv = q2rl_command(
+        "actor",
+        "--config", str(run_dir / "config.yaml"),
+        "--learner", address,
+        f"actor.actor_id=actor-{index}",
+        f"actor.seed={1000 * (index + 1)}",
+        f"actor.status_dir={run_dir}",
+        f"actor.spool_dir={run_dir / 'spool' / f'actor-{index}'}",
+        "actor.console=off",
+    )
+    return spawn(argv, run_dir / f"actor-{index}.log")
+
+
+def _shutdown(actors: dict[str, subprocess.Popen], learner: subprocess.Popen, timeout_s: float) -> None:
+    for proc in actors.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+    for actor_id, proc in actors.items():
+        stop_process(proc, timeout_s, actor_id)
+    stop_process(learner, timeout_s, "learner")
+
+
+def _final_eval(run_dir: Path, cfg) -> dict | None:
+    """Evaluate the final checkpoint in a fresh actor process (no learner), `session.final_eval_episodes` episodes."""
+    n = cfg.session.final_eval_episodes
+    print(f"session: final evaluation of the last checkpoint over {n} episodes")
+    argv = q2rl_command("actor", "--config", str(run_dir / "config.yaml"), "--evaluate", str(run_dir), "--episodes", str(n))
+    with open(run_dir / "final_eval.log", "ab") as log:
+        code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if code != 0:
+        print(f"session: final evaluation failed (code {code}); see {run_dir}/final_eval.log", file=sys.stderr)
+        return None
+    return read_json(run_dir / FINAL_EVAL_FILE)
+
+
+def format_summary(result: SessionResult) -> str:
+    lines = [
+        "",
+        "=" * 72,
+        f"session finished: {result.reason}",
+        f"  wall time        {result.wall_s / 60:.1f} min",
+        f"  env steps        {result.env_steps} in {result.episodes} training episodes ({result.cut_episodes} cut)",
+        f"  learner updates  {result.updates}",
+    ]
+    if result.final_eval_success is not None:
+        lines.append(f"  final eval       {100 * result.final_eval_success:.0f}% success over {result.final_eval_episodes} episodes")
+    if result.eval_curve:
+        lines += ["", "eval success during training:", format_curve(result.eval_curve)]
+    run = result.run_dir
+    lines += [
+        "",
+        f"run files in {run}/",
+        f"  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition)",
+        f"  episodes.jsonl (episode log)    status.json   {SUMMARY_FILE}   *.log (process logs)",
+        f"continue it: q2rl session --resume {run}",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from q2rl.run_config import RunConfig
+
+    parser = argparse.ArgumentParser(
+        prog="q2rl session",
+        description="Run a whole Q2RL training session: the learner and N actors as processes on loopback.",
+        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default="configs/sim/pick_cube.yaml", help="run config YAML")
+    parser.add_argument("--actors", type=int, help="number of simulated actors (session.actors)")
+    parser.add_argument("--env-steps", type=int, help="end after this many training env steps (session.env_steps)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the session in run directory RUN")
+    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    from q2rl.run_config import RunConfig
+
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.actors is not None:
+        overrides.append(f"session.actors={args.actors}")
+    if args.env_steps is not None:
+        overrides.append(f"session.env_steps={args.env_steps}")
+    config_path = str(Path(args.resume) / "config.yaml") if args.resume else args.config
+    cfg = load_config(RunConfig, config_path, overrides)
+    if cfg.env.backend != "sim":
+        raise ConfigError("env.backend: a session runs simulated actors; for a real robot start `q2rl learner` and `q2rl actor`")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    result = run_session(cfg, overrides, config_path, args.resume)
+    summary = dataclasses.asdict(result)
+    summary["config"] = to_dict(cfg)
+    write_json(Path(result.run_dir) / SUMMARY_FILE, summary)
+    print(format_summary(result))
+    return 0 if not result.reason.startswith("the learner exited") else 1
