@@ -1,0 +1,120 @@
+"""The `agent:` section of the run config: which algorithm, its hyperparameters, and two size presets.
+
+    cfg = AgentConfig()                                   # algo q2rl, preset cpu
+    cfg = from_dict(AgentConfig, {"preset": "paper"})     # 3x512 LayerNorm, ensemble 10/2, UTD 4, batch 256
+    cfg = from_dict(AgentConfig, {"preset": "cpu", "utd": 2})   # explicit fields win over the preset
+
+Size fields left at None take the preset's value when the config is built, so a dumped config shows the
+values actually used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from q2rl.config import ConfigError, doc
+
+ALGOS = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc")
+Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
+
+# Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
+PRESETS: dict[str, dict] = {
+    "paper": dict(hidden_dims=(512, 512, 512), ensemble_size=10, critic_subsample=2, utd=4, batch_size=256,
+                  value_hidden_dims=(512, 512, 512)),
+    "cpu": dict(hidden_dims=(256, 256), ensemble_size=4, critic_subsample=2, utd=2, batch_size=128,
+                value_hidden_dims=(256, 256)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QEstimationConfig:
+    """Phase 1 (SPEC §1.1): roll out pi_BC, fit V_phi to MC returns, initialise Q_RL and pi_RL."""
+
+    rollout_episodes: int = doc(20, "Episodes of sampled pi_BC rollouts before online RL.")
+    failure_return: Literal["discounted", "infinite_horizon"] = doc(
+        "infinite_horizon", "MC return of a failed (truncated) episode: plain discounted sum, or r'_neg/(1-gamma).")
+    alpha: float = doc(1.0, "Boltzmann temperature in Qhat_BC = V + alpha*(log pi_BC + H).")
+    log_prob_floor: float = doc(-100.0, "log pi_BC(a|s) is clipped below at this value.")
+    value_updates: int = doc(3000, "Gradient steps fitting V_phi to the MC returns.")
+    critic_updates: int = doc(20000, "Gradient steps regressing the critic ensemble onto Qhat_BC.")
+    actor_updates: int = doc(3000, "Gradient steps of NLL pre-training of pi_RL on the rollout's BC actions.")
+    init_actor: Literal["bc", "random"] = doc("bc", "Initialise pi_RL by NLL on the rollouts (bc) or not (random).")
+    batch_size: int = doc(256, "Minibatch size of the Q-Estimation regressions.")
+    learning_rate: float = doc(3e-4, "Adam learning rate of the Q-Estimation regressions.")
+
+    def validate(self) -> None:
+        if self.rollout_episodes < 1:
+            raise ConfigError(f"rollout_episodes: {self.rollout_episodes} must be >= 1")
+        for name in ("value_updates", "critic_updates", "actor_updates", "batch_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha: {self.alpha} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Algorithm and hyperparameters of the learner and the actor's gating (SPEC §1)."""
+
+    algo: Algo = doc("q2rl", f"Algorithm: {', '.join(ALGOS)}.")
+    preset: Literal["cpu", "paper"] = doc("cpu", "Size preset for fields left empty: cpu (this box) or paper (GPU).")
+    hidden_dims: tuple[int, ...] | None = doc(None, "Actor and critic MLP widths (None: from the preset).")
+    value_hidden_dims: tuple[int, ...] | None = doc(None, "V_phi MLP widths (None: from the preset).")
+    ensemble_size: int | None = doc(None, "Critic ensemble heads (None: from the preset).")
+    critic_subsample: int | None = doc(None, "Target heads the bootstrap takes the min over (None: preset).")
+    utd: int | None = doc(None, "Critic minibatches per update call (update-to-data ratio; None: preset).")
+    batch_size: int | None = doc(None, "Minibatch size (None: from the preset).")
+    critic_layer_norm: bool = doc(True, "LayerNorm in the critic MLP.")
+    discount: float = doc(0.99, "Discount gamma.")
+    reward_scale: float = doc(5.0, "Reward shaping r' = reward_scale * r + reward_bias.")
+    reward_bias: float = doc(-1.0, "Reward shaping r' = reward_scale * r + reward_bias.")
+    n_step: int = doc(1, "n-step returns (1 = one-step TD).")
+    tau: float = doc(0.005, "Polyak rate of the target critic.")
+    actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
+    critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
+    bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-mean Q) + w NLL_piRL(a_bc|s).")
+    entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
+    init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
+    target_entropy: float | None = doc(None, "Target entropy of the auto temperature (None: -action_dim/2).")
+    actor_log_std_min: float = doc(-5.0, "Lower bound of pi_RL's log std.")
+    actor_log_std_max: float = doc(2.0, "Upper bound of pi_RL's log std.")
+    rl_action: Literal["sample", "mode"] = doc("sample", "a_rl on the robot: sampled from pi_RL or its mode.")
+    ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
+    demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
+    use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")
+    random_steps: int = doc(0, "Uniform-random actions before the first update (algorithms without BC prior).")
+    image_feature_dim: int = doc(64, "Feature size of each camera's conv encoder (image observations).")
+    q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
+
+    def __post_init__(self) -> None:
+        preset = PRESETS.get(self.preset)
+        if preset is None:
+            raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo: {self.algo!r} is not one of {', '.join(ALGOS)}")
+        if not self.hidden_dims or min(self.hidden_dims) <= 0:
+            raise ConfigError(f"hidden_dims: {self.hidden_dims} must be positive widths")
+        if self.ensemble_size < 1 or not 1 <= self.critic_subsample <= self.ensemble_size:
+            raise ConfigError(f"critic_subsample: {self.critic_subsample} must be in [1, ensemble_size="
+                              f"{self.ensemble_size}]")
+        if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
+            raise ConfigError("utd, batch_size and n_step must be >= 1")
+        if not 0.0 < self.discount < 1.0:
+            raise ConfigError(f"discount: {self.discount} must be in (0, 1)")
+        if not 0.0 <= self.bc_weight <= 1.0:
+            raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau: {self.tau} must be in (0, 1]")
+        if not 0.0 <= self.demo_fraction < 1.0:
+            raise ConfigError(f"demo_fraction: {self.demo_fraction} must be in [0, 1)")
+
+    @property
+    def failure_reward(self) -> float:
+        """Shaped reward of a non-success step, r'_neg = reward_bias (reward 0)."""
+        return self.reward_bias

@@ -1,0 +1,78 @@
+"""Q-Gating (SPEC §1.2): one pure jitted function the actor calls at every step.
+
+    gate = make_gate(nets, cfg)                      # jitted; `deterministic=True` for evaluation episodes
+    action, info = gate(params, obs, key)            # obs is ONE observation (no batch dim)
+
+q2rl: a_bc ~ pi_BC, a_rl ~ pi_RL, q_bc = Qhat_BC(s, a_bc) (frozen), q_rl = min_heads Q_RL(s, a_rl);
+execute a_rl when q_rl >= q_bc (ties go to RL). The baselines reuse the same function (SPEC §1.4):
+ibrl scores both actions with the target critic (greedy, or softmax with beta for ibrl_soft); sac_bc, rlpd
+and q2rl_no_gate always run a_rl; bc always runs a_bc.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from q2rl.core.agent_config import AgentConfig
+from q2rl.core.q_estimation import qhat_bc
+from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values
+
+Q2RL_GATED = ("q2rl", "q2rl_no_qinit")
+ALWAYS_RL = ("q2rl_no_gate", "sac_bc", "rlpd")
+
+
+class GateInfo(NamedTuple):
+    """What the actor records per step: both candidate actions, their values, and which one ran."""
+
+    a_bc: jax.Array
+    a_rl: jax.Array
+    q_bc: jax.Array
+    q_rl: jax.Array
+    use_rl: jax.Array  # bool
+
+
+def gate_rule(q_bc: jax.Array, q_rl: jax.Array) -> jax.Array:
+    """True where the RL action runs: q_rl >= q_bc (ties go to RL)."""
+    return q_rl >= q_bc
+
+
+def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, key: jax.Array,
+                  deterministic: bool = False) -> tuple[jax.Array, GateInfo]:
+    """The action to execute at one observation, and the gate's record (un-jitted; see `make_gate`)."""
+    batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
+    k_bc, k_rl, k_entropy, k_soft = jax.random.split(key, 4)
+    if params.bc is not None:
+        dist = bc_dist(params, batched)
+        a_bc_raw = dist.mode() if (deterministic or cfg.algo in ("ibrl", "ibrl_soft")) else dist.sample(k_bc)
+    else:
+        a_bc_raw = jnp.zeros((1, nets.action_dim), jnp.float32)
+    a_bc = jnp.clip(a_bc_raw, -1.0, 1.0)
+    if cfg.algo == "bc":
+        zero = jnp.zeros((), jnp.float32)
+        return a_bc[0], GateInfo(a_bc[0], a_bc[0], zero, zero, jnp.asarray(False))
+    rl = actor_dist(nets, params, batched)
+    a_rl = rl.mode() if (deterministic or cfg.rl_action == "mode") else rl.sample(k_rl)
+    ibrl = cfg.algo in ("ibrl", "ibrl_soft")
+    q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
+    if cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
+        q_bc = qhat_bc(nets, params, batched, a_bc_raw, cfg.q_estimation, k_entropy)[0]
+    else:
+        q_bc = jnp.min(critic_values(nets, params, batched, a_bc, target=ibrl), axis=0)[0]
+    if cfg.algo in ALWAYS_RL:
+        use_rl = jnp.asarray(True)
+    elif cfg.algo == "ibrl_soft" and not deterministic:
+        p_rl = jax.nn.sigmoid(cfg.ibrl_beta * (q_rl - q_bc))  # softmax over the two candidates
+        use_rl = jax.random.uniform(k_soft) < p_rl
+    else:
+        use_rl = gate_rule(q_bc, q_rl)
+    action = jnp.where(use_rl, a_rl[0], a_bc[0])
+    return action, GateInfo(a_bc[0], a_rl[0], q_bc.astype(jnp.float32), q_rl.astype(jnp.float32), use_rl)
+
+
+def make_gate(nets: Networks, cfg: AgentConfig, deterministic: bool = False
+              ) -> Callable[[AgentParams, Any, jax.Array], tuple[jax.Array, GateInfo]]:
+    """The jitted `(params, obs, key) -> (action, GateInfo)` for one observation."""
+    return jax.jit(lambda params, obs, key: select_action(nets, cfg, params, obs, key, deterministic))

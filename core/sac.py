@@ -1,0 +1,348 @@
+"""SAC with a critic ensemble and a BC-regularised actor (SPEC §1.3): networks, losses, one jitted update.
+
+    nets = make_networks(cfg, action_dim=7, camera_names=())
+    state = init_state(nets, cfg, key, example_obs, bc=bc_policy)      # immutable pytree
+    update = make_update(nets, cfg)                                      # jitted
+    state, metrics = update(state, batch, key)    # batch leaves have a leading [utd] axis
+
+One update call = lax.scan over `utd` critic minibatches, then one actor (and temperature) update on the last
+minibatch. Each optimizer sees only its own parameter subtree. The learner state holds the frozen pieces the
+losses need (pi_BC for IBRL's bootstrap; V_phi for the actor's gate) so the update is a function of its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from q2rl.core.agent_config import AgentConfig
+from q2rl.core.distributions import TanhGaussian
+from q2rl.core.encoders import ObsEncoder
+from q2rl.core.networks import MLP
+from q2rl.core.normalization import ObsNormalizer
+from q2rl.core.replay import Batch
+
+
+# ------------------------------------------------------------------------------------------------ networks
+class Critic(nn.Module):
+    """Q(features, action) -> [...] with a LayerNorm MLP."""
+
+    hidden_dims: Sequence[int]
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, features: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([features, action], axis=-1)
+        x = MLP(tuple(self.hidden_dims), layer_norm=self.layer_norm, activate_final=True)(x)
+        return nn.Dense(1)(x)[..., 0]
+
+
+class EnsembleCritic(nn.Module):
+    """`ensemble_size` independent critics via nn.vmap: (features, action) -> [E, ...]."""
+
+    hidden_dims: Sequence[int]
+    ensemble_size: int
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, features: jax.Array, action: jax.Array) -> jax.Array:
+        vmapped = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
+                          in_axes=None, out_axes=0, axis_size=self.ensemble_size)
+        return vmapped(self.hidden_dims, self.layer_norm, name="heads")(features, action)
+
+
+class Actor(nn.Module):
+    """pi_RL(features) -> TanhGaussian with state-dependent, clipped log std."""
+
+    action_dim: int
+    hidden_dims: Sequence[int]
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> TanhGaussian:
+        h = MLP(tuple(self.hidden_dims), activate_final=True)(features)
+        mean = nn.Dense(self.action_dim, name="mean")(h)
+        log_std = jnp.clip(nn.Dense(self.action_dim, name="log_std")(h), self.log_std_min, self.log_std_max)
+        return TanhGaussian(mean, log_std)
+
+
+class ValueNet(nn.Module):
+    """V_phi(obs) -> [...] with its own observation encoder (frozen after Q-Estimation)."""
+
+    hidden_dims: Sequence[int]
+    camera_names: Sequence[str] = ()
+    image_feature_dim: int = 64
+
+    @nn.compact
+    def __call__(self, obs: Any) -> jax.Array:
+        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim, name="encoder")(obs)
+        h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
+        return nn.Dense(1)(h)[..., 0]
+
+
+class Networks(NamedTuple):
+    """The (static) flax modules of an agent."""
+
+    encoder: ObsEncoder  # shared: trained by the critic loss, read through stop_gradient by the actor
+    actor: Actor
+    critic: EnsembleCritic
+    value: ValueNet
+    action_dim: int
+
+
+def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str] = ()) -> Networks:
+    """The modules `cfg` describes, for `action_dim` actions and the given cameras (empty: state only)."""
+    cams = tuple(camera_names)
+    return Networks(
+        encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim),
+        actor=Actor(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
+        critic=EnsembleCritic(tuple(cfg.hidden_dims), cfg.ensemble_size, cfg.critic_layer_norm),
+        value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim),
+        action_dim=action_dim,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ state
+@struct.dataclass
+class AgentParams:
+    """All parameters an actor or learner needs. `bc` and `value` are frozen during online RL."""
+
+    encoder: Any
+    actor: Any
+    critic: Any
+    critic_target: Any
+    encoder_target: Any
+    value: Any
+    value_stats: jax.Array  # [2]: V_phi(s) = mean + std * net(s); set from the MC returns before fitting
+    normalizer: ObsNormalizer
+    bc: Any  # a BCPolicy (pytree) or None
+    log_temperature: jax.Array
+
+
+@struct.dataclass
+class SacState:
+    """The learner's immutable state: parameters, one optimizer state per trained subtree, step counter."""
+
+    params: AgentParams
+    actor_opt: Any
+    critic_opt: Any  # over (critic, encoder)
+    temperature_opt: Any
+    step: jax.Array
+
+
+class Optimizers(NamedTuple):
+    actor: optax.GradientTransformation
+    critic: optax.GradientTransformation
+    temperature: optax.GradientTransformation
+
+
+def make_optimizers(cfg: AgentConfig) -> Optimizers:
+    return Optimizers(optax.adam(cfg.actor_lr), optax.adam(cfg.critic_lr), optax.adam(cfg.actor_lr))
+
+
+def init_params(nets: Networks, cfg: AgentConfig, key: jax.Array, example_obs: Any,
+                normalizer: ObsNormalizer | None = None, bc: Any = None) -> AgentParams:
+    """Fresh parameters; `example_obs` is a batched observation (shapes only)."""
+    k_enc, k_actor, k_critic, k_value = jax.random.split(key, 4)
+    if normalizer is None:
+        normalizer = bc.normalizer if bc is not None else ObsNormalizer.identity(example_obs["state"].shape[-1])
+    obs = normalizer.normalize(example_obs)
+    encoder = nets.encoder.init(k_enc, obs)
+    features = nets.encoder.apply(encoder, obs)
+    action = jnp.zeros((*features.shape[:-1], nets.action_dim), jnp.float32)
+    critic = nets.critic.init(k_critic, features, action)
+    return AgentParams(
+        encoder=encoder, actor=nets.actor.init(k_actor, features), critic=critic, critic_target=critic,
+        encoder_target=encoder, value=nets.value.init(k_value, obs),
+        value_stats=jnp.asarray([0.0, 1.0], jnp.float32), normalizer=normalizer, bc=bc,
+        log_temperature=jnp.asarray(jnp.log(cfg.init_temperature), jnp.float32),
+    )
+
+
+def init_state(params: AgentParams, opts: Optimizers) -> SacState:
+    """Optimizer states for exactly the subtrees each optimizer trains."""
+    return SacState(
+        params=params,
+        actor_opt=opts.actor.init(params.actor),
+        critic_opt=opts.critic.init((params.critic, params.encoder)),
+        temperature_opt=opts.temperature.init(params.log_temperature),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ functions
+def features(nets: Networks, params: AgentParams, obs: Any, target: bool = False) -> jax.Array:
+    """Encoder features of a normalised observation (target encoder for bootstraps)."""
+    enc = params.encoder_target if target else params.encoder
+    return nets.encoder.apply(enc, params.normalizer.normalize(obs))
+
+
+def actor_dist(nets: Networks, params: AgentParams, obs: Any) -> TanhGaussian:
+    """pi_RL(.|obs), reading the shared encoder through stop_gradient."""
+    return nets.actor.apply(params.actor, jax.lax.stop_gradient(features(nets, params, obs)))
+
+
+def critic_values(nets: Networks, params: AgentParams, obs: Any, action: jax.Array, target: bool = False
+                  ) -> jax.Array:
+    """All heads of Q_RL (or of the target critic): [E, ...]."""
+    feats = features(nets, params, obs, target)
+    return nets.critic.apply(params.critic_target if target else params.critic, feats, action)
+
+
+def value(nets: Networks, params: AgentParams, obs: Any) -> jax.Array:
+    """V_phi(obs) -> [...] (the net regresses standardised returns; see AgentParams.value_stats)."""
+    raw = nets.value.apply(params.value, params.normalizer.normalize(obs))
+    return params.value_stats[0] + params.value_stats[1] * raw
+
+
+def bc_dist(params: AgentParams, obs: Any):
+    """pi_BC(.|obs) from the frozen BC policy (feed-forward: empty carry)."""
+    dist, _ = params.bc.distribution(obs)
+    return dist
+
+
+def subsample_min(key: jax.Array, q_heads: jax.Array, subsample: int) -> jax.Array:
+    """min over a random subset (without replacement) of `subsample` of the E heads: [E, B] -> [B]."""
+    ensemble = q_heads.shape[0]
+    if subsample >= ensemble:
+        return jnp.min(q_heads, axis=0)
+    heads = jax.random.choice(key, ensemble, (subsample,), replace=False)
+    return jnp.min(q_heads[heads], axis=0)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+class CriticMetrics(NamedTuple):
+    critic_loss: jax.Array
+    q_mean: jax.Array
+    target_mean: jax.Array
+
+
+class ActorMetrics(NamedTuple):
+    actor_loss: jax.Array
+    q_term: jax.Array
+    bc_nll: jax.Array
+    entropy: jax.Array
+    temperature: jax.Array
+
+
+class UpdateMetrics(NamedTuple):
+    critic: CriticMetrics
+    actor: ActorMetrics
+
+
+def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batch, key: jax.Array) -> jax.Array:
+    """r' + discount * min_subset Q_target(s', a') (minus the entropy term when enabled); no gradient.
+
+    `batch.discounts` already is gamma^n * (1 - terminated): truncation bootstraps, termination does not.
+    IBRL bootstraps with the better of a'_rl and a'_bc (pi_BC's mode) under the target critic.
+    """
+    k_action, k_heads = jax.random.split(key)
+    dist = actor_dist(nets, params, batch.next_obs)
+    next_action, next_log_prob = dist.sample_and_log_prob(k_action)
+    next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=True),
+                           cfg.critic_subsample)
+    if cfg.algo in ("ibrl", "ibrl_soft"):
+        bc_action = jnp.clip(bc_dist(params, batch.next_obs).mode(), -1.0, 1.0)
+        bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
+                             cfg.critic_subsample)
+        next_q = jnp.maximum(next_q, bc_q)
+    if cfg.entropy:
+        next_q = next_q - jnp.exp(params.log_temperature) * next_log_prob
+    return jax.lax.stop_gradient(batch.rewards + batch.discounts * next_q)
+
+
+def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
+                target: jax.Array) -> tuple[jax.Array, CriticMetrics]:
+    """Mean over heads and batch of (Q_i(s, a) - target)^2."""
+    critic, encoder = critic_and_encoder
+    feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
+    q = nets.critic.apply(critic, feats, batch.actions)
+    loss = jnp.mean((q - target[None]) ** 2)
+    return loss, CriticMetrics(loss, jnp.mean(q), jnp.mean(target))
+
+
+def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any, batch: Batch, key: jax.Array
+               ) -> tuple[jax.Array, ActorMetrics]:
+    """(1 - w)(-mean_heads Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]."""
+    feats = jax.lax.stop_gradient(features(nets, params, batch.obs))
+    dist = nets.actor.apply(actor, feats)
+    action, log_prob = dist.sample_and_log_prob(key)
+    q = jnp.mean(nets.critic.apply(params.critic, feats, action), axis=0)
+    q_term = -jnp.mean(q)
+    bc_nll = -jnp.mean(dist.log_prob(batch.a_bc))
+    temperature = jnp.exp(params.log_temperature)
+    loss = (1.0 - cfg.bc_weight) * q_term + cfg.bc_weight * bc_nll
+    if cfg.entropy:
+        loss = loss + temperature * jnp.mean(log_prob)
+    return loss, ActorMetrics(loss, q_term, bc_nll, -jnp.mean(log_prob), temperature)
+
+
+def temperature_loss(log_temperature: jax.Array, entropy: jax.Array, target_entropy: float) -> jax.Array:
+    """Auto temperature: grows when the entropy is below target, shrinks above."""
+    return jnp.exp(log_temperature) * (entropy - target_entropy)
+
+
+# ------------------------------------------------------------------------------------------------ updates
+def polyak(target: Any, online: Any, tau: float) -> Any:
+    return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batch: Batch,
+                key: jax.Array) -> tuple[SacState, CriticMetrics]:
+    """One critic (+ encoder) gradient step and a Polyak update of the targets."""
+    p = state.params
+    target = td_target(nets, cfg, p, batch, key)
+    grads, metrics = jax.grad(critic_loss, argnums=2, has_aux=True)(nets, p, (p.critic, p.encoder), batch, target)
+    updates, critic_opt = opts.critic.update(grads, state.critic_opt, (p.critic, p.encoder))
+    critic, encoder = optax.apply_updates((p.critic, p.encoder), updates)
+    p = p.replace(critic=critic, encoder=encoder, critic_target=polyak(p.critic_target, critic, cfg.tau),
+                  encoder_target=polyak(p.encoder_target, encoder, cfg.tau))
+    return state.replace(params=p, critic_opt=critic_opt), metrics
+
+
+def actor_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batch: Batch,
+               key: jax.Array) -> tuple[SacState, ActorMetrics]:
+    """One actor gradient step (and one temperature step when the entropy term is on)."""
+    p = state.params
+    grads, metrics = jax.grad(lambda a: actor_loss(nets, cfg, p, a, batch, key), has_aux=True)(p.actor)
+    updates, actor_opt = opts.actor.update(grads, state.actor_opt, p.actor)
+    p = p.replace(actor=optax.apply_updates(p.actor, updates))
+    temperature_opt = state.temperature_opt
+    if cfg.entropy:
+        target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -nets.action_dim / 2.0
+        t_grad = jax.grad(temperature_loss)(p.log_temperature, metrics.entropy, target_entropy)
+        t_updates, temperature_opt = opts.temperature.update(t_grad, state.temperature_opt, p.log_temperature)
+        p = p.replace(log_temperature=optax.apply_updates(p.log_temperature, t_updates))
+    return state.replace(params=p, actor_opt=actor_opt, temperature_opt=temperature_opt), metrics
+
+
+def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batches: Batch,
+                key: jax.Array) -> tuple[SacState, UpdateMetrics]:
+    """lax.scan over the [utd] critic minibatches, then one actor update on the last one (un-jitted)."""
+    utd = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    k_critic, k_actor = jax.random.split(key)
+
+    def body(s, xs):
+        batch, k = xs
+        return critic_step(nets, cfg, opts, s, batch, k)
+
+    state, critic_metrics = jax.lax.scan(body, state, (batches, jax.random.split(k_critic, utd)))
+    last = jax.tree_util.tree_map(lambda x: x[-1], batches)
+    state, actor_metrics = actor_step(nets, cfg, opts, state, last, k_actor)
+    state = state.replace(step=state.step + 1)
+    return state, UpdateMetrics(jax.tree_util.tree_map(jnp.mean, critic_metrics), actor_metrics)
+
+
+def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers
+                ) -> Callable[[SacState, Batch, jax.Array], tuple[SacState, UpdateMetrics]]:
+    """The jitted `(state, batches[utd], key) -> (state, metrics)`.
+
+    No buffer donation: the frozen BC/value params in the state are shared with the actor's gate.
+    """
+    return jax.jit(lambda s, b, k: update_step(nets, cfg, opts, s, b, k))
