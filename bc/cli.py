@@ -1,0 +1,147 @@
+"""`q2rl bc train` and `q2rl bc eval`.
+
+    q2rl bc train --demos demos.hdf5 --policy gaussian --out runs/bc/pick [--steps N --seed S --set bc.x=y]
+    q2rl bc eval --policy runs/bc/pick --task pick_cube --episodes 50 [--seed S --action sample|mode]
+
+`bc eval` prints one JSON line ending with "success_rate": x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from q2rl.bc.config import BCConfig
+from q2rl.config import ConfigError, describe, from_dict, parse_override, read_yaml
+
+DEFAULT_EVAL_SEED = 10_000  # far from the scripted demos' seeds, so evaluation starts are unseen
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def load_bc_config(path: str | None, overrides: list[str]) -> BCConfig:
+    """BCConfig from a YAML file (a whole run config's `bc:` section, or a bare BC config) plus overrides."""
+    data = read_yaml(path) if path else {}
+    if "bc" in data:
+        data = data["bc"] or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        key = key[3:] if key.startswith("bc.") else key
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    try:
+        return from_dict(BCConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"bc.{e}" + (f" in {path}" if path else "")) from None
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="q2rl bc train", description="Train a BC policy on HDF5 demonstrations.",
+                                epilog="config fields (--set bc.FIELD=VALUE):\n  " + "\n  ".join(describe(BCConfig)),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demos", required=True, help="HDF5 demonstration file (robomimic layout).")
+    p.add_argument("--out", required=True, help="Output run directory, e.g. runs/bc/pick_gaussian.")
+    p.add_argument("--policy", choices=("gaussian", "gmm"), help="Policy head (bc.policy.kind).")
+    p.add_argument("--steps", type=int, help="Gradient steps (bc.steps).")
+    p.add_argument("--seed", type=int, help="Seed (bc.seed).")
+    p.add_argument("--batch-size", type=int, help="Minibatch size (bc.batch_size).")
+    p.add_argument("--lr", type=float, help="Adam learning rate (bc.learning_rate).")
+    p.add_argument("--cameras", type=_csv, help="Comma-separated cameras to train on, e.g. wrist,front.")
+    p.add_argument("--max-demos", type=int, help="Use only the first N demos (bc.max_demos).")
+    p.add_argument("--state-keys", type=_csv, help="Real robomimic files: low-dim obs keys concatenated into state.")
+    p.add_argument("--config", help="YAML run config (its bc: section) or a bare BC config.")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Override a config field.")
+    p.add_argument("--force", action="store_true", help="Write into an existing, non-empty output directory.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    return p
+
+
+def train_main(argv: list[str]) -> int:
+    args = _train_parser().parse_args(argv)
+    shortcuts = {"policy.kind": args.policy, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
+                 "learning_rate": args.lr, "max_demos": args.max_demos,
+                 "cameras": list(args.cameras) if args.cameras is not None else None}
+    overrides = list(args.set) + [f"{k}={json.dumps(v)}" for k, v in shortcuts.items() if v is not None]
+    cfg = load_bc_config(args.config, overrides)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        print(f"q2rl bc train: {out} exists and is not empty; choose another --out or pass --force", file=sys.stderr)
+        return 2
+
+    from q2rl.bc.train import train_bc
+    from q2rl.demos.hdf5 import DemoFileError, read_demos
+
+    try:
+        dataset = read_demos(args.demos, cameras=cfg.cameras, state_keys=args.state_keys)
+    except DemoFileError as e:
+        print(f"q2rl bc train: {e}", file=sys.stderr)
+        return 2
+    result = train_bc(dataset, cfg, out_dir=out, progress=not args.no_progress)
+    summary = {
+        "out": str(out), "policy": cfg.policy.kind, "demos": args.demos, "train_demos": result.num_train_demos,
+        "val_demos": result.num_val_demos, "train_samples": result.num_train_samples, "steps": result.steps,
+        "seconds": round(result.seconds, 2), "initial_val_nll": result.initial_val_nll,
+        "final_train_nll": result.final_train_nll, "final_val_nll": result.final_val_nll,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="q2rl bc eval", description="Evaluate a BC policy in the simulator.")
+    p.add_argument("--policy", required=True, help="BC run directory (runs/bc/NAME) or its policy.ckpt.")
+    p.add_argument("--task", help="Sim task (default: the task of the policy's demos).")
+    p.add_argument("--episodes", type=int, default=50, help="Number of evaluation episodes.")
+    p.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="Seed of the first episode's reset.")
+    p.add_argument("--action", choices=("sample", "mode"), help="Sample actions or take the mode "
+                   "(default: the policy's bc.eval_action, normally sample).")
+    p.add_argument("--max-episode-steps", type=int, help="Override the task's time limit.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    args = _eval_parser().parse_args(argv)
+    if args.episodes < 1:
+        print("q2rl bc eval: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    from q2rl.bc.evaluate import ensure_render_backend, eval_env_config, evaluate_policy
+    from q2rl.core.checkpoint import CheckpointError, load_bc_policy_with_metadata
+    from q2rl.robot.sim import make_sim_env
+
+    try:
+        policy, meta = load_bc_policy_with_metadata(args.policy)
+    except CheckpointError as e:
+        print(f"q2rl bc eval: {e}", file=sys.stderr)
+        return 2
+    env_cfg = eval_env_config(meta, task=args.task, max_episode_steps=args.max_episode_steps)
+    action_mode = args.action or meta.get("bc_config", {}).get("eval_action", "sample")
+    if policy.camera_names:
+        ensure_render_backend()
+    env = make_sim_env(env_cfg)
+    try:
+        state_dim = env.observation_space["state"].shape[0]
+        if state_dim != meta["state_dim"]:
+            raise ConfigError(f"task: {env_cfg.task} observes a {state_dim}-D state but the policy was trained on "
+                              f"{meta['state_dim']}-D states; evaluate it on a task with the same objects")
+        result = evaluate_policy(policy, env, args.episodes, args.seed, action_mode, progress=not args.no_progress)
+    finally:
+        env.close()
+    print(json.dumps(result.summary(task=env_cfg.task, policy=str(args.policy), seed=args.seed, action=action_mode)))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    commands = {"train": train_main, "eval": eval_main}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: q2rl bc {train,eval} [options]   (q2rl bc <command> --help for details)",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])

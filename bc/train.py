@@ -1,0 +1,225 @@
+"""Behaviour cloning: fit a policy's action distribution to demonstrations by minibatch NLL with Adam.
+
+    dataset = read_demos("demos.hdf5", cameras=cfg.cameras)
+    result = train_bc(dataset, cfg, out_dir=Path("runs/bc/pick"))     # writes policy.ckpt, metrics.jsonl
+    dist, _ = result.policy.distribution(obs)
+
+Episodes (not steps) are held out for the validation NLL, so it measures generalisation to new starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm import tqdm
+
+from q2rl.bc.config import BCConfig
+from q2rl.config import ConfigError, dump_yaml, to_dict
+from q2rl.core.checkpoint import save_bc_policy
+from q2rl.core.encoders import augment_observation
+from q2rl.core.normalization import ObsNormalizer
+from q2rl.core.policies import BCPolicy, make_policy_net
+from q2rl.demos.hdf5 import DemoDataset, Episode
+
+
+class BCBatch(NamedTuple):
+    """State-action pairs: obs {"state": f32[N, D], "images": {cam: u8[N, H, W, 3]}}, actions f32[N, A]."""
+
+    obs: dict
+    actions: Any
+
+    @property
+    def size(self) -> int:
+        return len(self.actions)
+
+    def take(self, index: np.ndarray) -> "BCBatch":
+        return jax.tree_util.tree_map(lambda x: x[index], self)
+
+
+@struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    step: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BCResult:
+    """The trained policy and how training went (NLL in nats per state-action pair)."""
+
+    policy: BCPolicy
+    initial_val_nll: float | None
+    final_val_nll: float | None
+    final_train_nll: float
+    num_train_demos: int
+    num_val_demos: int
+    num_train_samples: int
+    steps: int
+    seconds: float
+    history: tuple[dict, ...]
+
+
+def split_episodes(episodes: Sequence[Episode], val_fraction: float, rng: np.random.Generator
+                   ) -> tuple[list[Episode], list[Episode]]:
+    """Shuffle episodes and hold out round(val_fraction * n) of them (at least one when n >= 2)."""
+    order = rng.permutation(len(episodes))
+    n_val = int(round(val_fraction * len(episodes)))
+    if val_fraction > 0 and len(episodes) >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(episodes) - 1)
+    val = [episodes[i] for i in order[:n_val]]
+    train = [episodes[i] for i in order[n_val:]]
+    return train, val
+
+
+def flatten_episodes(episodes: Sequence[Episode], cameras: Sequence[str]) -> BCBatch:
+    """Concatenate episodes into one BCBatch of state-action pairs."""
+    obs: dict[str, Any] = {"state": np.concatenate([e.states for e in episodes]).astype(np.float32)}
+    if cameras:
+        obs["images"] = {c: np.concatenate([e.images[c] for e in episodes]) for c in cameras}
+    actions = np.concatenate([e.actions for e in episodes]).astype(np.float32)
+    return BCBatch(obs=obs, actions=actions)
+
+
+def nll_loss(module: nn.Module, params: Any, normalizer: ObsNormalizer, batch: BCBatch,
+             dropout_key: jax.Array | None = None) -> jax.Array:
+    """Mean negative log-likelihood of the batch's actions under the policy (nats per pair)."""
+    rngs = {"dropout": dropout_key} if dropout_key is not None else None
+    dist, _ = module.apply(params, normalizer.normalize(batch.obs), module.initial_carry(len(batch.actions)),
+                           training=dropout_key is not None, rngs=rngs)
+    return -jnp.mean(dist.log_prob(batch.actions))
+
+
+def make_optimizer(cfg: BCConfig) -> optax.GradientTransformation:
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps, alpha=0.1)
+    adam = optax.adam(schedule)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam) if cfg.grad_clip_norm > 0 else adam
+
+
+def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, normalizer: ObsNormalizer,
+                    image_shift_pad: int):
+    """The jitted update (state, batch, key) -> (state, metrics)."""
+
+    def train_step(state: TrainState, batch: BCBatch, key: jax.Array) -> tuple[TrainState, dict]:
+        aug_key, dropout_key = jax.random.split(key)
+        batch = batch._replace(obs=augment_observation(aug_key, batch.obs, image_shift_pad))
+        loss, grads = jax.value_and_grad(
+            lambda p: nll_loss(module, p, normalizer, batch, dropout_key))(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"nll": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return jax.jit(train_step)
+
+
+def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 2048):
+    """Mean NLL over a whole BCBatch, evaluated in jitted chunks (images would not fit in one)."""
+    summed = jax.jit(lambda params, batch: -jnp.sum(
+        module.apply(params, normalizer.normalize(batch.obs), module.initial_carry(len(batch.actions)))[0]
+        .log_prob(batch.actions)))
+
+    def eval_nll(params: Any, data: BCBatch) -> float:
+        total = 0.0
+        for start in range(0, data.size, chunk):
+            total += float(summed(params, data.take(np.arange(start, min(start + chunk, data.size)))))
+        return total / max(1, data.size)
+
+    return eval_nll
+
+
+def select_episodes(dataset: DemoDataset, cfg: BCConfig) -> list[Episode]:
+    """The demos BC trains on: the first max_demos, successes only if configured."""
+    episodes = list(dataset.episodes[:cfg.max_demos] if cfg.max_demos else dataset.episodes)
+    if cfg.successes_only:
+        episodes = [e for e in episodes if e.success]
+    if not episodes:
+        raise ConfigError(f"successes_only: {dataset.path} has no successful demos to train on; "
+                          "set bc.successes_only=false or record more demos")
+    missing = [c for c in cfg.cameras if c not in episodes[0].images]
+    if missing:
+        raise ConfigError(f"cameras: {missing} not loaded from {dataset.path}; read the demos with these cameras")
+    return episodes
+
+
+def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, progress: bool = True) -> BCResult:
+    """Train a BC policy on `dataset`; with `out_dir`, write policy.ckpt, bc_config.yaml and metrics.jsonl."""
+    rng = np.random.default_rng(cfg.seed)
+    train_eps, val_eps = split_episodes(select_episodes(dataset, cfg), cfg.val_fraction, rng)
+    train_data = flatten_episodes(train_eps, cfg.cameras)
+    val_data = flatten_episodes(val_eps, cfg.cameras) if val_eps else None
+    normalizer = ObsNormalizer.fit(train_data.obs["state"])
+    module = make_policy_net(cfg.policy, dataset.action_dim, cfg.cameras)
+
+    key = jax.random.PRNGKey(cfg.seed)
+    key, init_key = jax.random.split(key)
+    params = module.init(init_key, normalizer.normalize(train_data.take(np.arange(2)).obs), module.initial_carry(2))
+    optimizer = make_optimizer(cfg)
+    state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    train_step = make_train_step(module, optimizer, normalizer, cfg.image_shift_pad if cfg.cameras else 0)
+    eval_nll = make_eval_nll(module, normalizer)
+
+    metrics_file = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out_dir / "bc_config.yaml")
+        metrics_file = (out_dir / "metrics.jsonl").open("w")
+
+    def record(step: int, train_nll: float) -> dict:
+        row = {"step": step, "train_nll": train_nll,
+               "val_nll": eval_nll(state.params, val_data) if val_data is not None else None}
+        history.append(row)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+        return row
+
+    history: list[dict] = []
+    initial = record(0, eval_nll(state.params, train_data))
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.steps + 1), desc="bc train", unit="step", disable=not progress, mininterval=0.5)
+    running = float("nan")
+    for step in bar:
+        batch = train_data.take(rng.integers(0, train_data.size, cfg.batch_size))
+        key, step_key = jax.random.split(key)
+        state, metrics = train_step(state, batch, step_key)
+        if step % 50 == 0 or step == cfg.steps:
+            running = float(metrics["nll"])
+            bar.set_postfix(nll=f"{running:.3f}", refresh=False)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            row = record(step, running)
+            if row["val_nll"] is not None:
+                bar.set_postfix(nll=f"{running:.3f}", val_nll=f"{row['val_nll']:.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    bar.close()
+    if metrics_file is not None:
+        metrics_file.close()
+
+    policy = BCPolicy(module=module, params=jax.device_get(state.params), normalizer=normalizer)
+    final = history[-1]
+    result = BCResult(
+        policy=policy, initial_val_nll=initial["val_nll"],
+        final_val_nll=final["val_nll"],
+        final_train_nll=eval_nll(state.params, train_data), num_train_demos=len(train_eps),
+        num_val_demos=len(val_eps), num_train_samples=train_data.size, steps=cfg.steps, seconds=seconds,
+        history=tuple(history),
+    )
+    if out_dir is not None:
+        image_shapes = {c: train_data.obs["images"][c].shape[1:] for c in cfg.cameras}
+        save_bc_policy(out_dir, policy, cfg.policy, state_dim=dataset.state_dim, action_dim=dataset.action_dim,
+                       image_shapes=image_shapes, extra={
+                           "bc_config": to_dict(cfg), "env_args": dataset.env_args, "demos": dataset.path,
+                           "num_train_demos": result.num_train_demos, "num_val_demos": result.num_val_demos,
+                           "final_val_nll": result.final_val_nll, "final_train_nll": result.final_train_nll,
+                       })
+    return result
