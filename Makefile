@@ -30,7 +30,7 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(wildcard protos/*.proto)
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip "setuptools>=69" wheel

@@ -1,0 +1,408 @@
+"""The learner's gRPC endpoint: handshake, transition ingest with durable acks, parameter streaming, status.
+
+    store = EpisodeStore(run_dir)
+    board = ParameterBoard()
+    service = LearnerService(store, on_transitions=replay_queue.put_many, on_episode=reports.put,
+                             param_board=board, auth=ServiceAuth(config_hash=config_hash(cfg), token=""),
+                             status_fn=lambda: LearnerStatus(phase="sac", replay_size=len(replay)))
+    server = serve("127.0.0.1:50051", service, keepalive=Keepalive())   # .bound_port, .stop(grace)
+    ...
+    board.publish(version, {"policy": pi_params, "critic": q_params, "value": v_params})   # encoded once
+
+`on_transitions(list[Transition])` / `on_episode(EpisodeReport)` run on gRPC worker threads *after* the data is
+fsync'd and before it is acknowledged; they should hand off to the learner's own bounded queue (blocking there is
+backpressure on that actor's stream, which is fine). Transitions reach `on_transitions` linked: next_obs images
+that travelled once per frame are filled in from the successor (the same array objects as its obs images).
+
+Guarantees: duplicates (actor_id, seq) are dropped; an ack means "everything up to this seq is on disk";
+a stream that goes silent is cut by HTTP/2 keepalive within `Keepalive.time_ms + timeout_ms`; a reconnecting
+actor's old stream is cancelled; RPC concurrency is capped (excess calls are refused, never queued unboundedly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import secrets
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable, Iterator, Mapping
+
+import grpc
+
+from q2rl.learner.episode_store import EpisodeStore, check_actor_id  # noqa: F401  (re-exported for callers)
+from q2rl import wire
+from q2rl.interfaces import EpisodeReport, Transition
+from q2rl.wire import Keepalive, TlsFiles, pb  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceAuth:
+    """What an actor must present in its handshake."""
+
+    config_hash: str
+    token: str = ""
+    protocol_version: int = wire.PROTOCOL_VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerStatus:
+    """What the learner reports through the Status RPC (filled by the learner's `status_fn`)."""
+
+    phase: str = "starting"
+    replay_size: int = 0
+    updates_per_s: float = 0.0
+    env_steps_per_s: float = 0.0
+
+
+MAX_BATCH_BYTES = 8 << 20  # the actor keeps its batches below this; the server accepts up to 2x
+
+
+class ParameterBoard:
+    """The latest parameter set, encoded once, for every actor's parameter stream (latest-only)."""
+
+    def __init__(self, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._cond = threading.Condition()
+        self._version = -1
+        self._chunks: list = []
+        self._closed = False
+
+    def publish(self, version: int, subsets: Mapping[str, Any]) -> None:
+        """Encode {subset: pytree} (flax msgpack, chunked) and make it the set every stream sends next."""
+        if version <= self._version:
+            raise ValueError(f"parameter version {version} is not newer than the published {self._version}")
+        chunks = wire.encode_parameter_set(version, subsets, self._chunk_bytes)
+        with self._cond:
+            self._version, self._chunks = version, chunks
+            self._cond.notify_all()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def wait_newer(self, have_version: int, timeout: float) -> tuple[int, list] | None:
+        """(version, chunks) of a set newer than `have_version`, waiting up to `timeout` s; else None."""
+        with self._cond:
+            if self._version <= have_version and not self._closed:
+                self._cond.wait(timeout)
+            if self._version > have_version:
+                return self._version, self._chunks
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _ActorState:
+    """Per-actor ingest state; `lock` serialises batches of the same actor (old and new stream)."""
+
+    def __init__(self, stored_seq: int, reported_episode: int, tail: Transition | None) -> None:
+        self.lock = threading.Lock()
+        self.stored_seq = stored_seq
+        self.reported_episode = reported_episode
+        self.linker = wire.FrameLinker()
+        if tail is not None:
+            self.linker.push(tail, True)
+        self.session_id = ""
+        self.stream_context: grpc.ServicerContext | None = None
+        self.connected = False
+        self.last_batch_time = 0.0
+        self.reconnects = -1
+
+
+def _refuse(reason: str) -> "pb.HandshakeReply":
+    log.warning("handshake refused: %s", reason)
+    return pb.HandshakeReply(accepted=False, reason=reason, protocol_version=wire.PROTOCOL_VERSION)
+
+
+class LearnerService:
+    """The servicer behind `serve`: owns dedup, contiguity, durability-before-ack and per-actor streams."""
+
+    def __init__(
+        self,
+        store: EpisodeStore,
+        on_transitions: Callable[[list[Transition]], None],
+        on_episode: Callable[[EpisodeReport], None],
+        param_board: ParameterBoard,
+        auth: ServiceAuth,
+        status_fn: Callable[[], LearnerStatus] = LearnerStatus,
+        param_poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.on_transitions = on_transitions
+        self.on_episode = on_episode
+        self.board = param_board
+        self.auth = auth
+        self.status_fn = status_fn
+        self._param_poll_s = param_poll_s
+        self._lock = threading.Lock()
+        self._actors: dict[str, _ActorState] = {}
+        self._sessions: dict[str, str] = {}  # session id -> actor id
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ handshake
+
+    def _actor(self, actor_id: str) -> _ActorState:
+        with self._lock:
+            a = self._actors.get(actor_id)
+            if a is None:
+                a = self._actors[actor_id] = _ActorState(
+                    self.store.stored_seq(actor_id),
+                    self.store.reported_episode(actor_id),
+                    self.store.unlinked_tail(actor_id),
+                )
+            return a
+
+    def Handshake(self, request: "pb.HandshakeRequest", context) -> "pb.HandshakeReply":
+        if request.protocol_version != self.auth.protocol_version:
+            return _refuse(
+                f"protocol version mismatch: actor speaks {request.protocol_version}, learner speaks "
+                f"{self.auth.protocol_version}; run the same q2rl release on both machines"
+            )
+        if not hmac.compare_digest(request.token.encode(), self.auth.token.encode()):
+            return _refuse("token rejected: the actor's token does not match the learner's (learner.token / --token)")
+        if request.config_hash != self.auth.config_hash:
+            return _refuse(
+                f"run config hash mismatch: actor {request.config_hash!r} != learner {self.auth.config_hash!r}; "
+                "start the actor with the learner's run config (runs/<name>/config.yaml)"
+            )
+        try:
+            check_actor_id(request.actor_id)
+        except ValueError as e:
+            return _refuse(str(e))
+        a = self._actor(request.actor_id)
+        with a.lock:
+            if a.stored_seq >= request.next_seq:
+                return _refuse(
+                    f"actor {request.actor_id!r}: the learner already stores seq up to {a.stored_seq} but this actor "
+                    f"would start at {request.next_seq}: its spool was lost or the actor id is reused; "
+                    "give the actor a new --actor-id or restore its spool directory"
+                )
+            if a.stored_seq < request.acked_floor:
+                if a.stored_seq >= 0:
+                    return _refuse(
+                        f"actor {request.actor_id!r}: the learner stores seq up to {a.stored_seq} but the actor's spool "
+                        f"already discarded everything up to {request.acked_floor} (acknowledged by another learner "
+                        "run); resume the matching run or give the actor a new --actor-id / empty spool"
+                    )
+                a.stored_seq = request.acked_floor  # a new run fed by an actor with history: start after it
+            old_session, old_context = a.session_id, a.stream_context
+            a.session_id = secrets.token_hex(16)
+            a.reconnects += 1
+            reply = pb.HandshakeReply(
+                accepted=True,
+                protocol_version=wire.PROTOCOL_VERSION,
+                session_id=a.session_id,
+                stored_seq=a.stored_seq,
+                reported_episode=a.reported_episode,
+                learner_config_hash=self.auth.config_hash,
+            )
+        with self._lock:
+            self._sessions.pop(old_session, None)
+            self._sessions[a.session_id] = request.actor_id
+        if old_context is not None:
+            old_context.cancel()  # the actor reconnected: its previous stream is dead or about to be
+        log.info("actor %s connected (stored seq %d)", request.actor_id, reply.stored_seq)
+        return reply
+
+    def _session(self, context) -> tuple[str, _ActorState, str]:
+        session = dict(context.invocation_metadata()).get(wire.SESSION_METADATA_KEY, "")
+        with self._lock:
+            actor_id = self._sessions.get(session)
+        if actor_id is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or replaced session: handshake first")
+        return actor_id, self._actors[actor_id], session
+
+    # ------------------------------------------------------------------ ingest
+
+    def SendTransitions(self, request_iterator: Iterator[bytes], context) -> Iterator["pb.Ack"]:
+        actor_id, a, session = self._session(context)
+        with a.lock:
+            a.stream_context, a.connected = context, True
+
+        def on_done() -> None:
+            with a.lock:
+                if a.stream_context is context:
+                    a.stream_context, a.connected = None, False
+
+        context.add_callback(on_done)
+        for batch in request_iterator:
+            if a.session_id != session:
+                context.abort(grpc.StatusCode.CANCELLED, "stream replaced by a newer connection of this actor")
+            try:
+                yield self._ingest(actor_id, a, batch)
+            except wire.WireError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"actor {actor_id}: {e}")
+
+    def _ingest(self, actor_id: str, a: _ActorState, batch: bytes) -> "pb.Ack":
+        """Store a batch durably (dropping duplicates), hand it to the learner, and return the ack."""
+        with a.lock:
+            fresh, stored_seq, reported = [], a.stored_seq, a.reported_episode
+            for raw in wire.split_batch(batch):
+                item = wire.parse_item(raw)
+                if item.HasField("transition"):
+                    t = item.transition
+                    if t.actor_id != actor_id:
+                        raise wire.WireError(f"transition seq {t.seq} names actor {t.actor_id!r}")
+                    if t.seq <= stored_seq:
+                        continue  # duplicate of something already stored (resend after reconnect)
+                    if t.seq != stored_seq + 1:
+                        raise wire.WireError(f"seq gap: got {t.seq} after {stored_seq}; resend from {stored_seq + 1}")
+                    stored_seq = t.seq
+                else:
+                    if item.report.episode_id <= reported:
+                        continue
+                    reported = item.report.episode_id
+                fresh.append((raw, item))
+            self.store.append(actor_id, fresh)  # fsync'd before anything is acknowledged
+            a.stored_seq, a.reported_episode = stored_seq, reported
+            a.last_batch_time = time.monotonic()
+            ready, reports = [], []
+            for _, item in fresh:
+                if item.HasField("transition"):
+                    ready += a.linker.push(*wire.decode_transition(item.transition))
+                else:
+                    a.linker.drop_pending()
+                    reports.append(wire.decode_report(item.report))
+        if ready:
+            self.on_transitions(ready)
+        for r in reports:
+            self.on_episode(r)
+        return pb.Ack(stored_seq=stored_seq, reported_episode=reported)
+
+    # ------------------------------------------------------------------ parameters, status
+
+    def Parameters(self, request: "pb.ParameterRequest", context) -> Iterator["pb.ParameterChunk"]:
+        with self._lock:
+            known = request.session_id in self._sessions
+        if not known:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or replaced session: handshake first")
+        have = request.have_version
+        while context.is_active() and not self._stopping.is_set():
+            with self._lock:
+                if request.session_id not in self._sessions:
+                    return  # the actor reconnected with a new session; that one has its own stream
+            newer = self.board.wait_newer(have, self._param_poll_s)
+            if newer is None:
+                continue
+            have, chunks = newer
+            yield from chunks
+
+    def Status(self, request: "pb.StatusRequest", context) -> "pb.StatusReply":
+        s = self.status_fn()
+        now = time.monotonic()
+        reply = pb.StatusReply(
+            phase=s.phase,
+            param_version=self.board.version,
+            replay_size=s.replay_size,
+            updates_per_s=s.updates_per_s,
+            env_steps_per_s=s.env_steps_per_s,
+            protocol_version=wire.PROTOCOL_VERSION,
+        )
+        with self._lock:
+            actors = dict(self._actors)
+        for actor_id, a in sorted(actors.items()):
+            reply.actors.add(
+                actor_id=actor_id,
+                connected=a.connected,
+                stored_seq=a.stored_seq,
+                last_batch_age_s=(now - a.last_batch_time) if a.last_batch_time else -1.0,
+                reconnects=max(0, a.reconnects),
+            )
+        return reply
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.board.close()
+
+    # ------------------------------------------------------------------ registration
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The method handlers; SendTransitions takes raw batch bytes (items stored verbatim, no re-encoding)."""
+        identity = None  # bytes in, bytes out
+        return grpc.method_handlers_generic_handler(
+            wire.SERVICE_NAME,
+            {
+                "Handshake": grpc.unary_unary_rpc_method_handler(
+                    self.Handshake, pb.HandshakeRequest.FromString, pb.HandshakeReply.SerializeToString
+                ),
+                "SendTransitions": grpc.stream_stream_rpc_method_handler(
+                    self.SendTransitions, identity, pb.Ack.SerializeToString
+                ),
+                "Parameters": grpc.unary_stream_rpc_method_handler(
+                    self.Parameters, pb.ParameterRequest.FromString, pb.ParameterChunk.SerializeToString
+                ),
+                "Status": grpc.unary_unary_rpc_method_handler(
+                    self.Status, pb.StatusRequest.FromString, pb.StatusReply.SerializeToString
+                ),
+            },
+        )
+
+
+class LearnerServer:
+    """A running gRPC server: `.address`, `.bound_port`, `.stop(grace_s)`."""
+
+    def __init__(self, server: grpc.Server, service: LearnerService, host: str, port: int) -> None:
+        self.server, self.service, self.host, self.bound_port = server, service, host, port
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.bound_port}"
+
+    def stop(self, grace_s: float | None = 1.0) -> None:
+        self.service.stop()
+        self.server.stop(grace_s).wait()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def serve(
+    address: str,
+    service: LearnerService,
+    *,
+    max_actors: int = 8,
+    keepalive: Keepalive = Keepalive(),
+    tls: TlsFiles | None = None,
+) -> LearnerServer:
+    """Start serving `service` at host:port (port 0 picks a free one); localhost unless a host is given."""
+    host, _, port = address.rpartition(":")
+    host = host or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and tls is None and not service.auth.token:
+        log.warning("learner listens on %s without TLS or token: anyone on that network can feed it data", host)
+    # Two long-lived streams per actor plus room for handshakes/status; beyond that calls are refused.
+    workers = 2 * max_actors + 4
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="q2rl-grpc"),
+        handlers=[service.handler()],
+        options=keepalive.server_options()
+        + [
+            ("grpc.max_receive_message_length", 2 * MAX_BATCH_BYTES),
+            ("grpc.max_send_message_length", 2 * MAX_BATCH_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=workers,
+    )
+    target = f"{host}:{port or 0}"
+    if tls is None:
+        bound = server.add_insecure_port(target)
+    else:
+        creds = grpc.ssl_server_credentials(
+            [(_read(tls.private_key), _read(tls.cert_chain))],
+            root_certificates=_read(tls.client_ca) if tls.client_ca else None,
+            require_client_auth=bool(tls.client_ca),
+        )
+        bound = server.add_secure_port(target, creds)
+    if bound == 0:
+        raise OSError(f"cannot bind the learner to {target} (port in use or bad address)")
+    server.start()
+    return LearnerServer(server, service, host, bound)

@@ -1,0 +1,415 @@
+"""The codec between q2rl's Python types and the wire schema (protos/q2rl.proto). No pickle anywhere.
+
+    item = encode_item_transition(t, omit_next_images=True)   # bytes; spooled and sent verbatim
+    batch = frame_batch([item, ...])                          # TransitionBatch bytes, built by concatenation
+    for raw in split_batch(batch): kind, obj = decode_item(raw)
+
+    chunks = encode_parameter_set(version, {"policy": p, "critic": q, "value": v})   # once per publish
+    assembler = ParameterAssembler(); done = assembler.add(chunk)   # (version, {subset: pytree}) when complete
+
+Arrays travel as (dtype, shape, raw bytes); decoded arrays are read-only views of the received bytes.
+Images go once per frame: a transition may leave out its next_obs images when the next transition of the
+same episode carries that frame as its obs; `FrameLinker` puts them back on the receiving side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Mapping
+
+import numpy as np
+
+from q2rl.interfaces import EpisodeReport, Transition
+
+try:
+    from q2rl.protos import q2rl_pb2 as pb
+except ImportError as e:  # the stubs are generated at build time, not committed
+    raise ImportError("q2rl gRPC stubs are missing: run `make protos` (or `make setup`) in the repository") from e
+
+PROTOCOL_VERSION = 1
+SERVICE_NAME = "q2rl.v1.Learner"
+SESSION_METADATA_KEY = "q2rl-session"
+DEFAULT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
+PARAMETER_SUBSETS = ("policy", "critic", "value")
+
+_SOURCE_TO_PB = {"bc": pb.ACTION_SOURCE_BC, "rl": pb.ACTION_SOURCE_RL, "human": pb.ACTION_SOURCE_HUMAN}
+_SOURCE_FROM_PB = {v: k for k, v in _SOURCE_TO_PB.items()}
+_ALLOWED_DTYPES = frozenset(
+    {"float16", "float32", "float64", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "bool"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive: a peer that does not answer a ping within `timeout_ms` is cut (its RPCs cancelled)."""
+
+    time_ms: int = 10_000
+    timeout_ms: int = 5_000
+    handshake_timeout_ms: int = 10_000  # a connection that never completes the HTTP/2/TLS handshake is closed
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", max(100, self.time_ms // 2)),
+            ("grpc.http2.min_ping_interval_without_data_ms", max(100, self.time_ms // 2)),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
+        ]
+
+    def client_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """Server PEM files for TLS; with `client_ca` the server also requires and checks client certificates."""
+
+    cert_chain: str
+    private_key: str
+    client_ca: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """Actor-side PEM files: the CA that signed the learner's certificate, and optionally a client cert/key."""
+
+    root_ca: str
+    cert_chain: str = ""
+    private_key: str = ""
+    target_name_override: str = ""  # when the certificate names a host other than the address dialled
+
+
+class WireError(ValueError):
+    """A message that does not decode into a valid q2rl object (wrong dtype, size mismatch, missing field)."""
+
+
+# ----------------------------------------------------------------------------------------------- tensors
+
+
+def tensor_to_proto(array: Any, out: "pb.Tensor") -> None:
+    """Write a numpy-compatible array into a Tensor message (little-endian, C order)."""
+    a = np.asarray(array)
+    if a.dtype.name not in _ALLOWED_DTYPES:
+        raise WireError(f"cannot send dtype {a.dtype} (allowed: {sorted(_ALLOWED_DTYPES)})")
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    out.dtype = a.dtype.name
+    out.shape[:] = a.shape
+    out.data = a.tobytes(order="C")
+
+
+def tensor_from_proto(t: "pb.Tensor", what: str = "tensor") -> np.ndarray:
+    """A read-only numpy view of a Tensor message's bytes; raises WireError if dtype or size are wrong."""
+    if t.dtype not in _ALLOWED_DTYPES:
+        raise WireError(f"{what}: unknown dtype {t.dtype!r}")
+    dtype = np.dtype(t.dtype).newbyteorder("<")
+    shape = tuple(t.shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(t.data) != expected:
+        raise WireError(f"{what}: {len(t.data)} bytes do not fit dtype {t.dtype} shape {shape} ({expected} bytes)")
+    return np.frombuffer(t.data, dtype=dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------ observations
+
+
+def _obs_to_proto(obs: Mapping[str, Any], out: "pb.Observation", with_images: bool, what: str) -> None:
+    unknown = set(obs) - {"state", "images"}
+    if unknown:
+        raise WireError(f"{what}: unknown observation keys {sorted(unknown)}; the contract is state + images")
+    if "state" not in obs:
+        raise WireError(f"{what}: observation has no 'state'")
+    tensor_to_proto(obs["state"], out.state)
+    if with_images:
+        for name, image in obs.get("images", {}).items():
+            tensor_to_proto(image, out.images[name])
+
+
+def _obs_from_proto(o: "pb.Observation", what: str) -> dict:
+    if not o.HasField("state"):
+        raise WireError(f"{what}: observation has no state")
+    obs: dict = {"state": tensor_from_proto(o.state, f"{what}.state")}
+    if o.images:
+        obs["images"] = {name: tensor_from_proto(t, f"{what}.images[{name}]") for name, t in sorted(o.images.items())}
+    return obs
+
+
+def same_frames(images_a: Mapping[str, Any] | None, images_b: Mapping[str, Any] | None) -> bool:
+    """True if two image dicts hold the same frames (identity first, then contents)."""
+    if not images_a or not images_b or set(images_a) != set(images_b):
+        return False
+    return all(images_a[k] is images_b[k] or np.array_equal(images_a[k], images_b[k]) for k in images_a)
+
+
+# ------------------------------------------------------------------------------------ transitions, reports
+
+
+def encode_transition(t: Transition, omit_next_images: bool = False) -> "pb.Transition":
+    """A Transition message; `omit_next_images` leaves out next_obs images (the next transition carries them)."""
+    if t.source not in _SOURCE_TO_PB:
+        raise WireError(f"transition seq {t.seq}: source {t.source!r} is not one of {sorted(_SOURCE_TO_PB)}")
+    m = pb.Transition(
+        actor_id=t.actor_id,
+        episode_id=int(t.episode_id),
+        step=int(t.step),
+        seq=int(t.seq),
+        reward=float(t.reward),
+        terminated=bool(t.terminated),
+        truncated=bool(t.truncated),
+        next_images_in_next_transition=bool(omit_next_images and t.next_obs.get("images")),
+        q_bc=float(t.q_bc),
+        q_rl=float(t.q_rl),
+        source=_SOURCE_TO_PB[t.source],
+        param_version=int(t.param_version),
+    )
+    _obs_to_proto(t.obs, m.obs, True, f"transition seq {t.seq} obs")
+    _obs_to_proto(t.next_obs, m.next_obs, not m.next_images_in_next_transition, f"transition seq {t.seq} next_obs")
+    tensor_to_proto(t.action, m.action)
+    tensor_to_proto(t.a_bc, m.a_bc)
+    tensor_to_proto(t.a_rl, m.a_rl)
+    return m
+
+
+def decode_transition(m: "pb.Transition") -> tuple[Transition, bool]:
+    """(Transition, next_images_pending): when pending, next_obs has no images yet (see FrameLinker)."""
+    what = f"transition {m.actor_id}/seq {m.seq}"
+    if m.source not in _SOURCE_FROM_PB:
+        raise WireError(f"{what}: unknown action source {m.source}")
+    for name in ("obs", "next_obs", "action", "a_bc", "a_rl"):
+        if not m.HasField(name):
+            raise WireError(f"{what}: missing field {name}")
+    t = Transition(
+        actor_id=m.actor_id,
+        episode_id=m.episode_id,
+        step=m.step,
+        seq=m.seq,
+        obs=_obs_from_proto(m.obs, what + " obs"),
+        action=tensor_from_proto(m.action, what + " action"),
+        reward=m.reward,
+        terminated=m.terminated,
+        truncated=m.truncated,
+        next_obs=_obs_from_proto(m.next_obs, what + " next_obs"),
+        a_bc=tensor_from_proto(m.a_bc, what + " a_bc"),
+        a_rl=tensor_from_proto(m.a_rl, what + " a_rl"),
+        q_bc=m.q_bc,
+        q_rl=m.q_rl,
+        source=_SOURCE_FROM_PB[m.source],
+        param_version=m.param_version,
+    )
+    return t, m.next_images_in_next_transition
+
+
+def encode_report(r: EpisodeReport, after_seq: int) -> "pb.EpisodeReport":
+    """An EpisodeReport message; `after_seq` is the seq of the last transition sent before it."""
+    return pb.EpisodeReport(after_seq=int(after_seq), **dataclasses.asdict(r))
+
+
+def decode_report(m: "pb.EpisodeReport") -> EpisodeReport:
+    fields = {f.name: getattr(m, f.name) for f in dataclasses.fields(EpisodeReport)}
+    return EpisodeReport(**fields)
+
+
+# ------------------------------------------------------------------------------- items and batch framing
+
+
+def encode_item_transition(t: Transition, omit_next_images: bool = False) -> bytes:
+    """The serialized Item carrying one transition: what the spool, the stream and the episode files hold."""
+    item = pb.Item()
+    item.transition.CopyFrom(encode_transition(t, omit_next_images))
+    return item.SerializeToString()
+
+
+def encode_item_report(r: EpisodeReport, after_seq: int) -> bytes:
+    item = pb.Item()
+    item.report.CopyFrom(encode_report(r, after_seq))
+    return item.SerializeToString()
+
+
+def parse_item(raw: bytes) -> "pb.Item":
+    """Parse one serialized Item; a WireError if it is not one."""
+    item = pb.Item()
+    try:
+        item.ParseFromString(raw)
+    except Exception as e:  # protobuf's DecodeError
+        raise WireError(f"undecodable item ({len(raw)} bytes): {e}") from None
+    if item.WhichOneof("kind") is None:
+        raise WireError("item carries neither a transition nor a report")
+    return item
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_ITEMS_TAG = b"\x0a"  # field 1 (TransitionBatch.items), wire type 2 (length-delimited)
+
+
+def frame_batch(items: list[bytes]) -> bytes:
+    """The bytes of a TransitionBatch holding already-serialized Items (no re-encoding)."""
+    parts = []
+    for raw in items:
+        parts += (_ITEMS_TAG, _varint(len(raw)), raw)
+    return b"".join(parts)
+
+
+def split_batch(data: bytes) -> list[bytes]:
+    """The serialized Items of a TransitionBatch, as byte strings (inverse of frame_batch)."""
+    items, pos, end = [], 0, len(data)
+    view = memoryview(data)
+    while pos < end:
+        if data[pos] != 0x0A:
+            raise WireError(f"TransitionBatch: unexpected field tag {data[pos]:#x} at byte {pos}")
+        pos += 1
+        length, shift = 0, 0
+        while True:
+            if pos >= end:
+                raise WireError("TransitionBatch: truncated length")
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > end:
+            raise WireError("TransitionBatch: truncated item")
+        items.append(bytes(view[pos : pos + length]))
+        pos += length
+    return items
+
+
+# ------------------------------------------------------------------------------------- images once/frame
+
+
+class FrameLinker:
+    """Puts next_obs images back into transitions that left them to their successor (one per actor).
+
+    `push(t, pending)` returns the transitions now complete, in order: a pending transition is held until the
+    next transition of its episode arrives. `drop_pending()` returns the held one (cut episode) if any.
+    """
+
+    def __init__(self) -> None:
+        self._held: Transition | None = None
+
+    @property
+    def held(self) -> Transition | None:
+        return self._held
+
+    def push(self, t: Transition, next_images_pending: bool) -> list[Transition]:
+        done = []
+        h = self._held
+        if h is not None:
+            self._held = None
+            if h.episode_id == t.episode_id and t.step == h.step + 1 and t.obs.get("images"):
+                done.append(dataclasses.replace(h, next_obs={**h.next_obs, "images": t.obs["images"]}))
+            # else: the episode was cut before its successor came; the held transition has no next frame
+        if next_images_pending:
+            self._held = t
+        else:
+            done.append(t)
+        return done
+
+    def drop_pending(self) -> Transition | None:
+        h, self._held = self._held, None
+        return h
+
+
+# ------------------------------------------------------------------------------------------- parameters
+
+
+def params_to_bytes(tree: Any) -> bytes:
+    """flax msgpack bytes of a parameter pytree (jax or numpy leaves)."""
+    from flax import serialization
+
+    return serialization.to_bytes(tree)
+
+
+def params_from_bytes(data: bytes) -> Any:
+    """The nested dict of numpy arrays that params_to_bytes wrote (restore into a template with
+    flax.serialization.from_state_dict if you need the original container types)."""
+    from flax import serialization
+
+    return serialization.msgpack_restore(data)
+
+
+def encode_parameter_set(
+    version: int, subsets: Mapping[str, Any], chunk_bytes: int = DEFAULT_CHUNK_BYTES, *, encoded: bool = False
+) -> list["pb.ParameterChunk"]:
+    """All chunks of one parameter set; `subsets` maps name -> pytree (or -> bytes when encoded=True)."""
+    if not subsets:
+        raise WireError("a parameter set needs at least one subset")
+    chunks = []
+    names = sorted(subsets)
+    for si, name in enumerate(names):
+        data = subsets[name] if encoded else params_to_bytes(subsets[name])
+        crc = zlib.crc32(data)
+        n = max(1, -(-len(data) // chunk_bytes))
+        view = memoryview(data)
+        for ci in range(n):
+            chunks.append(
+                pb.ParameterChunk(
+                    version=version,
+                    subset=name,
+                    subset_index=si,
+                    num_subsets=len(names),
+                    chunk_index=ci,
+                    num_chunks=n,
+                    data=bytes(view[ci * chunk_bytes : (ci + 1) * chunk_bytes]),
+                    subset_bytes=len(data),
+                    subset_crc32=crc,
+                )
+            )
+    return chunks
+
+
+class ParameterAssembler:
+    """Reassembles a chunked parameter set; a newer version's chunk discards an incomplete older set."""
+
+    def __init__(self, decode: bool = True) -> None:
+        self._decode = decode
+        self._version: int | None = None
+        self._parts: dict[str, list[bytes]] = {}
+        self._expected: tuple[int, dict[str, int]] | None = None
+
+    def add(self, c: "pb.ParameterChunk") -> tuple[int, dict[str, Any]] | None:
+        """Take one chunk; the whole set (version, {subset: pytree}) when it is the last missing one."""
+        if self._version != c.version:
+            if self._version is not None and c.version < self._version:
+                return None  # stale chunk of a set we already moved past
+            self._version, self._parts = c.version, {}
+        parts = self._parts.setdefault(c.subset, [b""] * c.num_chunks)
+        if len(parts) != c.num_chunks or c.chunk_index >= c.num_chunks:
+            raise WireError(f"parameter chunk {c.subset}[{c.chunk_index}/{c.num_chunks}] v{c.version}: inconsistent")
+        parts[c.chunk_index] = c.data
+        if c.chunk_index != c.num_chunks - 1:
+            return None
+        data = b"".join(parts)
+        if len(data) != c.subset_bytes or zlib.crc32(data) != c.subset_crc32:
+            raise WireError(f"parameter subset {c.subset!r} v{c.version}: size or CRC mismatch after reassembly")
+        self._parts[c.subset] = [data]
+        if c.subset_index != c.num_subsets - 1:
+            return None
+        complete = {name: p[0] for name, p in self._parts.items()}
+        if len(complete) != c.num_subsets:
+            raise WireError(f"parameter set v{c.version}: {len(complete)} of {c.num_subsets} subsets arrived")
+        version = self._version
+        self._version, self._parts = None, {}
+        if self._decode:
+            complete = {name: params_from_bytes(data) for name, data in complete.items()}
+        return version, complete

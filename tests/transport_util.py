@@ -1,0 +1,98 @@
+"""Shared helpers of the transport tests: transitions with known contents, a learner on a free port."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from q2rl.interfaces import EpisodeReport, Transition
+from q2rl.learner.episode_store import EpisodeStore
+from q2rl.learner.service import LearnerService, ParameterBoard, ServiceAuth, serve
+from q2rl.wire import Keepalive
+
+CONFIG_HASH = "0123456789abcdef"
+TOKEN = "secret-token"
+FAST_KEEPALIVE = Keepalive(time_ms=500, timeout_ms=500, handshake_timeout_ms=1500)
+
+
+def make_episode(actor_id: str, episode_id: int, first_seq: int, length: int, rng: np.random.Generator,
+                 images: bool = False, state_dim: int = 12, terminal: bool = True) -> list[Transition]:
+    """A chained episode: each next_obs is the following obs (same objects, as an env loop produces)."""
+    def obs():
+        o = {"state": rng.standard_normal(state_dim).astype(np.float32)}
+        if images:
+            o["images"] = {n: rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for n in ("wrist", "front")}
+        return o
+
+    out, cur = [], obs()
+    for step in range(length):
+        nxt = obs()
+        last = step == length - 1
+        out.append(Transition(
+            actor_id=actor_id, episode_id=episode_id, step=step, seq=first_seq + step, obs=cur,
+            action=rng.uniform(-1, 1, 7).astype(np.float32), reward=float(rng.random()),
+            terminated=bool(last and terminal), truncated=False, next_obs=nxt,
+            a_bc=rng.uniform(-1, 1, 7).astype(np.float32), a_rl=rng.uniform(-1, 1, 7).astype(np.float32),
+            q_bc=float(rng.standard_normal()), q_rl=float(rng.standard_normal()),
+            source=("bc", "rl", "human")[step % 3], param_version=step // 4,
+        ))
+        cur = nxt
+    return out
+
+
+def report_for(episode: list[Transition]) -> EpisodeReport:
+    t = episode[-1]
+    return EpisodeReport(actor_id=t.actor_id, episode_id=t.episode_id, length=len(episode), success=t.terminated,
+                         undiscounted_return=float(sum(x.reward for x in episode)), bc_share=0.5)
+
+
+def assert_transition_equal(a: Transition, b: Transition) -> None:
+    for f in dataclasses.fields(Transition):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name in ("obs", "next_obs"):
+            np.testing.assert_array_equal(x["state"], y["state"])
+            assert x["state"].dtype == y["state"].dtype
+            assert set(x.get("images", {})) == set(y.get("images", {})), f.name
+            for k in x.get("images", {}):
+                np.testing.assert_array_equal(x["images"][k], y["images"][k])
+        elif isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y)
+            assert x.dtype == y.dtype
+        else:
+            assert x == y, (f.name, x, y)
+
+
+class Collector:
+    """on_transitions / on_episode callbacks that record what the learner received."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.transitions: list[Transition] = []
+        self.reports: list[EpisodeReport] = []
+        self.cond = threading.Condition(self.lock)
+
+    def on_transitions(self, ts):
+        with self.cond:
+            self.transitions += ts
+            self.cond.notify_all()
+
+    def on_episode(self, r):
+        with self.cond:
+            self.reports.append(r)
+            self.cond.notify_all()
+
+    def wait_for(self, n_transitions: int, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.transitions) >= n_transitions, timeout)
+
+
+def start_learner(run_dir, address="127.0.0.1:0", keepalive=FAST_KEEPALIVE, token=TOKEN, max_actors=4, **kw):
+    store = EpisodeStore(run_dir)
+    collector = Collector()
+    board = ParameterBoard()
+    service = LearnerService(store, collector.on_transitions, collector.on_episode, board,
+                             ServiceAuth(config_hash=CONFIG_HASH, token=token), **kw)
+    server = serve(address, service, keepalive=keepalive, max_actors=max_actors)
+    return server, store, collector, board
