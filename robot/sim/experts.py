@@ -35,6 +35,7 @@ from q2rl.robot.sim.tasks import (
 OPEN, CLOSE = -1.0, 1.0
 HOVER = 0.07  # approach height above a cube's centre
 CARRY_Z = 0.13
+TRAVEL_TIP_Z = 0.09  # peg tip height while travelling (clears the 6 cm distractor)
 GRASP_MIN, GRASP_MAX = 0.028, 0.0435  # finger gap when holding a 4 cm cube
 
 
@@ -77,9 +78,11 @@ def unpack_state(state: np.ndarray, n_bodies: int) -> ExpertView:
     )
 
 
-def nearest_square_yaw(body_yaw: float, ee_yaw: float) -> float:
-    """The tool heading that matches a body with 90-degree symmetry, with the least rotation from ee_yaw."""
-    return ee_yaw + rotations.wrap_angle(4.0 * (body_yaw - ee_yaw)) / 4.0
+def nearest_square_yaw(body_yaw: float, ee_yaw: float, limit: float = 1.0) -> float:
+    """The tool heading that matches a body with 90-degree symmetry: within +-limit of home, nearest ee_yaw."""
+    base = rotations.wrap_angle(4.0 * body_yaw) / 4.0
+    candidates = [base + k * np.pi / 2 for k in (-2, -1, 0, 1, 2) if abs(base + k * np.pi / 2) <= limit]
+    return float(min(candidates, key=lambda c: abs(c - ee_yaw)))
 
 
 class ScriptedExpert:
@@ -211,8 +214,10 @@ class PegInsertExpert(ScriptedExpert):
         offset = peg[:2] - view.ee_pos[:2]  # where the peg sits relative to the TCP
         hole_xy = board[:2] + self._grasp_bias * 0.5
         xy_err = np.linalg.norm(hole_xy - peg[:2])
-        yaw_delta = rotations.wrap_angle(4.0 * (rotations.quat_yaw(board_quat) - rotations.quat_yaw(peg_quat))) / 4.0
-        target_yaw = view.ee_yaw + yaw_delta
+        # Heading the peg must turn by to match the hole (90-degree symmetric), kept within the tilt limits.
+        peg_in_hand = rotations.wrap_angle(rotations.quat_yaw(peg_quat) - view.ee_yaw)
+        target_yaw = nearest_square_yaw(rotations.quat_yaw(board_quat) - peg_in_hand, view.ee_yaw)
+        yaw_delta = rotations.wrap_angle(target_yaw - view.ee_yaw)
         tip_z = peg[2] - PEG_HALF[2]
         top = board[2] + BOARD_HEIGHT
         above = top + 0.015  # tip height at which the peg is lined up
@@ -229,7 +234,9 @@ class PegInsertExpert(ScriptedExpert):
             if aligned and abs(tip_z - above) < 0.01:
                 self.inserting, self.stuck_steps, self.last_z = True, 0, tip_z
             else:
-                return self._move(view, np.append(tcp_xy, view.ee_pos[2] + (above - tip_z)), target_yaw, CLOSE)
+                # Travel with the tip high enough to clear other objects; come down once over the hole.
+                tip_goal = above if xy_err < 0.02 else max(above, TRAVEL_TIP_Z)
+                return self._move(view, np.append(tcp_xy, view.ee_pos[2] + (tip_goal - tip_z)), target_yaw, CLOSE)
         # Inserting: keep correcting x/y/heading while pushing down; back off if it stops going in.
         self.stuck_steps = self.stuck_steps + 1 if tip_z > self.last_z - 0.002 else 0
         self.last_z = min(self.last_z, tip_z)

@@ -37,7 +37,7 @@ def scene_xml(task: Task, cfg: SimEnvConfig) -> str:
   <worldbody>
     <light name="top" pos="0.5 0 1.5" dir="0 0 -1" directional="true" castshadow="{shadow}" diffuse="0.4 0.4 0.4"/>
     <geom name="table" type="plane" size="1.2 1.2 0.05" material="table"/>
-    <camera name="front" pos="1.25 0 0.55" xyaxes="0 1 0 -0.55 0 0.83" fovy="50"/>
+    <camera name="front" pos="0.95 0 0.35" xyaxes="0 1 0 -0.58 0 0.815" fovy="55"/>
     {task.scene_xml()}
   </worldbody>
 </mujoco>

@@ -202,7 +202,8 @@ class PegInsert(Task):
                 spot = self.region.sample(rng)
             free["distractor"] = (np.append(spot, 0.03), np.array([1.0, 0, 0, 0]))
         return ResetPlan(
-            ee_pos, ee_yaw, free, mocap, grasped_body="peg", grasped_half_width=PEG_HALF[0], grasp_offset=PEG_GRASP_OFFSET
+            ee_pos, ee_yaw, free, mocap, grasped_body="peg", grasped_half_width=PEG_HALF[0],
+            grasp_offset=PEG_GRASP_OFFSET + rng.uniform(-0.005, 0.012),  # how deep the hand holds the peg varies
         )
 
     def success(self, model: mujoco.MjModel, data: mujoco.MjData) -> bool:

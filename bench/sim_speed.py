@@ -1,0 +1,65 @@
+"""Simulated Franka speed: control steps per second, state-only and with two 64x64 cameras, on one core.
+
+    python bench/sim_speed.py --task pick_cube --steps 3000
+
+Random actions (seeded); episode resets are included in the timing (they are part of real use).
+The last line is one JSON object: {"task", "steps_per_s", "image_steps_per_s", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def measure(task: str, steps: int, cameras: tuple[str, ...], image_size: int) -> dict:
+    """Steps per second of random-action rollouts, and the mean reset time."""
+    from q2rl.robot.sim import SimEnvConfig, make_sim_env
+
+    env = make_sim_env(SimEnvConfig(task=task, cameras=cameras, image_size=image_size))
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    env.step(np.zeros(7, np.float32))  # first render creates the GL context: keep it out of the timing
+    resets, reset_time = 0, 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, size=7).astype(np.float32))
+        if terminated or truncated:
+            t = time.perf_counter()
+            env.reset()
+            reset_time += time.perf_counter() - t
+            resets += 1
+    elapsed = time.perf_counter() - start
+    env.close()
+    return {"steps_per_s": steps / elapsed, "reset_ms": 1000 * reset_time / max(resets, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="pick_cube", help="task name (see q2rl.robot.sim.TASKS)")
+    parser.add_argument("--steps", type=int, default=3000, help="control steps for the state-only measurement")
+    parser.add_argument("--image-steps", type=int, default=0, help="steps with cameras (default: steps // 5)")
+    parser.add_argument("--image-size", type=int, default=64, help="camera image size in pixels")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    state = measure(args.task, args.steps, (), args.image_size)
+    print(f"state-only: {state['steps_per_s']:.0f} steps/s, reset {state['reset_ms']:.1f} ms", flush=True)
+    images = measure(args.task, args.image_steps or max(args.steps // 5, 50), ("wrist", "front"), args.image_size)
+    print(f"2 cameras {args.image_size}x{args.image_size}: {images['steps_per_s']:.0f} steps/s", flush=True)
+    result = {
+        "task": args.task,
+        "steps_per_s": round(state["steps_per_s"], 1),
+        "image_steps_per_s": round(images["steps_per_s"], 1),
+        "reset_ms": round(state["reset_ms"], 2),
+        "image_size": args.image_size,
+        "mujoco_gl": os.environ["MUJOCO_GL"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
