@@ -88,6 +88,29 @@ def stack_transitions(transitions: Sequence[Transition]) -> EpisodeArrays:
     )
 
 
+class EpisodeSummary:
+    """Running totals of one episode's stored transitions (to report an episode its actor never reported)."""
+
+    def __init__(self, episode_id: int) -> None:
+        self.episode_id, self.length, self.ret, self.bc_steps = episode_id, 0, 0.0, 0
+        self.terminated = self.truncated = self.reported = False
+        self.last_seq = -1
+
+    def add(self, t: "wire.pb.Transition") -> None:
+        self.length += 1
+        self.ret += t.reward
+        self.bc_steps += t.source == wire.pb.ACTION_SOURCE_BC
+        self.terminated, self.truncated, self.last_seq = t.terminated, t.truncated, t.seq
+
+    def cut_report(self, actor_id: str) -> EpisodeReport:
+        ended = self.terminated or self.truncated
+        return EpisodeReport(
+            actor_id=actor_id, episode_id=self.episode_id, length=self.length, success=self.terminated,
+            undiscounted_return=self.ret, bc_share=self.bc_steps / max(1, self.length), eval=False,
+            cut=not ended, fault="" if ended else "the actor sent no report for this episode (it crashed or restarted)",
+        )
+
+
 class StoredEpisode(NamedTuple):
     """An episode read back from disk. `transitions` are linked (next_obs images filled in); a transition
     whose next frame never arrived (episode cut mid-step) is left out of it and counted in `unlinked`."""
@@ -301,6 +324,22 @@ class EpisodeStore:
             else:
                 linker.drop_pending()
         return linker.held
+
+    def last_episode_summary(self, actor_id: str) -> "EpisodeSummary | None":
+        """Length, return and ending of an actor's newest stored episode (no images decoded)."""
+        with self._lock:
+            a = self._actors.get(actor_id)
+            files = self._episode_files(a.directory) if a is not None else []
+        if not files:
+            return None
+        summary = EpisodeSummary(files[-1][0])
+        for raw in recordio.read_records(files[-1][1]).records:
+            item = wire.parse_item(raw)
+            if item.HasField("transition"):
+                summary.add(item.transition)
+            else:
+                summary.reported = True
+        return summary
 
     def transitions(self) -> Iterator[Transition]:
         """Every stored, linked transition, per actor in seq order (to refill a replay on --resume)."""

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 
-from q2rl.learner.episode_store import EpisodeStore, check_actor_id  # noqa: F401  (re-exported for callers)
+from q2rl.learner.episode_store import EpisodeStore, EpisodeSummary, check_actor_id
 from q2rl import wire
 from q2rl.interfaces import EpisodeReport, Transition
 from q2rl.wire import Keepalive, TlsFiles, pb  # noqa: F401  (re-exported)
@@ -103,8 +103,10 @@ class ParameterBoard:
 class _ActorState:
     """Per-actor ingest state; `lock` serialises batches of the same actor (old and new stream)."""
 
-    def __init__(self, stored_seq: int, reported_episode: int, tail: Transition | None) -> None:
+    def __init__(self, stored_seq: int, reported_episode: int, tail: Transition | None,
+                 episode: EpisodeSummary | None) -> None:
         self.lock = threading.Lock()
+        self.episode = episode  # the newest episode seen, to report it if the actor never does
         self.stored_seq = stored_seq
         self.reported_episode = reported_episode
         self.linker = wire.FrameLinker()
@@ -157,6 +159,7 @@ class LearnerService:
                     self.store.stored_seq(actor_id),
                     self.store.reported_episode(actor_id),
                     self.store.unlinked_tail(actor_id),
+                    self.store.last_episode_summary(actor_id),
                 )
             return a
 
@@ -256,10 +259,18 @@ class LearnerService:
                     if t.seq != stored_seq + 1:
                         raise wire.WireError(f"seq gap: got {t.seq} after {stored_seq}; resend from {stored_seq + 1}")
                     stored_seq = t.seq
+                    if a.episode is None or a.episode.episode_id != t.episode_id:
+                        if a.episode is not None and not a.episode.reported and a.episode.episode_id > reported:
+                            fresh.append(self._cut_report_item(actor_id, a.episode))  # its actor moved on
+                            reported = a.episode.episode_id
+                        a.episode = EpisodeSummary(t.episode_id)
+                    a.episode.add(t)
                 else:
                     if item.report.episode_id <= reported:
                         continue
                     reported = item.report.episode_id
+                    if a.episode is not None and a.episode.episode_id == reported:
+                        a.episode.reported = True
                 fresh.append((raw, item))
             self.store.append(actor_id, fresh)  # fsync'd before anything is acknowledged
             a.stored_seq, a.reported_episode = stored_seq, reported
@@ -276,6 +287,13 @@ class LearnerService:
         for r in reports:
             self.on_episode(r)
         return pb.Ack(stored_seq=stored_seq, reported_episode=reported)
+
+    @staticmethod
+    def _cut_report_item(actor_id: str, episode: EpisodeSummary) -> tuple[bytes, "pb.Item"]:
+        report = episode.cut_report(actor_id)
+        log.warning("actor %s: episode %d ended without a report; recording it as cut", actor_id, episode.episode_id)
+        raw = wire.encode_item_report(report, episode.last_seq)
+        return raw, wire.parse_item(raw)
 
     # ------------------------------------------------------------------ parameters, status
 

@@ -1,0 +1,231 @@
+"""The actor-learner link over real loopback gRPC: handshake, exact round trips, dedup, acks, parameters."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from q2rl import wire
+from q2rl.actor.link import ActorLink, LinkRefused
+from q2rl.learner.episode_store import EpisodeStore
+from q2rl.wire import pb
+from transport_util import (CONFIG_HASH, FAST_KEEPALIVE, TOKEN, assert_transition_equal, make_episode, report_for,
+                            start_learner)
+
+
+@pytest.fixture
+def learner(tmp_path):
+    server, store, collector, board = start_learner(tmp_path / "run")
+    yield server, store, collector, board
+    server.stop(0)
+
+
+def new_link(server, tmp_path, actor_id="a0", config_hash=CONFIG_HASH, token=TOKEN, **kw):
+    return ActorLink(server.address, actor_id, config_hash, token, tmp_path / f"spool-{actor_id}",
+                     keepalive=FAST_KEEPALIVE, **kw)
+
+
+class RawClient:
+    """The RPCs by hand, to send exactly the batches a test needs."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.handshake = self.channel.unary_unary(f"/{wire.SERVICE_NAME}/Handshake",
+                                                  pb.HandshakeRequest.SerializeToString, pb.HandshakeReply.FromString)
+        self.send = self.channel.stream_stream(f"/{wire.SERVICE_NAME}/SendTransitions", None, pb.Ack.FromString)
+        self.status = self.channel.unary_unary(f"/{wire.SERVICE_NAME}/Status", pb.StatusRequest.SerializeToString,
+                                               pb.StatusReply.FromString)
+
+    def hello(self, actor_id="a0", **kw) -> pb.HandshakeReply:
+        fields = dict(protocol_version=wire.PROTOCOL_VERSION, config_hash=CONFIG_HASH, actor_id=actor_id,
+                      token=TOKEN, next_seq=1000, acked_floor=-1)
+        return self.handshake(pb.HandshakeRequest(**{**fields, **kw}), timeout=5)
+
+
+@pytest.mark.parametrize("what, expected", [
+    ("version", "protocol version mismatch: actor speaks 99, learner speaks 1"),
+    ("hash", "run config hash mismatch: actor 'ffffffffffffffff' != learner '0123456789abcdef'"),
+    ("token", "token rejected"),
+])
+def test_handshake_refusal_is_a_clear_exception_not_a_retry_loop(learner, tmp_path, monkeypatch, what, expected):
+    server = learner[0]
+    if what == "version":
+        monkeypatch.setattr(wire, "PROTOCOL_VERSION", 99)
+    link = new_link(server, tmp_path, config_hash="f" * 16 if what == "hash" else CONFIG_HASH,
+                    token="wrong" if what == "token" else TOKEN)
+    with pytest.raises(LinkRefused, match=expected):
+        link.wait_connected(timeout=10)
+    assert link.health().refused and not link.health().connected
+    t = make_episode("a0", 0, 0, 1, np.random.default_rng(0))[0]
+    with pytest.raises(LinkRefused, match=expected):
+        link.add(t)
+    reconnects = link.health().reconnects
+    time.sleep(0.5)
+    assert link.health().reconnects == reconnects == 0  # it gave up at once
+    link.close(0)
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_transitions_and_reports_round_trip_exactly(learner, tmp_path, images):
+    server, store, collector, _ = learner
+    link = new_link(server, tmp_path)
+    assert link.wait_connected(10)
+    rng = np.random.default_rng(1)
+    sent, reports = [], []
+    for e in range(3):
+        ep = make_episode("a0", link.next_episode_id, link.next_seq, 7, rng, images=images, terminal=e != 1)
+        for t in ep:
+            link.add(t)
+        reports.append(report_for(ep))
+        link.end_episode(reports[-1])
+        sent += ep
+    assert link.flush(10)
+    assert collector.wait_for(len(sent), 5)
+    assert [t.seq for t in collector.transitions] == list(range(21))
+    for a, b in zip(sent, collector.transitions):
+        assert_transition_equal(a, b)
+    assert collector.reports == reports
+    h = link.health()
+    assert h.connected and h.unacked == 0 and h.last_ack_age_s < 5
+    link.close(1)
+    # what the learner acknowledged is on disk: a fresh store reads back the same episodes
+    server.stop(0)
+    store.close()
+    again = EpisodeStore(tmp_path / "run")
+    episodes = list(again.episodes())
+    assert [(e.episode_id, e.complete, e.report) for e in episodes] == [(i, True, reports[i]) for i in range(3)]
+    for a, b in zip(sent, [t for e in episodes for t in e.transitions]):
+        assert_transition_equal(a, b)
+    arrays = episodes[0].arrays()
+    np.testing.assert_array_equal(arrays.obs_state, np.stack([t.obs["state"] for t in sent[:7]]))
+    np.testing.assert_array_equal(arrays.reward, [t.reward for t in sent[:7]])
+    if images:
+        np.testing.assert_array_equal(arrays.next_obs_images["front"][3], sent[3].next_obs["images"]["front"])
+
+
+def test_duplicates_are_dropped_and_acks_mean_stored(learner, tmp_path):
+    server, store, collector, _ = learner
+    client = RawClient(server.address)
+    reply = client.hello(next_seq=10)
+    assert reply.accepted and reply.stored_seq == -1
+    ep = make_episode("a0", 0, 0, 10, np.random.default_rng(2))
+    items = [wire.encode_item_transition(t) for t in ep]
+    batches = [items[0:5], items[2:7], items[2:7], items[7:10]]
+    acks = []
+    responses = client.send(iter([wire.frame_batch(b) for b in batches]),
+                            metadata=[(wire.SESSION_METADATA_KEY, reply.session_id)])
+    for ack in responses:
+        acks.append(ack.stored_seq)
+        on_disk = [t.seq for e in EpisodeStore(tmp_path / "run").episodes() for t in e.transitions]
+        assert on_disk == list(range(ack.stored_seq + 1))  # acknowledged => already in the episode files
+    assert acks == [4, 6, 6, 9]
+    assert [t.seq for t in collector.transitions] == list(range(10))
+    # a gap is a protocol error that names the seq to resend from
+    gap = client.send(iter([wire.frame_batch([wire.encode_item_transition(
+        make_episode("a0", 0, 12, 1, np.random.default_rng(3))[0])])]),
+        metadata=[(wire.SESSION_METADATA_KEY, reply.session_id)])
+    with pytest.raises(grpc.RpcError) as err:
+        list(gap)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "resend from 10" in err.value.details()
+    # without a handshake there is no stream
+    with pytest.raises(grpc.RpcError) as err:
+        list(client.send(iter([]), metadata=[(wire.SESSION_METADATA_KEY, "forged")]))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_lost_spool_or_reused_actor_id_is_refused(learner, tmp_path):
+    server = learner[0]
+    client = RawClient(server.address)
+    reply = client.hello(next_seq=3)
+    ep = make_episode("a0", 0, 0, 3, np.random.default_rng(4))
+    list(client.send(iter([wire.frame_batch([wire.encode_item_transition(t) for t in ep])]),
+                     metadata=[(wire.SESSION_METADATA_KEY, reply.session_id)]))
+    refused = client.hello(next_seq=0)  # a fresh actor (empty spool) claiming the same id
+    assert not refused.accepted and "already stores seq up to 2 but this actor would start at 0" in refused.reason
+
+
+def test_actor_restart_continues_numbering_from_its_spool(learner, tmp_path):
+    server, _, collector, _ = learner
+    link = new_link(server, tmp_path)
+    ep = make_episode("a0", 0, 0, 5, np.random.default_rng(5), terminal=False)
+    for t in ep:
+        link.add(t)
+    assert link.close(5)
+    link = new_link(server, tmp_path)  # same spool directory
+    assert (link.next_seq, link.next_episode_id) == (5, 1)
+    ep1 = make_episode("a0", 1, 5, 2, np.random.default_rng(6))
+    for t in ep1:
+        link.add(t)
+    assert link.flush(10)
+    link.close(1)
+    # episode 0 was never reported by the actor: the learner records it as cut, with its length and return
+    cut = [r for r in collector.reports if r.episode_id == 0]
+    assert len(cut) == 1 and cut[0].cut and cut[0].length == 5 and not cut[0].success
+    assert cut[0].undiscounted_return == pytest.approx(sum(t.reward for t in ep))
+
+
+def test_parameters_above_the_message_limit_arrive_exactly_and_latest_only(learner, tmp_path):
+    server, _, _, board = learner
+    link = new_link(server, tmp_path)
+    assert link.wait_connected(10) and link.latest() is None
+    rng = np.random.default_rng(7)
+    big = {"kernel": rng.standard_normal((5_000_000,)).astype(np.float32)}  # 20 MB
+    board.publish(1, {"policy": big, "critic": {"q": np.arange(5.0)}, "value": {"v": np.ones(2)}})
+    deadline = time.monotonic() + 20
+    while link.latest() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    version, params = link.latest()
+    assert version == 1 and sorted(params) == ["critic", "policy", "value"]
+    np.testing.assert_array_equal(params["policy"]["kernel"], big["kernel"])
+    seen = []
+    for v in range(2, 12):
+        board.publish(v, {"policy": {"w": np.full(3, float(v))}})
+    while link.latest()[0] != 11 and time.monotonic() < deadline:
+        seen.append(link.latest()[0])
+        time.sleep(0.001)
+    assert link.latest()[0] == 11 and link.latest()[1]["policy"]["w"].tolist() == [11.0] * 3
+    assert seen == sorted(seen)  # never goes back to an older set
+    with pytest.raises(ValueError, match="not newer"):
+        board.publish(5, {"policy": {}})
+    link.close(0)
+
+
+def test_status_reports_phase_and_links(tmp_path):
+    from q2rl.learner.service import LearnerStatus
+
+    server, *_ = start_learner(tmp_path / "run", status_fn=lambda: LearnerStatus("q_estimation", 42, 3.5, 7.0))
+    try:
+        link = new_link(server, tmp_path, actor_id="robot-1")
+        assert link.wait_connected(10)
+        status = RawClient(server.address).status(pb.StatusRequest(), timeout=5)
+        assert (status.phase, status.replay_size, status.updates_per_s) == ("q_estimation", 42, 3.5)
+        assert [(a.actor_id, a.connected) for a in status.actors] == [("robot-1", True)]
+        link.close(0)
+    finally:
+        server.stop(0)
+
+
+def test_store_ignores_a_torn_tail_with_a_warning_and_keeps_earlier_records(learner, tmp_path, caplog):
+    server, store, collector, _ = learner
+    link = new_link(server, tmp_path)
+    ep = make_episode("a0", 0, 0, 6, np.random.default_rng(8), images=True, terminal=False)
+    for t in ep:
+        link.add(t)
+    assert link.close(10)
+    server.stop(0)
+    store.close()
+    path = tmp_path / "run" / "episodes" / "a0" / "ep-000000000.rec"
+    with open(path, "ab") as f:
+        f.write(b"\x10\x27\x00\x00partial")  # a header promising 10000 bytes, then the crash
+    with caplog.at_level(logging.WARNING):
+        again = EpisodeStore(tmp_path / "run")
+    assert "torn tail of 11 bytes after 6 intact records" in caplog.text
+    assert again.stored_seq("a0") == 5
+    (episode,) = list(again.episodes())
+    assert not episode.complete and episode.unlinked == 0
+    for a, b in zip(ep, episode.transitions):
+        assert_transition_equal(a, b)
