@@ -1,0 +1,203 @@
+"""Sample efficiency of Q2RL against its baselines on a simulated task (paper Fig. 5).
+
+    .venv/bin/python bench/sample_efficiency.py --task pick_cube --algos bc,q2rl,ibrl,sac_bc --seeds 3 \
+        --env-steps 6000 --out runs/bench/sample_efficiency
+
+1. Scripted demos (noisy expert) -> a BC policy (cached under --out) whose success sits in the 30-70 % band.
+2. Every algorithm x seed runs in-process (core.trainer): eval success and the share of BC actions vs env steps.
+3. Writes <out>/<task>.md (table) and <out>/<task>.png (two panels); the last stdout line is JSON:
+   {"task": ..., "bc_success": ..., "results": {"<algo>": {"final_success": ..., "steps_to_bc_plus_20": ...}}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def record_demos(task: str, episodes: int, noise: float, seed: int):
+    """Scripted, noisy expert demonstrations as a DemoDataset (in memory)."""
+    from q2rl.config import to_dict
+    from q2rl.demos.hdf5 import DemoDataset
+    from q2rl.demos.hdf5 import Episode as Demo
+    from q2rl.robot.sim import make_sim_env
+    from q2rl.robot.sim.config import SimEnvConfig
+    from q2rl.robot.sim.experts import make_expert
+
+    cfg = SimEnvConfig(task=task)
+    env = make_sim_env(cfg)
+    expert = make_expert(task, noise, np.random.default_rng(seed), cfg)
+    demos = []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed * 100_000 + e)
+        expert.reset()
+        states, actions, rewards, dones, done, info = [], [], [], [], False, {}
+        while not done:
+            action = expert.act(obs)
+            states.append(obs["state"])
+            actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            rewards.append(reward)
+            dones.append(done)
+        demos.append(Demo(states=np.asarray(states, np.float32), actions=np.asarray(actions, np.float32),
+                          rewards=np.asarray(rewards, np.float32), dones=np.asarray(dones),
+                          success=bool(info.get("success", False)), seed=e))
+    env.close()
+    return DemoDataset(tuple(demos), {"env_name": task, "env_kwargs": to_dict(cfg)}, f"scripted:{task}")
+
+
+def prepare_bc(task: str, out: Path, demos: int, noise: float, bc_steps: int, log=print):
+    """Train (or load the cached) BC policy for `task`; returns (policy, demo dataset)."""
+    from q2rl.bc.config import BCConfig
+    from q2rl.bc.train import train_bc
+    from q2rl.core.checkpoint import load_bc_policy
+
+    dataset = record_demos(task, demos, noise, seed=0)
+    bc_dir = out / f"bc_{task}_{demos}demos_noise{noise}_{bc_steps}steps"
+    if (bc_dir / "policy.ckpt").exists() or any(bc_dir.glob("*.ckpt")):
+        return load_bc_policy(bc_dir), dataset
+    log(f"training BC on {demos} scripted demos (noise {noise}) -> {bc_dir}")
+    result = train_bc(dataset, BCConfig(steps=bc_steps), out_dir=bc_dir, progress=False)
+    return result.policy, dataset
+
+
+def steps_to_reach(curve, threshold: float) -> int | None:
+    """First env-step count at which eval success >= threshold (None if never)."""
+    for point in curve:
+        if point.success_rate >= threshold - 1e-9:
+            return int(point.env_steps)
+    return None
+
+
+def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
+    from q2rl.config import from_dict
+    from q2rl.core.agent_config import AgentConfig
+    from q2rl.core.agents import make_agent
+    from q2rl.core.trainer import Trainer, TrainerConfig, demo_to_episode
+    from q2rl.robot.sim import make_sim_env
+    from q2rl.robot.sim.config import SimEnvConfig
+
+    overrides = dict(algo=algo, preset=args.preset)
+    overrides.update(json.loads(args.agent_overrides))
+    agent_cfg = from_dict(AgentConfig, overrides)
+    agent = make_agent(agent_cfg, action_dim=7)
+    trainer_cfg = TrainerConfig(online_steps=args.env_steps, eval_every=args.eval_every,
+                                eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts)
+    demos = [demo_to_episode(d, i) for i, d in enumerate(dataset.episodes) if d.success]
+    trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=demos, log=log)
+    return trainer.run()
+
+
+def summarise(curves: dict, bc_success: float) -> dict:
+    """Mean curves over seeds and the two headline numbers per algorithm."""
+    results = {}
+    for algo, runs in curves.items():
+        steps = [p.env_steps for p in runs[0]]
+        n = min(len(r) for r in runs)
+        success = np.mean([[p.success_rate for p in r[:n]] for r in runs], axis=0)
+        bc_share = np.mean([[p.bc_share for p in r[:n]] for r in runs], axis=0)
+        mean_curve = [type(runs[0][0])(steps[i], float(success[i]), float(bc_share[i]), 0, 0.0) for i in range(n)]
+        reach = steps_to_reach(mean_curve, min(bc_success + 0.2, 1.0))
+        results[algo] = {
+            "final_success": float(success[-1]),
+            "steps_to_bc_plus_20": reach,
+            "min_success_after_start": float(np.min(success[1:])) if n > 1 else float(success[0]),
+            "env_steps": [int(s) for s in steps[:n]],
+            "success": [round(float(s), 3) for s in success],
+            "bc_share": [round(float(s), 3) for s in bc_share],
+        }
+    return results
+
+
+def write_report(task: str, results: dict, bc_success: float, out: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for algo, r in results.items():
+        ax1.plot(r["env_steps"], r["success"], marker="o", ms=3, label=algo)
+        if algo != "bc":
+            ax2.plot(r["env_steps"], r["bc_share"], marker="o", ms=3, label=algo)
+    ax1.axhline(bc_success, color="gray", ls=":", lw=1)
+    ax1.axhline(min(bc_success + 0.2, 1.0), color="gray", ls="--", lw=1)
+    ax1.set(xlabel="env steps", ylabel="eval success", title=f"{task}: eval success", ylim=(-0.02, 1.02))
+    ax2.set(xlabel="env steps", ylabel="fraction of BC actions executed", title="BC share (training episodes)",
+            ylim=(-0.02, 1.02))
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out / f"{task}.png", dpi=110)
+    lines = [f"# Sample efficiency on `{task}`", "",
+             f"BC success {bc_success:.2f}; target BC+20 = {min(bc_success + 0.2, 1.0):.2f}. {json.dumps(meta)}", "",
+             "| algo | final success | steps to BC+20 | min success after start | final BC share |",
+             "|---|---|---|---|---|"]
+    for algo, r in results.items():
+        lines.append(f"| {algo} | {r['final_success']:.2f} | {r['steps_to_bc_plus_20']} | "
+                     f"{r['min_success_after_start']:.2f} | {r['bc_share'][-1]:.2f} |")
+    lines += ["", "Curves (env steps: success / BC share):", ""]
+    for algo, r in results.items():
+        pts = ", ".join(f"{s}: {a:.2f}/{b:.2f}" for s, a, b in zip(r["env_steps"], r["success"], r["bc_share"]))
+        lines.append(f"- {algo}: {pts}")
+    (out / f"{task}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="pick_cube")
+    p.add_argument("--algos", default="bc,q2rl,ibrl,sac_bc")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--env-steps", type=int, default=6000, help="online env steps per run (the budget)")
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--learning-starts", type=int, default=500)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
+    p.add_argument("--demos", type=int, default=10, help="scripted demos for BC")
+    p.add_argument("--demo-noise", type=float, default=0.2)
+    p.add_argument("--bc-steps", type=int, default=2000)
+    p.add_argument("--out", default="runs/bench/sample_efficiency")
+    args = p.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+
+    bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    curves: dict[str, list] = {}
+    bc_success = None
+    t0 = time.time()
+    for algo in algos:
+        for seed in range(args.seeds):
+            result = run_one(args.task, algo, seed, bc, dataset, args, log)
+            curves.setdefault(algo, []).append(result.curve)
+            if result.curve and bc_success is None and algo != "rlpd":
+                bc_success = result.curve[0].success_rate  # every BC-based run evaluates pi_BC first
+            with open(out / f"{args.task}_curves.jsonl", "a") as f:
+                f.write(json.dumps({"algo": algo, "seed": seed, "curve": [p._asdict() for p in result.curve],
+                                    "q_estimation": result.q_estimation._asdict() if result.q_estimation else None})
+                        + "\n")
+    bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
+    results = summarise(curves, bc_success)
+    meta = {"env_steps": args.env_steps, "seeds": args.seeds, "preset": args.preset,
+            "overrides": json.loads(args.agent_overrides), "demos": args.demos, "wall_s": round(time.time() - t0)}
+    write_report(args.task, results, bc_success, out, meta)
+    print((out / f"{args.task}.md").read_text())
+    headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
+                for a, r in results.items()}
+    print(json.dumps({"task": args.task, "bc_success": bc_success, "results": headline}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
