@@ -16,11 +16,11 @@ import time
 import numpy as np
 
 
-def measure(task: str, steps: int, cameras: tuple[str, ...], image_size: int) -> dict:
+def measure(task: str, steps: int, cameras: tuple[str, ...], image_size: int, timestep: float) -> dict:
     """Steps per second of random-action rollouts, and the mean reset time."""
     from q2rl.robot.sim import SimEnvConfig, make_sim_env
 
-    env = make_sim_env(SimEnvConfig(task=task, cameras=cameras, image_size=image_size))
+    env = make_sim_env(SimEnvConfig(task=task, cameras=cameras, image_size=image_size, physics_timestep=timestep))
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     env.step(np.zeros(7, np.float32))  # first render creates the GL context: keep it out of the timing
@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000, help="control steps for the state-only measurement")
     parser.add_argument("--image-steps", type=int, default=0, help="steps with cameras (default: steps // 5)")
     parser.add_argument("--image-size", type=int, default=64, help="camera image size in pixels")
+    parser.add_argument("--physics-timestep", type=float, default=0.005, help="MuJoCo timestep in seconds")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    state = measure(args.task, args.steps, (), args.image_size)
+    state = measure(args.task, args.steps, (), args.image_size, args.physics_timestep)
     print(f"state-only: {state['steps_per_s']:.0f} steps/s, reset {state['reset_ms']:.1f} ms", flush=True)
-    images = measure(args.task, args.image_steps or max(args.steps // 5, 50), ("wrist", "front"), args.image_size)
+    images = measure(args.task, args.image_steps or max(args.steps // 5, 50), ("wrist", "front"), args.image_size, args.physics_timestep)
     print(f"2 cameras {args.image_size}x{args.image_size}: {images['steps_per_s']:.0f} steps/s", flush=True)
     result = {
         "task": args.task,
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_steps_per_s": round(images["steps_per_s"], 1),
         "reset_ms": round(state["reset_ms"], 2),
         "image_size": args.image_size,
+        "physics_timestep": args.physics_timestep,
         "mujoco_gl": os.environ["MUJOCO_GL"],
     }
     print(json.dumps(result))

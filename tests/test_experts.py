@@ -20,7 +20,7 @@ def run_episodes(env, expert, seeds):
             if terminated or truncated:
                 break
         successes.append(info["success"])
-        lengths.append(env._steps)
+        lengths.append(env.elapsed_steps)
     return np.array(successes), np.array(lengths)
 
 

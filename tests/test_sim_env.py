@@ -190,3 +190,10 @@ def test_bad_config_is_a_clear_error(overrides, field):
         from_dict(SimEnvConfig, overrides)
     assert from_dict(SimEnvConfig, {"cameras": ["front"]}).cameras == ("front",)
     assert SimEnvConfig(physics_timestep=0.002).substeps == 50
+
+
+def test_gymnasium_env_checker_accepts_the_env(sim_env_factory):
+    from gymnasium.utils.env_checker import check_env
+
+    env = sim_env_factory(cameras=("front",), image_size=16)
+    check_env(env, skip_render_check=True)

@@ -18,6 +18,7 @@ matrix, world frame; 6), finger gap in metres (1); with `privileged_state`, then
 from __future__ import annotations
 
 import os
+import weakref
 
 import gymnasium as gym
 import mujoco
@@ -30,6 +31,7 @@ from q2rl.robot.sim.tasks import WORKSPACE_HIGH, WORKSPACE_LOW, ResetPlan, Task,
 
 PROPRIO_DIM = 10
 BODY_POSE_DIM = 7
+STATE_BOUND = 10.0
 MAX_FINGER = 0.04  # per finger; the gap is twice the finger joint
 # Home orientation of the TCP: pointing down, fingers opening along world y.
 HOME_ROT = np.diag([1.0, -1.0, -1.0])
@@ -53,6 +55,7 @@ class FrankaSimEnv(gym.Env):
     def __init__(self, cfg: SimEnvConfig):
         cfg.validate()
         self.cfg = cfg
+        self.render_mode = "rgb_array"
         self.task: Task = make_task(cfg.task)
         self.model = build_model(self.task, cfg)
         self.data = mujoco.MjData(self.model)
@@ -71,7 +74,7 @@ class FrankaSimEnv(gym.Env):
         self.q_home = self._solve_ik(Q_HOME_GUESS, np.array([0.45, 0.0, 0.2]), HOME_ROT, iterations=200)
         self._target_pos = np.zeros(3)
         self._target_rot = HOME_ROT.copy()
-        self._steps = 0
+        self.elapsed_steps = 0  # control steps since the last reset
         self._renderer: mujoco.Renderer | None = None
         self.observation_space = self._make_observation_space()
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
@@ -83,7 +86,8 @@ class FrankaSimEnv(gym.Env):
 
     def _make_observation_space(self) -> gym.spaces.Dict:
         spaces: dict[str, gym.Space] = {
-            "state": gym.spaces.Box(-np.inf, np.inf, shape=(self.state_dim,), dtype=np.float32)
+            # Loose finite bounds (metres, unit vectors, quaternions): the table plane keeps objects near.
+            "state": gym.spaces.Box(-STATE_BOUND, STATE_BOUND, shape=(self.state_dim,), dtype=np.float32)
         }
         if self.cfg.cameras:
             shape = (self.cfg.image_size, self.cfg.image_size, 3)
@@ -128,7 +132,7 @@ class FrankaSimEnv(gym.Env):
         super().reset(seed=seed)
         plan = self.task.plan_reset(self.np_random)
         self._apply_plan(plan)
-        self._steps = 0
+        self.elapsed_steps = 0
         return self._observation(), {"success": False}
 
     def _apply_plan(self, plan: ResetPlan) -> None:
@@ -184,9 +188,9 @@ class FrankaSimEnv(gym.Env):
             d.ctrl[: len(ARM_JOINTS)] = q_start + frac * (q_goal - q_start)
             mujoco.mj_step(self.model, d, nstep=len(chunk))
         self._refresh_kinematics()
-        self._steps += 1
+        self.elapsed_steps += 1
         success = self.task.success(self.model, d)
-        truncated = (not success) and self._steps >= self.max_episode_steps
+        truncated = (not success) and self.elapsed_steps >= self.max_episode_steps
         info = {"success": success}
         return self._observation(), float(success), success, truncated, info
 
@@ -239,6 +243,8 @@ class FrankaSimEnv(gym.Env):
         if self._renderer is None:
             os.environ.setdefault("MUJOCO_GL", "egl")
             self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
+            # Free the GL context at interpreter exit too (before EGL is torn down) if nobody calls close().
+            self._renderer_finalizer = weakref.finalize(self, self._renderer.close)
             flags = self._renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.cfg.shadows
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.cfg.reflections
@@ -252,5 +258,5 @@ class FrankaSimEnv(gym.Env):
 
     def close(self) -> None:
         if self._renderer is not None:
-            self._renderer.close()
+            self._renderer_finalizer()
             self._renderer = None
