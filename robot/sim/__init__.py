@@ -6,6 +6,14 @@
 
 Scripted experts (q2rl.robot.sim.experts.make_expert) read the privileged state through
 `env.unwrapped.privileged_state()` when the policy's observation does not carry it.
+
+Why it is fast (bench/sim_speed.py; 2-core machine, one core, MuJoCo 3.8): the Panda (assets/panda.xml) is a
+real 7-joint chain built from capsules and boxes; only the hand, the finger pads and the objects collide.
+Per 0.1 s control step the env runs two damped-least-squares IK iterations in numpy (~70 us) and then
+20 MuJoCo substeps of 5 ms (pick_cube ~9-14 us each, peg_insert ~20-30 us: box-box contacts) driven by
+joint position servos, in five calls that ramp the joint targets. Measured: timestep 0.002 s ~1600
+steps/s, 0.005 s (default) ~2200-2400, 0.01 s ~3000 (peg insertion gets less reliable at 0.01 s).
+Two 64x64 cameras (EGL software rendering, shadows/reflections/MSAA off, one Renderer per env): ~600 steps/s.
 """
 
 from __future__ import annotations

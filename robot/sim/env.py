@@ -109,11 +109,10 @@ class FrankaSimEnv(gym.Env):
         mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self._tcp)
         jac = np.vstack([self._jacp[:, self._arm_dof], self._jacr[:, self._arm_dof]])
         q = data.qpos[self._arm_qpos]
-        jjt = jac @ jac.T + IK_DAMPING * np.eye(6)
-        dq = jac.T @ np.linalg.solve(jjt, error)
+        pinv = jac.T @ np.linalg.inv(jac @ jac.T + IK_DAMPING * np.eye(6))  # damped pseudo-inverse
         # Null-space pull towards the home posture keeps the elbow where a Panda operator expects it.
-        pinv = jac.T @ np.linalg.inv(jjt)
-        dq += (np.eye(7) - pinv @ jac) @ (NULLSPACE_GAIN * (self.q_home - q))
+        pull = NULLSPACE_GAIN * (self.q_home - q)
+        dq = pinv @ error + pull - pinv @ (jac @ pull)
         return np.clip(q + dq, self._q_low, self._q_high)
 
     def _solve_ik(self, q0: np.ndarray, pos: np.ndarray, rot: np.ndarray, iterations: int) -> np.ndarray:
