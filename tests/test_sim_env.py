@@ -197,3 +197,23 @@ def test_gymnasium_env_checker_accepts_the_env(sim_env_factory):
 
     env = sim_env_factory(cameras=("front",), image_size=16)
     check_env(env, skip_render_check=True)
+
+
+def test_binary_gripper_has_a_dead_band_like_the_real_robot(sim_env_factory):
+    env = sim_env_factory()  # default gripper_mode="binary", threshold 0.5
+    env.reset(seed=0)
+    gaps = []
+    for value in (0.3, 0.8, 0.2, -0.3, -0.8):
+        obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, value], np.float32))
+        gaps.append(obs["state"][9])
+    open_gap, closed_gap = 0.08, 0.0
+    np.testing.assert_allclose(gaps, [open_gap, closed_gap, closed_gap, closed_gap, open_gap], atol=0.004)
+
+
+def test_continuous_gripper_sets_the_finger_gap(sim_env_factory):
+    env = sim_env_factory(gripper_mode="continuous")
+    env.reset(seed=0)
+    for value, expected_gap in ((0.0, 0.04), (0.5, 0.02), (-1.0, 0.08)):
+        for _ in range(2):
+            obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, value], np.float32))
+        assert obs["state"][9] == pytest.approx(expected_gap, abs=0.003)

@@ -22,6 +22,12 @@ class SimEnvConfig:
     rotation_scale: float = doc(0.1, "Radians of end-effector rotation per unit of the roll/pitch/yaw action.")
     cameras: tuple[str, ...] = doc((), "Cameras rendered into obs['images'] (wrist, front); empty = state only.")
     image_size: int = doc(64, "Height and width in pixels of every rendered image.")
+    gripper_mode: Literal["binary", "continuous"] = doc(
+        "binary",
+        "binary: like the real gripper, action > threshold closes, < -threshold opens, in between keeps the state; "
+        "continuous: the action sets the finger-gap target (-1 open .. +1 closed).",
+    )
+    gripper_threshold: float = doc(0.5, "Dead band of the binary gripper (same meaning as the real robot's close_threshold).")
     privileged_state: bool = doc(True, "Append object poses (position + quaternion per task object) to obs['state'].")
     physics_timestep: float = doc(0.005, "MuJoCo timestep in seconds; 1/control_hz must be a whole multiple of it.")
     shadows: bool = doc(False, "Render shadows (slow in software EGL).")
@@ -56,6 +62,10 @@ class SimEnvConfig:
             raise ConfigError(f"cameras: {list(self.cameras)} names a camera twice")
         if not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size: expected 8..1024 pixels, got {self.image_size}")
+        if self.gripper_mode not in ("binary", "continuous"):
+            raise ConfigError(f"gripper_mode: {self.gripper_mode!r} is not one of 'binary', 'continuous'")
+        if not 0.0 <= self.gripper_threshold < 1.0:
+            raise ConfigError(f"gripper_threshold: must be in [0, 1), got {self.gripper_threshold}")
         if self.antialias_samples < 0:
             raise ConfigError(f"antialias_samples: must be >= 0, got {self.antialias_samples}")
 

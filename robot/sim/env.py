@@ -2,7 +2,9 @@
 
 Action (float32[7] in [-1, 1], clipped): TCP delta x, y, z (times `position_scale` metres), roll, pitch, yaw
 about the fixed world axes (times `rotation_scale` radians, applied as Rz(yaw) Ry(pitch) Rx(roll) before the
-current target orientation), gripper (-1 open .. +1 closed, a finger-gap target in between).
+current target orientation), gripper: with `gripper_mode="binary"` (default, like the real robot's
+GripperCommandFilter) above +threshold closes, below -threshold opens, in between keeps the last command;
+with "continuous" the value sets the finger-gap target (-1 fully open .. +1 closed).
 
 Control, once per 0.1 s step: the target TCP pose moves by the action (the target stays within 1 cm /
 0.1 rad of the measured pose, so pushing against the table cannot wind up force, and within the task's
@@ -75,6 +77,7 @@ class FrankaSimEnv(gym.Env):
         self._target_pos = np.zeros(3)
         self._target_rot = HOME_ROT.copy()
         self.elapsed_steps = 0  # control steps since the last reset
+        self._gripper_closed = False
         self._renderer: mujoco.Renderer | None = None
         self.observation_space = self._make_observation_space()
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
@@ -159,7 +162,8 @@ class FrankaSimEnv(gym.Env):
             d.qpos[adr + 3 : adr + 7] = quat
             finger = plan.grasped_half_width
         d.qpos[self._finger_qpos] = finger
-        d.ctrl[len(ARM_JOINTS)] = 0.0 if plan.grasped_body is not None else MAX_FINGER
+        self._gripper_closed = plan.grasped_body is not None
+        d.ctrl[len(ARM_JOINTS)] = 0.0 if self._gripper_closed else MAX_FINGER
         mujoco.mj_forward(m, d)
         mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
         self._refresh_kinematics()
@@ -179,7 +183,7 @@ class FrankaSimEnv(gym.Env):
         d = self.data
         q_start = d.qpos[self._arm_qpos].copy()
         q_goal = self._solve_ik(q_start, target_pos, target_rot, iterations=IK_ITERATIONS_PER_STEP)
-        d.ctrl[len(ARM_JOINTS)] = MAX_FINGER * (1.0 - action[6]) / 2.0
+        d.ctrl[len(ARM_JOINTS)] = self._finger_target(action[6])
         # Ramp the joint targets over the first part of the step: a step change would saturate the servos.
         chunks = np.array_split(np.arange(self.cfg.substeps), RAMP_CHUNKS)
         for i, chunk in enumerate(chunks):
@@ -192,6 +196,16 @@ class FrankaSimEnv(gym.Env):
         truncated = (not success) and self.elapsed_steps >= self.max_episode_steps
         info = {"success": success}
         return self._observation(), float(success), success, truncated, info
+
+    def _finger_target(self, value: float) -> float:
+        """Finger joint target for the gripper action (binary with a dead band, or continuous)."""
+        if self.cfg.gripper_mode == "continuous":
+            return MAX_FINGER * (1.0 - value) / 2.0
+        if value > self.cfg.gripper_threshold:
+            self._gripper_closed = True
+        elif value < -self.cfg.gripper_threshold:
+            self._gripper_closed = False
+        return 0.0 if self._gripper_closed else MAX_FINGER
 
     @staticmethod
     def _checked_action(action: np.ndarray) -> np.ndarray:
