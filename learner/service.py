@@ -367,16 +367,20 @@ class LearnerService:
 class LearnerServer:
     """A running gRPC server: `.address`, `.bound_port`, `.stop(grace_s)`."""
 
-    def __init__(self, server: grpc.Server, service: LearnerService, host: str, port: int) -> None:
+    def __init__(self, server: grpc.Server, service: LearnerService, host: str, port: int,
+                 executor: futures.ThreadPoolExecutor) -> None:
         self.server, self.service, self.host, self.bound_port = server, service, host, port
+        self._executor = executor
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.bound_port}"
 
     def stop(self, grace_s: float | None = 1.0) -> None:
+        """Stop serving; returns once every handler has returned (no store write is still in flight)."""
         self.service.stop()
         self.server.stop(grace_s).wait()
+        self._executor.shutdown(wait=True)
 
 
 def _read(path: str) -> bytes:
@@ -399,8 +403,9 @@ def serve(
         log.warning("learner listens on %s without TLS or token: anyone on that network can feed it data", host)
     # Two long-lived streams per actor plus room for handshakes/status; beyond that calls are refused.
     workers = 2 * max_actors + 4
+    executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="q2rl-grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="q2rl-grpc"),
+        executor,
         handlers=[service.handler()],
         options=keepalive.server_options()
         + [
@@ -423,4 +428,4 @@ def serve(
     if bound == 0:
         raise OSError(f"cannot bind the learner to {target} (port in use or bad address)")
     server.start()
-    return LearnerServer(server, service, host, bound)
+    return LearnerServer(server, service, host, bound, executor)

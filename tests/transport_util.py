@@ -96,3 +96,44 @@ def start_learner(run_dir, address="127.0.0.1:0", keepalive=FAST_KEEPALIVE, toke
                              ServiceAuth(config_hash=CONFIG_HASH, token=token), **kw)
     server = serve(address, service, keepalive=keepalive, max_actors=max_actors)
     return server, store, collector, board
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _main(argv: list[str]) -> None:
+    """Subprocess roles of the fault tests: `learner RUN_DIR PORT` or `actor ADDRESS SPOOL ACTOR_ID`."""
+    import sys
+    import time
+
+    if argv[0] == "learner":
+        server, *_ = start_learner(argv[1], f"127.0.0.1:{argv[2]}")
+        print("READY", server.bound_port, flush=True)
+        while True:
+            time.sleep(1)
+    elif argv[0] == "actor":
+        from q2rl.actor.link import ActorLink
+
+        link = ActorLink(argv[1], argv[3], CONFIG_HASH, TOKEN, argv[2], keepalive=FAST_KEEPALIVE)
+        link.wait_connected(10)
+        print("READY", flush=True)
+        rng = np.random.default_rng(0)
+        while True:
+            episode = make_episode(argv[3], link.next_episode_id, link.next_seq, 50, rng)
+            for t in episode:
+                link.add(t)
+                time.sleep(0.002)
+            link.end_episode(report_for(episode))
+    else:
+        sys.exit(f"unknown role {argv[0]!r}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
