@@ -1,6 +1,7 @@
 """Simulated Franka speed: control steps per second, state-only and with two 64x64 cameras, on one core.
 
     python bench/sim_speed.py --task pick_cube --steps 3000
+    python bench/sim_speed.py --task kitting --expert-episodes 50 --expert-noise 0,0.3   # + scripted expert success
 
 Random actions (seeded); episode resets are included in the timing (they are part of real use).
 The last line is one JSON object: {"task", "steps_per_s", "image_steps_per_s", ...}.
@@ -38,12 +39,35 @@ def measure(task: str, steps: int, cameras: tuple[str, ...], image_size: int, ti
     return {"steps_per_s": steps / elapsed, "reset_ms": 1000 * reset_time / max(resets, 1)}
 
 
+def expert_success(task: str, noise: float, episodes: int) -> dict:
+    """Success rate and mean length of the scripted expert over seeds 0..episodes-1."""
+    from q2rl.robot.sim import SimEnvConfig, make_sim_env
+    from q2rl.robot.sim.experts import expert_observation, make_expert
+
+    cfg = SimEnvConfig(task=task)
+    env = make_sim_env(cfg)
+    expert = make_expert(task, noise, np.random.default_rng(0), cfg)
+    successes, lengths = [], []
+    for seed in range(episodes):
+        env.reset(seed=seed)
+        expert.reset()
+        while True:
+            _, _, terminated, truncated, info = env.step(expert.act(expert_observation(env)))
+            if terminated or truncated:
+                break
+        successes.append(info["success"])
+        lengths.append(env.elapsed_steps)
+    return {"success_rate": float(np.mean(successes)), "mean_length": float(np.mean(lengths))}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pick_cube", help="task name (see q2rl.robot.sim.TASKS)")
     parser.add_argument("--steps", type=int, default=3000, help="control steps for the state-only measurement")
     parser.add_argument("--image-steps", type=int, default=0, help="steps with cameras (default: steps // 5)")
     parser.add_argument("--image-size", type=int, default=64, help="camera image size in pixels")
+    parser.add_argument("--expert-episodes", type=int, default=0, help="also measure the scripted expert (0 = skip)")
+    parser.add_argument("--expert-noise", default="0", help="comma-separated expert noise levels")
     parser.add_argument("--physics-timestep", type=float, default=0.005, help="MuJoCo timestep in seconds")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -60,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         "physics_timestep": args.physics_timestep,
         "mujoco_gl": os.environ["MUJOCO_GL"],
     }
+    if args.expert_episodes > 0:
+        result["expert"] = {}
+        for noise in (float(x) for x in args.expert_noise.split(",")):
+            stats = expert_success(args.task, noise, args.expert_episodes)
+            print(f"expert noise {noise}: success {stats['success_rate']:.2f}, {stats['mean_length']:.1f} steps", flush=True)
+            result["expert"][str(noise)] = stats
     print(json.dumps(result))
 
 
