@@ -40,6 +40,7 @@ class LearnerStatus:
     updates_per_s: float = 0.0
     utd_measured: float = 0.0  # critic steps per stored env step in the online phase
     param_version: int = 0
+    replay_size: int = 0
     actors_connected: int = 0
     duplicates_dropped: int = 0
     budget_env_steps: int = 0  # env steps the learner currently allows (sim pacing)

@@ -92,9 +92,10 @@ def default_run_name(task: str, now: datetime.datetime | None = None) -> str:
 
 
 def create_run_dir(root: str | Path, name: str) -> Path:
-    """A fresh run directory; an existing one is refused (use --resume to continue it)."""
+    """A fresh run directory; an existing one is refused (use --resume to continue it). Process logs a
+    launcher opened in it beforehand (*.log) do not count as content."""
     path = Path(root) / name
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(not p.name.endswith(".log") for p in path.iterdir()):
         raise RunDirError(
             f"run directory {path} already exists; continue it with --resume {path}, "
             "or choose another learner.run_name"

@@ -138,7 +138,7 @@ def prepare_bc(cfg, root: Path) -> str:
     """The BC checkpoint the run uses: the configured one, or one trained from scripted demos (sim), cached."""
     from q2rl.learner.bc_source import ensure_bc_policy
 
-    return ensure_bc_policy(cfg, root)
+    return ensure_bc_policy(cfg)
 
 
 def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:

@@ -1,0 +1,359 @@
+"""The actor: the environment loop with Q-Gating on CPU, feeding a TransitionSink, reading a ParameterSource.
+
+    actor = Actor(cfg, env, bc_policy, sink=link, source=link, console=console)
+    summary = actor.run(stop_event)          # until stopped, quit (key q) or actor.max_episodes
+
+Per step: the newest parameters the source holds (never waits for them), one jitted gate call
+`(params, obs, key) -> (action, GateInfo)`, env.step, `sink.add(Transition)` (spooled, returns at once).
+Before the learner's first parameters (the Q-Estimation rollouts) the gate is pi_BC alone.
+
+Pacing: a real robot runs at its control rate. A simulator runs as fast as the learner keeps up: the learner
+publishes, per actor, the highest seq it may send ("pacing" subset; UTD target + slack), and the loop holds
+before a step that would exceed it. Holding reads only in-memory state (no network), so stop and console
+keys are still served within a millisecond.
+
+Evaluation episodes (every `actor.eval_every_episodes`, or key e) act deterministically, are not sent for
+training, and are reported with `eval=True` so the learner can draw the eval success curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from q2rl.core.gating import make_gate
+from q2rl.core.sac import init_params, make_networks
+from q2rl.interfaces import ACTION_DIM, EpisodeReport, ParameterSource, Transition, TransitionSink
+from q2rl.learner.learner import apply_subsets, camera_shapes, example_obs
+from q2rl.learner.progress import ActorStatus, write_actor_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ActorSummary:
+    """What an actor did, for logs and tests."""
+
+    episodes: int = 0
+    eval_episodes: int = 0
+    eval_successes: int = 0
+    successes: int = 0
+    env_steps: int = 0
+    cut_episodes: int = 0
+    paced_s: float = 0.0
+    max_loop_gap_s: float = 0.0
+    quit: bool = False
+
+
+class _Quit(Exception):
+    """Raised inside an episode when the actor must stop (signal, key q)."""
+
+
+class Actor:
+    """One actor's control loop; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg,
+        env,
+        bc,
+        sink: TransitionSink | None,
+        source: ParameterSource | None,
+        *,
+        console=None,
+        paced_by_learner: bool | None = None,
+        status_dir: str | Path | None = None,
+        first_seq: int = 0,
+        first_episode_id: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.cfg, self.acfg = cfg, cfg.agent
+        self.env, self.sink, self.source, self.console = env, sink, source, console
+        self.actor_id = cfg.actor.actor_id
+        if paced_by_learner is None:
+            paced_by_learner = cfg.actor.pace == "learner" or (cfg.actor.pace == "auto" and cfg.env.backend == "sim")
+        self.paced_by_learner = paced_by_learner
+        self.period_s = 1.0 / cfg.env.control_hz
+        self.status_dir = Path(status_dir) if status_dir else None
+        self.clock, self.sleep = clock, sleep
+        images = camera_shapes(cfg.env)
+        nets = make_networks(self.acfg, ACTION_DIM, tuple(images))
+        state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
+        self.key = jax.random.PRNGKey(cfg.actor.seed)
+        self.key, k = jax.random.split(self.key)
+        self.template = jax.device_put(init_params(nets, self.acfg, k, example_obs(state_dim, images), bc=bc))
+        bc_only = dataclasses.replace(self.acfg, algo="bc")
+        self.bc_gate = make_gate(nets, bc_only)
+        self.bc_gate_eval = make_gate(nets, bc_only, deterministic=True)
+        self.gate = make_gate(nets, self.acfg, deterministic=False)
+        self.gate_eval = make_gate(nets, self.acfg, deterministic=cfg.actor.eval_deterministic)
+        self.params: Any = None  # AgentParams on device once the learner has published them
+        self.version = 0
+        self._seen_version = -1
+        self.pacing: dict[str, Any] | None = None
+        self.seq = first_seq
+        self.first_seq = first_seq
+        self.episode_id = first_episode_id
+        self.summary = ActorSummary()
+        self.paused = False
+        self.eval_requested = False
+        self._recent: list[bool] = []
+        self._last_step_time: float | None = None
+        self._last_status = 0.0
+        self._mode = "train"
+
+    # -------------------------------------------------------------------------------------- parameters
+    def refresh(self) -> None:
+        """Adopt the newest parameter set the source holds (no waiting)."""
+        if self.source is None:
+            return
+        got = self.source.latest()
+        if got is None or got[0] == self._seen_version:
+            return
+        version, subsets = got
+        self._seen_version = version
+        self.pacing = subsets.get("pacing")
+        if "policy" in subsets:
+            self.params = jax.device_put(apply_subsets(self.template, subsets))
+            self.version = version
+
+    def set_params(self, params, version: int) -> None:
+        """Use fixed parameters (final evaluation from a checkpoint)."""
+        self.params, self.version = jax.device_put(params), version
+
+    def grant(self) -> int | None:
+        """The highest seq the learner lets this actor send now (None: no limit known)."""
+        if self.pacing is None:
+            return None
+        mine = self.pacing.get(self.actor_id)
+        if mine is not None:
+            return int(mine)
+        default = self.pacing.get("*")
+        return None if default is None else self.first_seq + int(default)
+
+    def _hold_for_learner(self, stop: threading.Event) -> None:
+        """Sim pacing: wait (polling memory, never the network) until this step's seq is granted."""
+        started = None
+        while True:
+            self.refresh()
+            grant = self.grant()
+            if grant is None or self.seq <= grant:
+                break
+            started = started or self.clock()
+            self._serve_console(stop)
+            if stop.is_set():
+                raise _Quit
+            self._publish_status(waiting=True)
+            self.sleep(0.001)
+        if started is not None:
+            self.summary.paced_s += self.clock() - started
+            self._last_step_time = None  # a deliberate hold is not a loop stall
+
+    # -------------------------------------------------------------------------------------- console
+    def _serve_console(self, stop: threading.Event) -> list:
+        """Handle operator keys; returns the episode-ending commands (success/failure) for the caller."""
+        if self.console is None:
+            return []
+        from q2rl.robot.console import Command
+
+        ending = []
+        for command in self.console.poll():
+            if command == Command.QUIT:
+                stop.set()
+            elif command == Command.PAUSE:
+                self.paused = not self.paused
+                self.console.print("paused" if self.paused else "resumed")
+            elif command == Command.EVAL:
+                self.eval_requested = True
+                self.console.print("the next episode is an evaluation episode")
+            elif command in (Command.SUCCESS, Command.FAILURE):
+                ending.append(command)
+        return ending
+
+    def _wait_for_reset(self, stop: threading.Event) -> None:
+        """Real robot with an operator: the next episode starts when they press r (scene reset done)."""
+        if self.console is None or not getattr(self.console, "interactive", False) or self.cfg.env.backend == "sim":
+            return
+        from q2rl.robot.console import Command
+
+        self._mode = "waiting for reset (r)"
+        self._publish_status(force=True)
+        while not stop.is_set():
+            commands = self.console.poll(timeout_s=0.1)
+            if Command.QUIT in commands:
+                stop.set()
+            if Command.EVAL in commands:
+                self.eval_requested = True
+            if Command.RESET_DONE in commands:
+                return
+        raise _Quit
+
+    # -------------------------------------------------------------------------------------- the loop
+    def run(self, stop: threading.Event | None = None, max_episodes: int | None = None) -> ActorSummary:
+        """Episodes until `stop` is set, the operator quits, or `max_episodes` training episodes ran."""
+        stop = stop or threading.Event()
+        limit = self.cfg.actor.max_episodes if max_episodes is None else max_episodes
+        every = self.cfg.actor.eval_every_episodes
+        since_eval = 0
+        try:
+            while not stop.is_set() and (not limit or self.summary.episodes < limit):
+                evaluate = self.eval_requested or (every > 0 and since_eval >= every)
+                self.eval_requested = False
+                self.run_episode(stop, evaluate=evaluate)
+                since_eval = 0 if evaluate else since_eval + 1
+        except _Quit:
+            self.summary.quit = True
+        self._publish_status(force=True)
+        return self.summary
+
+    def evaluate(self, episodes: int, stop: threading.Event | None = None) -> float:
+        """Run `episodes` evaluation episodes; their success rate."""
+        stop = stop or threading.Event()
+        before = (self.summary.eval_episodes, self.summary.eval_successes)
+        for _ in range(episodes):
+            self.run_episode(stop, evaluate=True)
+        n = self.summary.eval_episodes - before[0]
+        return (self.summary.eval_successes - before[1]) / max(1, n)
+
+    def run_episode(self, stop: threading.Event, evaluate: bool = False) -> EpisodeReport:
+        """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit."""
+        self._wait_for_reset(stop)
+        episode_id = self.episode_id
+        self.episode_id += 1
+        self._mode = "eval" if evaluate else "train"
+        seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
+        obs, _ = self.env.reset(seed=seed)
+        step, total_reward, bc_steps, success = 0, 0.0, 0, False
+        self._last_step_time = None
+        next_tick = self.clock()
+        try:
+            while True:
+                if not self.paced_by_learner:
+                    next_tick = self._hold_control_rate(next_tick)
+                elif not evaluate:
+                    self._hold_for_learner(stop)
+                else:
+                    self.refresh()
+                ending = self._serve_console(stop)
+                while self.paused and not stop.is_set():
+                    self.sleep(0.05)
+                    ending += self._serve_console(stop)
+                if stop.is_set():
+                    raise _Quit
+                action, info = self._decide(obs, evaluate)
+                self._note_loop_gap()
+                next_obs, reward, terminated, truncated, env_info = self.env.step(action)
+                ending += self._serve_console(stop)
+                reward, terminated, truncated = _apply_operator(ending, float(reward), terminated, truncated)
+                a_bc, a_rl, q_bc, q_rl, use_rl = info
+                source = "rl" if use_rl else "bc"
+                if not evaluate and self.sink is not None:
+                    self.sink.add(Transition(
+                        actor_id=self.actor_id, episode_id=episode_id, step=step, seq=self.seq, obs=obs,
+                        action=action, reward=reward, terminated=bool(terminated), truncated=bool(truncated),
+                        next_obs=next_obs, a_bc=a_bc, a_rl=a_rl, q_bc=float(q_bc), q_rl=float(q_rl),
+                        source=source, param_version=self.version,
+                    ))
+                    self.seq += 1
+                    self.summary.env_steps += 1
+                step += 1
+                total_reward += reward
+                bc_steps += source == "bc"
+                obs = next_obs
+                self._publish_status()
+                if terminated or truncated:
+                    success = bool(terminated and (env_info.get("success", True) or reward > 0))
+                    break
+        except _Quit:
+            self._report(EpisodeReport(self.actor_id, episode_id, step, False, total_reward,
+                                       bc_steps / max(1, step), eval=evaluate, cut=True, fault="stopped"))
+            self.summary.cut_episodes += 1
+            raise
+        report = EpisodeReport(self.actor_id, episode_id, step, success, total_reward, bc_steps / max(1, step),
+                               eval=evaluate)
+        self._report(report)
+        if evaluate:
+            self.summary.eval_episodes += 1
+            self.summary.eval_successes += success
+        else:
+            self.summary.episodes += 1
+            self.summary.successes += success
+            self._recent = (self._recent + [success])[-20:]
+        return report
+
+    def _decide(self, obs, evaluate: bool):
+        """The gate's action and record, as numpy (pi_BC alone until parameters arrive)."""
+        self.key, k = jax.random.split(self.key)
+        if self.params is None:
+            gate = self.bc_gate_eval if evaluate else self.bc_gate
+            action, info = gate(self.template, obs, k)
+        else:
+            gate = self.gate_eval if evaluate else self.gate
+            action, info = gate(self.params, obs, k)
+        action, info = jax.device_get((action, info))
+        action = np.asarray(action, np.float32)
+        if not np.all(np.isfinite(action)):
+            raise FloatingPointError(f"the gate produced a non-finite action {action} (parameter version {self.version})")
+        return action, (np.asarray(info.a_bc, np.float32), np.asarray(info.a_rl, np.float32),
+                        info.q_bc, info.q_rl, bool(info.use_rl))
+
+    def _report(self, report: EpisodeReport) -> None:
+        if self.sink is not None:
+            self.sink.end_episode(report)
+
+    def _hold_control_rate(self, next_tick: float) -> float:
+        """Real-time pacing: sleep until the next control tick; a late tick starts a new schedule."""
+        now = self.clock()
+        if next_tick > now:
+            self.sleep(next_tick - now)
+            return next_tick + self.period_s
+        return max(next_tick, now - self.period_s) + self.period_s
+
+    def _note_loop_gap(self) -> None:
+        now = self.clock()
+        if self._last_step_time is not None:
+            self.summary.max_loop_gap_s = max(self.summary.max_loop_gap_s, now - self._last_step_time)
+        self._last_step_time = now
+
+    # -------------------------------------------------------------------------------------- status
+    def _publish_status(self, waiting: bool = False, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < 1.0:
+            return
+        self._last_status = now
+        health = getattr(self.source, "health", None)
+        h = health() if callable(health) else None
+        link = "local" if h is None else ("connected" if h.connected else (f"refused" if h.refused else "reconnecting"))
+        if self.console is not None:
+            from q2rl.robot.console import StatusLine
+
+            rate = float(np.mean(self._recent)) if self._recent else float("nan")
+            self.console.set_status(StatusLine(
+                episode=self.episode_id, step=self.summary.env_steps, success_rate=rate,
+                learner_version=self.version if self.params is not None else -1,
+                link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
+                mode="paused" if self.paused else self._mode, message="waiting for the learner" if waiting else ""))
+        if self.status_dir is not None:
+            write_actor_status(self.status_dir, ActorStatus(
+                actor_id=self.actor_id, episode=self.episode_id, env_steps=self.summary.env_steps,
+                param_version=self.version, link=link, spooled=0 if h is None else int(h.unacked),
+                waiting_for_learner_s=self.summary.paced_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s))
+
+
+def _apply_operator(commands: list, reward: float, terminated: bool, truncated: bool) -> tuple[float, bool, bool]:
+    """Operator keys override the environment: s = success (reward 1, terminates), f = failure (truncates)."""
+    from q2rl.robot.console import Command
+
+    if Command.SUCCESS in commands:
+        return 1.0, True, False
+    if Command.FAILURE in commands:
+        return reward, False, True
+    return reward, terminated, truncated

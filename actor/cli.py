@@ -1,0 +1,142 @@
+"""`q2rl actor`: one actor process — a robot (or simulator) feeding a learner over gRPC.
+
+    q2rl actor --config runs/<run>/config.yaml --learner gpu-box:50051 [a.b=c ...]
+    q2rl actor --config runs/<run>/config.yaml --evaluate runs/<run> --episodes 20   # final checkpoint, no learner
+
+Start actors with the learner's run config (runs/<run>/config.yaml): the handshake refuses an actor whose env,
+agent or BC policy differ. SIGINT/SIGTERM or key q: the running episode is cut and reported, the spool is
+flushed to the learner (bounded by actor.flush_timeout_s), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from q2rl.config import ConfigError, describe, load_config
+
+log = logging.getLogger("q2rl.actor")
+FINAL_EVAL_FILE = "final_eval.json"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from q2rl.run_config import RunConfig
+
+    parser = argparse.ArgumentParser(
+        prog="q2rl actor",
+        description="Run an actor: environment loop with Q-Gating, streaming transitions to a learner.",
+        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="run config YAML (use the learner's runs/<run>/config.yaml)")
+    parser.add_argument("--learner", help="host:port of the learner")
+    parser.add_argument("--evaluate", metavar="RUN", help="evaluate the final checkpoint of run directory RUN instead")
+    parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes (with --evaluate)")
+    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+    args = parser.parse_args(argv)
+    if bool(args.learner) == bool(args.evaluate):
+        parser.error("give exactly one of --learner host:port or --evaluate RUN")
+    return args
+
+
+def open_console(cfg):
+    """The operator console the config asks for (auto: when stdin is a terminal); None when off."""
+    if cfg.actor.console == "off":
+        return None
+    from q2rl.robot.console import OperatorConsole
+
+    require = cfg.actor.console == "on" or cfg.env.backend == "franka"
+    return OperatorConsole.open(require_terminal=require)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s actor %(levelname)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from q2rl.run_config import RunConfig
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if not cfg.bc.checkpoint:
+        raise ConfigError("bc.checkpoint: the actor needs the run's BC policy; start it with the learner's "
+                          "runs/<run>/config.yaml, which names it")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.evaluate:
+        return evaluate_run(cfg, Path(args.evaluate), args.episodes, stop)
+    return run_actor(cfg, args.learner, stop)
+
+
+def run_actor(cfg, address: str, stop: threading.Event) -> int:
+    """Connect, run episodes until stopped, flush the spool."""
+    from q2rl import wire
+    from q2rl.actor.actor import Actor
+    from q2rl.actor.link import ActorLink, LinkRefused
+    from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
+    from q2rl.robot.envs import make_env
+    from q2rl.run_config import compatibility_hash, file_digest
+
+    bc = load_bc_policy(cfg.bc.checkpoint)
+    tls = wire.ClientTls(cfg.learner.tls_ca) if cfg.learner.tls_ca else None
+    link = ActorLink(address, cfg.actor.actor_id,
+                     compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
+                     token=cfg.learner.token, spool_dir=cfg.actor.spool_dir, tls=tls)
+    # After a crash the spool's last episode may be unfinished: start a fresh id, the learner counts it cut.
+    first_episode = link.next_episode_id + (1 if link.next_seq > 0 else 0)
+    env = make_env(cfg.env)
+    console = open_console(cfg)
+    actor = Actor(cfg, env, bc, sink=link, source=link, console=console, status_dir=cfg.actor.status_dir or None,
+                  first_seq=link.next_seq, first_episode_id=first_episode)
+    code = 0
+    try:
+        if console is not None:
+            console.__enter__()
+        summary = actor.run(stop)
+        log.info("actor %s stopping: %s", cfg.actor.actor_id, summary)
+    except LinkRefused as e:
+        print(f"q2rl actor: {e}", file=sys.stderr)
+        code = 2
+    finally:
+        if console is not None:
+            console.restore()
+        flushed = link.close(flush_timeout=cfg.actor.flush_timeout_s)
+        if not flushed and code == 0:
+            log.warning("the learner has not acknowledged everything; the spool in %s keeps it for the next start",
+                        cfg.actor.spool_dir)
+        env.close()
+    return code
+
+
+def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> int:
+    """Evaluate the run's last learner checkpoint in this process; writes RUN/final_eval.json."""
+    import jax
+
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+    from q2rl.learner.run_dir import write_json
+    from q2rl.robot.envs import make_env
+
+    bc = load_bc_policy(cfg.bc.checkpoint)
+    learner = Learner(cfg, run_dir, bc, int(bc.normalizer.state_mean.shape[-1]), [jax.local_devices()[0]])
+    if not learner.restore_checkpoint():
+        print(f"q2rl actor: {run_dir} has no learner checkpoint to evaluate", file=sys.stderr)
+        return 2
+    env = make_env(cfg.env)
+    actor = Actor(cfg, env, bc, sink=None, source=None)
+    online = learner.saved_book.phase == "online"
+    if online:
+        actor.set_params(learner.state.params, learner.saved_book.param_version)
+    rate = actor.evaluate(episodes, stop)
+    result = {"success_rate": rate, "episodes": actor.summary.eval_episodes, "policy": "gated" if online else "bc",
+              "param_version": learner.saved_book.param_version, "updates": learner.saved_book.updates}
+    write_json(run_dir / FINAL_EVAL_FILE, result)
+    print(json.dumps(result))
+    env.close()
+    return 0

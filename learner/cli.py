@@ -1,0 +1,213 @@
+"""`q2rl learner`: the learner process — gRPC service, replay, phases, publishing, checkpoints.
+
+    q2rl learner --config configs/sim/pick_cube.yaml [a.b=c ...]     # a new run under learner.run_root
+    q2rl learner --resume runs/pick_cube-20261122-010203 [a.b=c ...] # continue after a crash or a stop
+
+The process loop (host code only; the math is in the jitted update):
+    drain the inbox (transitions/reports the service stored durably) -> replay
+    learner.work()                       # rollouts done? Q-Estimation; online: the update calls owed
+    publish parameters + pacing          # every learner.publish_every_s when something changed
+    status.json, lost actors, checkpoint # every status_every_s / checkpoint_every_s
+SIGINT/SIGTERM: stop serving, ingest what is stored, final checkpoint, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from q2rl.config import ConfigError, describe, dump_yaml, load_config
+from q2rl.learner.run_dir import ADDRESS_FILE, CONFIG_FILE, atomic_write, create_run_dir, default_run_name, open_run_dir
+
+log = logging.getLogger("q2rl.learner")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from q2rl.run_config import RunConfig
+
+    parser = argparse.ArgumentParser(
+        prog="q2rl learner",
+        description="Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.",
+        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="run config YAML (starts a new run directory)")
+    source.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with all its data")
+    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
+    return parser.parse_args(argv)
+
+
+def prepare_run(args: argparse.Namespace):
+    """(cfg, run_dir, resumed): a new run directory with its resolved config, or the one to resume."""
+    from q2rl.learner.bc_source import ensure_bc_policy
+    from q2rl.run_config import RunConfig
+
+    if args.resume:
+        run_dir = open_run_dir(args.resume)
+        cfg = load_config(RunConfig, run_dir / CONFIG_FILE, args.overrides)
+        return cfg, run_dir, True
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if not cfg.bc.checkpoint:
+        cfg = dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, checkpoint=ensure_bc_policy(cfg)))
+    name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
+    cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
+    run_dir = create_run_dir(cfg.learner.run_root, name)
+    dump_yaml(cfg, run_dir / CONFIG_FILE)
+    return cfg, run_dir, False
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s learner %(levelname)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from q2rl.learner.run_dir import RunDirError
+
+    try:
+        cfg, run_dir, resumed = prepare_run(args)
+    except RunDirError as e:
+        print(f"q2rl learner: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_learner(cfg, run_dir, resumed, stop)
+    return 0
+
+
+def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> None:
+    """Serve and train until `stop` is set; always ends with a checkpoint."""
+    from q2rl import wire
+    from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
+    from q2rl.learner.episode_store import EpisodeStore
+    from q2rl.learner.learner import Learner, select_devices
+    from q2rl.learner.progress import write_learner_status
+    from q2rl.learner.service import LearnerService, LearnerStatus, ParameterBoard, ServiceAuth, serve
+    from q2rl.run_config import compatibility_hash, file_digest
+
+    bc = load_bc_policy(cfg.bc.checkpoint)
+    state_dim = int(bc.normalizer.state_mean.shape[-1])
+    learner = Learner(cfg, run_dir, bc, state_dim, select_devices(cfg.learner.devices))
+    store = EpisodeStore(run_dir)
+    if resumed:
+        learner.resume_from(store)
+        log.info("resumed %s: %d transitions, phase %s, %d updates", run_dir, learner.book.env_steps,
+                 learner.book.phase, learner.book.updates)
+    inbox: queue.Queue = queue.Queue(maxsize=4096)  # bounded: a full inbox back-pressures the actors' streams
+    board = ParameterBoard()
+    auth = ServiceAuth(config_hash=compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
+                       token=cfg.learner.token)
+
+    def status_fn() -> LearnerStatus:
+        return LearnerStatus(phase=learner.book.phase, replay_size=len(learner.replay),
+                             updates_per_s=learner.status().updates_per_s)
+
+    service = LearnerService(store, on_transitions=lambda ts: inbox.put(("t", ts)),
+                             on_episode=lambda r: inbox.put(("r", r)), param_board=board, auth=auth,
+                             status_fn=status_fn)
+    tls = wire.TlsFiles(cfg.learner.tls_cert, cfg.learner.tls_key) if cfg.learner.tls_cert else None
+    server = serve(cfg.learner.address, service, max_actors=max(8, cfg.session.actors + 2), tls=tls)
+    atomic_write(run_dir / ADDRESS_FILE, server.address)
+    log.info("serving on %s (run %s)", server.address, run_dir)
+    driver = _Driver(cfg, learner, board, service, run_dir, write_learner_status)
+    learner.on_phase_change = driver.on_phase_change
+    try:
+        driver.publish(force=True)
+        while not stop.is_set():
+            driver.drain(inbox)
+            made = learner.work()
+            if made == 0:
+                driver.drain(inbox, wait_s=0.005)
+            driver.tick()
+    finally:
+        log.info("stopping: final checkpoint")
+        server.stop(grace_s=1.0)
+        driver.drain(inbox)
+        learner.save()
+        driver.write_status(force=True, message="stopped")
+        store.close()
+
+
+class _Driver:
+    """The learner process's periodic chores around the learner: inbox, publishing, status, checkpoints."""
+
+    def __init__(self, cfg, learner, board, service, run_dir: Path, write_status):
+        self.cfg, self.learner, self.board, self.service, self.run_dir = cfg, learner, board, service, run_dir
+        self._write_status = write_status
+        self.started = time.monotonic()
+        self.last_publish = self.last_status = self.last_checkpoint = time.monotonic()
+        self.published_key = None
+        self.disconnected_since: dict[str, float] = {}
+        self.connected = 0
+
+    def drain(self, inbox: queue.Queue, wait_s: float = 0.0) -> int:
+        n = 0
+        try:
+            kind, payload = inbox.get(timeout=wait_s) if wait_s > 0 else inbox.get_nowait()
+            while True:
+                if kind == "t":
+                    for t in payload:
+                        self.learner.ingest_transition(t)
+                else:
+                    self.learner.ingest_report(payload)
+                n += 1
+                kind, payload = inbox.get_nowait()
+        except queue.Empty:
+            return n
+
+    def publish(self, force: bool = False) -> None:
+        book = self.learner.book
+        grants = self.learner.grants()
+        key = (book.phase, book.updates, tuple(sorted(grants.items())))
+        if not force and key == self.published_key:
+            return
+        book.param_version += 1
+        version, subsets = self.learner.parameters()
+        self.board.publish(version, subsets)
+        self.published_key = key
+        self.last_publish = time.monotonic()
+
+    def on_phase_change(self) -> None:
+        self.write_status(force=True)
+        self.publish(force=True)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_publish >= self.cfg.learner.publish_every_s:
+            self.publish()
+        if now - self.last_status >= self.cfg.learner.status_every_s:
+            self.check_actors(now)
+            self.write_status()
+        if now - self.last_checkpoint >= self.cfg.learner.checkpoint_every_s:
+            self.learner.save()
+            self.last_checkpoint = time.monotonic()
+
+    def check_actors(self, now: float) -> None:
+        """Count connected actors; an actor gone longer than actor_lost_after_s has its open episode cut."""
+        from q2rl import wire
+
+        reply = self.service.Status(wire.pb.StatusRequest(), None)
+        self.connected = sum(a.connected for a in reply.actors)
+        for a in reply.actors:
+            if a.connected:
+                self.disconnected_since.pop(a.actor_id, None)
+                continue
+            since = self.disconnected_since.setdefault(a.actor_id, now)
+            if now - since >= self.cfg.learner.actor_lost_after_s:
+                self.learner.actor_lost(a.actor_id)
+
+    def write_status(self, force: bool = False, message: str = "") -> None:
+        status = self.learner.status()
+        status.actors_connected = self.connected
+        status.wall_s = time.monotonic() - self.started
+        status.message = message
+        self._write_status(self.run_dir, status)
+        self.last_status = time.monotonic()

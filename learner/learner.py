@@ -1,0 +1,392 @@
+"""The learner's phase driver: replay in, Q-Estimation, online SAC, parameters out (SPEC §1, §2).
+
+    learner = Learner(cfg, run_dir, bc_policy)          # or Learner.resume(cfg, run_dir, bc_policy, store)
+    learner.ingest_transition(t); learner.ingest_report(r)     # from the gRPC service (or a test)
+    learner.work()                                      # a chunk of whatever the phase needs
+    version, subsets = learner.parameters()             # what to publish (policy, critic, value, pacing)
+
+Phases:
+    rollout       the actors run pi_BC (they have no parameters yet); wait for `rollout_episodes` episodes
+    q_estimation  fit V_phi to MC returns, regress Q_RL onto Qhat_BC, pre-train pi_RL (one blocking call)
+    online        one jitted update call (UTD critic minibatches + 1 actor step) per stored env step
+    done          the session's env-step budget is spent
+
+UTD against the measured insert rate: the learner owes one update call per online env step and never runs
+ahead of the data; sim actors are paced by the "pacing" subset it publishes — per actor, the highest seq it
+may send — so they run exactly as fast as the updates keep up (`learner.ahead_steps` of slack), while a
+real robot ignores the pacing and runs at its control rate (the learner then just falls behind or idles).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
+from q2rl.core.q_estimation import QEstimation
+from q2rl.core.replay import ReplayBuffer, RewardShaping, stack_batches
+from q2rl.core.sac import AgentParams, SacState, init_params, init_state, make_networks, make_optimizers, make_update
+from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
+from q2rl.learner.progress import EvalPoint, LearnerStatus
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint/learner.ckpt"
+CHECKPOINT_KIND = "learner_state"
+UNLIMITED = 2**62  # a pacing grant that never binds
+WITH_Q_ESTIMATION = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")
+IBRL = ("ibrl", "ibrl_soft")
+
+
+def camera_shapes(env_cfg) -> dict[str, tuple[int, int, int]]:
+    """Image shapes the observations carry, from the env config (empty: state only)."""
+    if env_cfg.backend == "sim":
+        s = env_cfg.sim.image_size
+        return {name: (s, s, 3) for name in env_cfg.sim.cameras}
+    return {c.name: (c.height, c.width, 3) for c in getattr(env_cfg.franka, "cameras", ())}
+
+
+def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]], batch: int = 1) -> dict:
+    """A zero observation batch with the contract's layout (shapes only; initialises the networks)."""
+    obs: dict[str, Any] = {"state": np.zeros((batch, state_dim), np.float32)}
+    if images:
+        obs["images"] = {k: np.zeros((batch, *v), np.uint8) for k, v in images.items()}
+    return obs
+
+
+def published_subsets(params: AgentParams, algo: str) -> dict[str, Any]:
+    """The named parameter subsets the actor's gate needs (the BC policy and normaliser it loads itself)."""
+    critic = {"critic": params.critic, "encoder": params.encoder}
+    if algo in IBRL:  # IBRL scores candidates with the target critic
+        critic.update(critic_target=params.critic_target, encoder_target=params.encoder_target)
+    return {"policy": {"actor": params.actor}, "critic": critic, "value": {"value": params.value}}
+
+
+def apply_subsets(params: AgentParams, subsets: dict[str, Any]) -> AgentParams:
+    """`params` with the received subsets put in (the inverse of `published_subsets`)."""
+    from flax.serialization import from_state_dict
+
+    updates: dict[str, Any] = {}
+    for name in ("policy", "critic", "value"):
+        for field, tree in subsets.get(name, {}).items():
+            updates[field] = from_state_dict(getattr(params, field), tree)
+    if "critic" in updates and "critic_target" not in updates:
+        updates["critic_target"], updates["encoder_target"] = updates["critic"], updates.get("encoder", params.encoder)
+    return params.replace(**updates)
+
+
+@dataclasses.dataclass
+class Bookkeeping:
+    """Host-side counters; JSON in the checkpoint's metadata and rebuilt from the episode store on resume."""
+
+    phase: str = "rollout"
+    env_steps: int = 0
+    online_start_steps: int = 0
+    updates: int = 0
+    param_version: int = 0
+    episodes: int = 0
+    cut_episodes: int = 0
+    eval_episodes: int = 0
+    rollout_keys: list = dataclasses.field(default_factory=list)  # [actor_id, episode_id] of phase-1 rollouts
+    eval_curve: list = dataclasses.field(default_factory=list)  # EvalPoint dicts
+
+
+class Learner:
+    """Replay, phases, updates and bookkeeping of one run; the gRPC service feeds it, `run_learner` drives it."""
+
+    def __init__(self, cfg, run_dir: Path, bc, state_dim: int, devices: list | None = None):
+        self.cfg, self.acfg, self.run_dir = cfg, cfg.agent, Path(run_dir)
+        self.images = camera_shapes(cfg.env)
+        self.nets = make_networks(self.acfg, ACTION_DIM, tuple(self.images))
+        self.opts = make_optimizers(self.acfg)
+        self.key = jax.random.PRNGKey(cfg.learner.seed)
+        self.rng = np.random.default_rng(cfg.learner.seed)
+        self.key, k_init = jax.random.split(self.key)
+        params = init_params(self.nets, self.acfg, k_init, example_obs(state_dim, self.images), bc=bc)
+        self.state: SacState = init_state(params, self.opts)
+        self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
+        self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
+        self.book = Bookkeeping(phase="rollout")
+        self.mesh = DataParallel(devices, self.acfg.batch_size)
+        self.state = self.mesh.replicate(self.state)
+        self.update = make_update(self.nets, self.acfg, self.opts)
+        # per-actor stream bookkeeping
+        self.last_seq: dict[str, int] = {}
+        self.open_episode: dict[str, int] = {}
+        self.train_results: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
+        self.bc_steps: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
+        self.pending_eval: list[bool] = []
+        self.duplicates = 0
+        self.finished = False  # the env-step budget is spent and every owed update done
+        self._rate = RateMeter()
+
+    # ------------------------------------------------------------------------------------------ ingest
+    def ingest_transition(self, t: Transition) -> None:
+        """Store one training transition (the service delivers each seq once, in order, per actor)."""
+        if t.seq <= self.last_seq.get(t.actor_id, -1):
+            self.duplicates += 1  # defence in depth: the service already drops duplicates
+            return
+        previous = self.open_episode.get(t.actor_id)
+        if previous is not None and previous != t.episode_id:
+            self._cut(t.actor_id, previous, "the actor started a new episode without ending this one")
+        self.replay.add(t)
+        self.last_seq[t.actor_id] = t.seq
+        self.book.env_steps += 1
+        if t.terminated or t.truncated:
+            self.open_episode.pop(t.actor_id, None)
+            if self.book.phase == "rollout":
+                self.book.rollout_keys.append([t.actor_id, int(t.episode_id)])
+        else:
+            self.open_episode[t.actor_id] = int(t.episode_id)
+
+    def ingest_report(self, r: EpisodeReport) -> None:
+        """Count a finished episode: training success, BC share, the eval curve, cut episodes."""
+        if r.eval:
+            self.book.eval_episodes += 1
+            self.pending_eval.append(bool(r.success))
+            if len(self.pending_eval) >= self.cfg.learner.eval_window:
+                rate = float(np.mean(self.pending_eval))
+                self.book.eval_curve.append(dataclasses.asdict(EvalPoint(self.book.env_steps, rate, len(self.pending_eval))))
+                self.pending_eval = []
+            return
+        if r.cut:
+            if self.open_episode.get(r.actor_id) == r.episode_id:
+                self._cut(r.actor_id, r.episode_id, r.fault or "cut by the actor")
+            else:
+                self.book.cut_episodes += 1
+            return
+        self.book.episodes += 1
+        self.train_results.append(bool(r.success))
+        self.bc_steps.append((r.bc_share * r.length, r.length))
+
+    def actor_lost(self, actor_id: str) -> None:
+        """The service lost this actor (crash, network): its open episode is cut."""
+        episode = self.open_episode.get(actor_id)
+        if episode is not None:
+            self._cut(actor_id, episode, "the actor disconnected mid-episode")
+
+    def _cut(self, actor_id: str, episode_id: int, why: str) -> None:
+        self.replay.end_episode(actor_id, episode_id)
+        self.open_episode.pop(actor_id, None)
+        self.book.cut_episodes += 1
+        log.info("episode %s/%d cut: %s", actor_id, episode_id, why)
+
+    # ------------------------------------------------------------------------------------------ phases
+    def work(self) -> int:
+        """Do the next chunk of work for the current phase; returns the number of update calls made."""
+        phase = self.book.phase
+        if phase == "rollout" and self._rollouts_ready():
+            self._start_online_phase()
+            return 0
+        if phase != "online":
+            return 0
+        owed = self.owed_updates()
+        if owed <= 0:
+            if self.book.env_steps >= self.cfg.session.env_steps:
+                self.finished = True
+            return 0
+        n = min(owed, self.cfg.learner.updates_per_chunk)
+        for _ in range(n):
+            self._update_once()
+        return n
+
+    def _rollouts_ready(self) -> bool:
+        needed = self.acfg.q_estimation.rollout_episodes
+        return len(self.book.rollout_keys) >= needed and len(self.replay) >= self.acfg.batch_size
+
+    def _start_online_phase(self) -> None:
+        """End of rollouts: Q-Estimation (for the Q2RL family), then online updates owed per new env step."""
+        if self.acfg.algo in WITH_Q_ESTIMATION:
+            self.book.phase = "q_estimation"
+            self.on_phase_change()
+            episodes = [self.replay.export_episode(a, e) for a, e in self.book.rollout_keys]
+            self.key, k = jax.random.split(self.key)
+            started = time.monotonic()
+            params, report = QEstimation(self.nets, self.acfg).fit(
+                self.state.params, episodes, k, init_critic=self.acfg.algo != "q2rl_no_qinit")
+            log.info("Q-Estimation on %d episodes took %.1f s: %s", len(episodes), time.monotonic() - started, report)
+            self.state = self.mesh.replicate(init_state(params, self.opts))
+        self.book.phase = "online"
+        self.book.online_start_steps = self.book.env_steps
+        self.book.param_version += 1
+        self.on_phase_change()
+
+    def on_phase_change(self) -> None:
+        """Hook for the process driver (status file, publish); a no-op in tests."""
+
+    def owed_updates(self) -> int:
+        """Update calls owed to the data: one per online env step (SPEC: UTD against the insert rate)."""
+        if self.book.phase != "online" or self.acfg.algo == "bc":
+            return 0
+        return self.book.env_steps - self.book.online_start_steps - self.book.updates
+
+    def _update_once(self) -> None:
+        batches = stack_batches(
+            [self.replay.sample(self.rng, self.acfg.batch_size, self.shaping, self.acfg.n_step) for _ in range(self.acfg.utd)]
+        )
+        self.key, k = jax.random.split(self.key)
+        self.state, self.metrics = self.update(self.state, self.mesh.shard_batch(batches), k)
+        self.book.updates += 1
+        self._rate.tick()
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def grants(self) -> dict[str, int]:
+        """Per actor, the highest seq it may send now (sim pacing); '*' is for actors not heard from yet."""
+        phase = self.book.phase
+        if phase == "rollout":
+            return {"*": UNLIMITED}
+        if phase != "online":
+            return {**{a: s for a, s in self.last_seq.items()}, "*": -1}
+        paid = self.book.online_start_steps + self.book.updates + self.cfg.learner.ahead_steps
+        paid = min(paid, self.cfg.session.env_steps)
+        headroom = max(0, paid - self.book.env_steps)
+        share = headroom // max(1, len(self.last_seq) or 1)
+        grants = {a: s + share for a, s in self.last_seq.items()}
+        grants["*"] = share - 1
+        return grants
+
+    def parameters(self) -> tuple[int, dict[str, Any]]:
+        """(version, subsets) to publish: the pacing alone before the first parameters exist."""
+        pacing = {a: np.asarray(g, np.int64) for a, g in self.grants().items()}
+        subsets: dict[str, Any] = {"pacing": pacing}
+        if self.book.phase == "online":
+            subsets.update(published_subsets(jax.device_get(self.state.params), self.acfg.algo))
+        return self.book.param_version, subsets
+
+    def status(self) -> LearnerStatus:
+        bc_num = sum(b for b, _ in self.bc_steps)
+        bc_den = sum(n for _, n in self.bc_steps)
+        curve = [EvalPoint(**p) for p in self.book.eval_curve]
+        return LearnerStatus(
+            phase="done" if self.finished else self.book.phase,
+            env_steps=self.book.env_steps,
+            episodes=self.book.episodes,
+            cut_episodes=self.book.cut_episodes,
+            eval_episodes=self.book.eval_episodes,
+            train_success_rate=float(np.mean(self.train_results)) if self.train_results else 0.0,
+            eval_success_rate=curve[-1].success_rate if curve else None,
+            bc_share=bc_num / bc_den if bc_den else 1.0,
+            updates=self.book.updates,
+            updates_per_s=self._rate.rate(),
+            utd_measured=self.acfg.utd * self.book.updates / max(1, self.book.env_steps - self.book.online_start_steps)
+            if self.book.phase == "online" else 0.0,
+            param_version=self.book.param_version,
+            replay_size=len(self.replay),
+            duplicates_dropped=self.duplicates,
+            budget_env_steps=min(self.cfg.session.env_steps, self.book.online_start_steps + self.book.updates
+                                 + self.cfg.learner.ahead_steps) if self.book.phase == "online" else 0,
+            eval_curve=curve,
+        )
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def save(self) -> Path:
+        """Checkpoint the learner state (msgpack, atomic) with the bookkeeping as JSON metadata."""
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "book": dataclasses.asdict(self.book),
+            "key": np.asarray(jax.random.key_data(self.key) if jnp.issubdtype(self.key.dtype, jax.dtypes.prng_key)
+                              else self.key).tolist(),
+            "rng": self.rng.bit_generator.state,
+            "saved_at": time.time(),
+        }
+        return save_checkpoint(self.run_dir / CHECKPOINT_FILE, jax.device_get(self.state), meta)
+
+    def resume_from(self, store) -> None:
+        """Refill replay and counters from the episode store (every acknowledged transition), then put back the
+        last checkpoint's state and phase; updates owed for data stored after that checkpoint are made up."""
+        for ep in store.episodes():
+            for t in ep.transitions:
+                self.ingest_transition(t)
+            if ep.report is not None:
+                self.ingest_report(ep.report)
+        self.pending_eval = []
+        if not self.restore_checkpoint():
+            return
+        saved = self.saved_book
+        self.book.phase = saved.phase
+        self.book.updates, self.book.online_start_steps = saved.updates, saved.online_start_steps
+        self.book.param_version = saved.param_version
+        self.book.eval_curve = saved.eval_curve
+        if saved.phase != "rollout":
+            self.book.rollout_keys = saved.rollout_keys
+
+    def restore_checkpoint(self) -> bool:
+        """Load the last checkpoint into this learner if there is one; returns whether there was."""
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path, target=jax.device_get(self.state))
+        if ckpt.metadata.get("kind") != CHECKPOINT_KIND:
+            raise ValueError(f"{path}: not a learner checkpoint (kind {ckpt.metadata.get('kind')!r})")
+        self.state = self.mesh.replicate(ckpt.state)
+        book = ckpt.metadata["book"]
+        self.saved_book = Bookkeeping(**book)
+        self.key = jnp.asarray(np.asarray(ckpt.metadata["key"], np.uint32))
+        self.rng.bit_generator.state = ckpt.metadata["rng"]
+        return True
+
+
+class RateMeter:
+    """Events per second over a sliding window of recent ticks."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self.ticks: collections.deque = collections.deque()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.ticks.append(now)
+        while self.ticks and now - self.ticks[0] > self.window_s:
+            self.ticks.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.ticks and now - self.ticks[0] > self.window_s:
+            self.ticks.popleft()
+        if len(self.ticks) < 2:
+            return 0.0
+        return (len(self.ticks) - 1) / max(1e-9, self.ticks[-1] - self.ticks[0])
+
+
+class DataParallel:
+    """The update data-parallel over local devices: the state replicated, each minibatch split on its batch axis.
+
+    jit follows the data's shardings (GSPMD): the same jitted update runs on one device or on all of them,
+    with gradient means becoming an all-reduce. One device: everything is a no-op.
+    """
+
+    def __init__(self, devices: list | None, batch_size: int):
+        self.devices = list(devices) if devices else [jax.local_devices()[0]]
+        if batch_size % len(self.devices):
+            raise ValueError(f"agent.batch_size {batch_size} does not split over {len(self.devices)} devices; "
+                             "choose a multiple or set learner.devices")
+        if len(self.devices) > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.asarray(self.devices), ("batch",))
+            self.replicated = NamedSharding(mesh, PartitionSpec())
+            self.batch_sharding = NamedSharding(mesh, PartitionSpec(None, "batch"))  # [utd, batch, ...]
+        else:
+            self.replicated = self.batch_sharding = None
+
+    def replicate(self, tree: Any) -> Any:
+        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
+
+    def shard_batch(self, batches: Any) -> Any:
+        return batches if self.batch_sharding is None else jax.device_put(batches, self.batch_sharding)
+
+
+def select_devices(count: int) -> list:
+    """The first `count` local devices (0: all of them)."""
+    devices = jax.local_devices()
+    if count < 0 or count > len(devices):
+        raise ValueError(f"learner.devices: {count} asked, {len(devices)} available")
+    return devices[:count] if count else devices

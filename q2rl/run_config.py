@@ -1,0 +1,171 @@
+"""The top-level run config: one YAML file (configs/sim/*.yaml, configs/real/*.yaml) with six sections.
+
+    env:      which robot (backend sim | franka) and its settings (env.sim, env.franka)
+    bc:       where pi_BC comes from (a checkpoint, or scripted demos + BC training for sim)
+    agent:    the algorithm and its hyperparameters (q2rl.core.agent_config.AgentConfig)
+    learner:  address, run directory, TLS/token, checkpoint and publish cadence
+    actor:    pacing, spool, eval cadence, console
+    session:  how many actors, how many env steps, when to stop (q2rl session only)
+
+    cfg = load_config(RunConfig, "configs/sim/pick_cube.yaml", ["session.env_steps=2000"])
+
+The handshake compares `compatibility_hash(cfg, bc_digest)`: what decides the meaning of a transition and of a
+parameter set (env, agent, the BC policy's bytes). Actor-, learner- and session-only fields may differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from q2rl.bc.config import BCConfig
+from q2rl.config import ConfigError, doc, to_dict
+from q2rl.core.agent_config import AgentConfig
+from q2rl.robot.real_config import FrankaEnvConfig
+from q2rl.robot.sim.config import SimEnvConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which environment the actors run: the MuJoCo Franka or the real one, same contract."""
+
+    backend: Literal["sim", "franka"] = doc("sim", "Environment backend: sim (MuJoCo) or franka (real robot).")
+    sim: SimEnvConfig = doc(SimEnvConfig(), "Simulated Franka task (backend: sim).")
+    franka: FrankaEnvConfig = doc(FrankaEnvConfig(), "Real Franka, cameras and safety limits (backend: franka).")
+
+    def task_name(self) -> str:
+        """A short name for run directories."""
+        if self.backend == "sim":
+            return self.sim.task
+        return str(getattr(self.franka, "task", "franka"))
+
+    @property
+    def control_hz(self) -> float:
+        return float(self.sim.control_hz if self.backend == "sim" else getattr(self.franka, "control_hz", 10.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class BCSourceConfig:
+    """Where pi_BC comes from: a trained checkpoint, or (sim) scripted demos + BC training, cached."""
+
+    checkpoint: str = doc("", "BC checkpoint (directory or policy.ckpt); empty = train one from scripted demos (sim).")
+    demo_episodes: int = doc(30, "Scripted demonstrations to record when training pi_BC here (sim).")
+    demo_noise: float = doc(-1.0, "Scripted expert's imperfection (-1: the expert's default).")
+    demo_seed: int = doc(0, "Seed of the scripted demonstrations.")
+    cache_root: str = doc("runs/bc-cache", "Where trained BC policies are cached, keyed by task and these settings.")
+    eval_episodes: int = doc(20, "Evaluate a freshly trained pi_BC over this many episodes (0: skip), for the summary.")
+    train: BCConfig = doc(BCConfig(), "BC training when pi_BC is trained here (what `q2rl bc train` takes).")
+
+    def validate(self) -> None:
+        if not self.checkpoint and self.demo_episodes < 1:
+            raise ConfigError("demo_episodes: must be >= 1 when no checkpoint is given")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The learner process: where it listens, where it writes, how often it publishes and checkpoints."""
+
+    address: str = doc("127.0.0.1:0", "host:port to serve on (port 0 = any free port; see learner.addr). "
+                       "Binds loopback unless told otherwise.")
+    run_root: str = doc("runs", "Directory under which run directories are created.")
+    run_name: str = doc("", "Run directory name under run_root (empty: <task>-<date>-<time>).")
+    token: str = doc("", "Shared secret actors must present (empty: no token check).")
+    tls_cert: str = doc("", "PEM server certificate for TLS (empty: plaintext; fine on loopback).")
+    tls_key: str = doc("", "PEM private key of tls_cert.")
+    tls_ca: str = doc("", "PEM CA the actors check the learner's certificate with (empty: plaintext).")
+    seed: int = doc(0, "Seed of the learner's RNG (initialisation, minibatch sampling).")
+    replay_capacity: int = doc(200_000, "Transitions kept in the replay buffer.")
+    publish_every_s: float = doc(0.5, "Publish parameters at most this often (seconds).")
+    checkpoint_every_s: float = doc(120.0, "Checkpoint the learner state this often (seconds); always at exit.")
+    status_every_s: float = doc(1.0, "Rewrite status.json this often (seconds).")
+    updates_per_chunk: int = doc(8, "Update calls between two looks at the network inbox (throughput vs latency).")
+    ahead_steps: int = doc(200, "Sim pacing: env steps the actors may run ahead of the updates paid for.")
+    devices: int = doc(0, "Local devices the update is data-parallel over (0: all).")
+    eval_window: int = doc(10, "Eval episodes per point of the eval success curve.")
+    train_window: int = doc(20, "Training episodes the live success rate is computed over.")
+    actor_lost_after_s: float = doc(30.0, "An actor disconnected this long has its open episode counted as cut.")
+
+    def validate(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"address: {self.address!r} is not host:port (e.g. 127.0.0.1:50051)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: give both tls_cert and tls_key, or neither")
+        for name in ("publish_every_s", "checkpoint_every_s", "status_every_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0 seconds")
+        if self.updates_per_chunk < 1 or self.ahead_steps < 1 or self.eval_window < 1 or self.train_window < 1:
+            raise ConfigError("updates_per_chunk, ahead_steps, eval_window, train_window: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorConfig:
+    """One actor process: pacing, the on-disk spool, evaluation cadence and the operator console."""
+
+    actor_id: str = doc("actor-0", "Name of this actor (unique per learner; keys its sequence numbers).")
+    seed: int = doc(1000, "Seed of the actor's environment resets and action sampling.")
+    pace: Literal["auto", "learner", "control_rate"] = doc(
+        "auto", "auto: sim runs as fast as the learner keeps up (UTD pacing), a real robot at its control rate.")
+    spool_dir: str = doc("spool", "Where unacknowledged transitions are kept on disk until the learner has them.")
+    status_dir: str = doc("", "Directory for actors/<id>.json live status (empty: none; the session sets it).")
+    eval_every_episodes: int = doc(5, "Run one evaluation episode after this many training episodes (0: only on key e).")
+    eval_deterministic: bool = doc(True, "Evaluation episodes act with the policies' modes instead of samples.")
+    console: Literal["auto", "on", "off"] = doc("auto", "Operator keyboard console: auto = on when stdin is a terminal.")
+    max_episodes: int = doc(0, "Stop after this many training episodes (0: until stopped).")
+    flush_timeout_s: float = doc(10.0, "At shutdown, wait this long for the learner to acknowledge the spool.")
+
+    def validate(self) -> None:
+        if not self.actor_id or any(c in self.actor_id for c in "/\\ "):
+            raise ConfigError(f"actor_id: {self.actor_id!r} must be a non-empty name without slashes or spaces")
+        if self.eval_every_episodes < 0 or self.max_episodes < 0:
+            raise ConfigError("eval_every_episodes, max_episodes: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """`q2rl session`: how many simulated actors, and when the session ends."""
+
+    actors: int = doc(1, "Simulated actor processes feeding the one learner.")
+    env_steps: int = doc(60_000, "End after this many training env steps (the learner's count; eval excluded).")
+    max_minutes: float = doc(28.0, "End after this much wall time, whatever the step count (0: no limit).")
+    stop_at_eval_success: float = doc(0.0, "End early once the last eval window reaches this success (0: never).")
+    final_eval_episodes: int = doc(20, "Evaluation episodes of the final checkpoint after the session (0: none).")
+    startup_timeout_s: float = doc(300.0, "How long the learner may take to start serving.")
+    shutdown_timeout_s: float = doc(60.0, "How long each process may take to shut down cleanly before it is killed.")
+    actor_restarts: int = doc(3, "Restarts of an actor that exits unexpectedly before the session gives up.")
+    refresh_s: float = doc(0.5, "Progress display refresh period (seconds).")
+
+    def validate(self) -> None:
+        if self.actors < 1:
+            raise ConfigError(f"actors: {self.actors} must be >= 1")
+        if self.env_steps < 1:
+            raise ConfigError(f"env_steps: {self.env_steps} must be >= 1")
+        if not 0.0 <= self.stop_at_eval_success <= 1.0:
+            raise ConfigError(f"stop_at_eval_success: {self.stop_at_eval_success} must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; every field can be overridden as section.field=value."""
+
+    env: EnvConfig = doc(EnvConfig(), "The environment (sim or real Franka).")
+    bc: BCSourceConfig = doc(BCSourceConfig(), "Where the BC policy comes from.")
+    agent: AgentConfig = doc(AgentConfig(), "Algorithm and hyperparameters.")
+    learner: LearnerConfig = doc(LearnerConfig(), "The learner process.")
+    actor: ActorConfig = doc(ActorConfig(), "An actor process.")
+    session: SessionConfig = doc(SessionConfig(), "A whole session (q2rl session).")
+
+
+def compatibility_hash(cfg: RunConfig, bc_digest: str = "") -> str:
+    """The handshake's config hash: what actor and learner must agree on — env, agent, and the BC policy itself
+    (`bc_digest`, a hash of its checkpoint file; paths differ between machines, contents must not)."""
+    shared = {"env": to_dict(cfg.env), "agent": to_dict(cfg.agent), "bc": bc_digest}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (short), e.g. of the BC checkpoint for `compatibility_hash`."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
