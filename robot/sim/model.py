@@ -28,14 +28,14 @@ def scene_xml(task: Task, cfg: SimEnvConfig) -> str:
   <visual>
     <global offwidth="{size}" offheight="{size}"/>
     <quality shadowsize="{2048 if cfg.shadows else 0}" offsamples="{cfg.antialias_samples}"/>
-    <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+    <headlight ambient="0.35 0.35 0.35" diffuse="0.3 0.3 0.3" specular="0 0 0"/>
   </visual>
   <asset>
-    <material name="table" rgba="0.75 0.7 0.62 1" reflectance="{reflectance}"/>
+    <material name="table" rgba="0.75 0.7 0.62 1" reflectance="{reflectance}" specular="0.05" shininess="0"/>
   </asset>
   <include file="panda.xml"/>
   <worldbody>
-    <light name="top" pos="0.5 0 1.5" dir="0 0 -1" directional="true" castshadow="{shadow}" diffuse="0.4 0.4 0.4"/>
+    <light name="top" pos="0.5 0 1.5" dir="0 0 -1" directional="true" castshadow="{shadow}" diffuse="0.4 0.4 0.4" specular="0 0 0"/>
     <geom name="table" type="plane" size="1.2 1.2 0.05" material="table"/>
     <camera name="front" pos="0.95 0 0.35" xyaxes="0 1 0 -0.58 0 0.815" fovy="55"/>
     {task.scene_xml()}
