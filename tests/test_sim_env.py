@@ -217,3 +217,19 @@ def test_continuous_gripper_sets_the_finger_gap(sim_env_factory):
         for _ in range(2):
             obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, value], np.float32))
         assert obs["state"][9] == pytest.approx(expected_gap, abs=0.003)
+
+
+def test_rotation_helpers_agree_with_scipy():
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    for rotvec in [*rng.normal(size=(5, 3)), np.array([np.pi - 1e-6, 0, 0]), np.array([0.0, 1e-9, 0.0])]:
+        expected = Rotation.from_rotvec(rotvec).as_matrix()
+        np.testing.assert_allclose(rotations.exp_map(rotvec), expected, atol=1e-9)
+        back = rotations.log_map(expected)
+        np.testing.assert_allclose(Rotation.from_rotvec(back).as_matrix(), expected, atol=1e-6)
+        quat_wxyz = np.roll(Rotation.from_matrix(expected).as_quat(), 1)
+        np.testing.assert_allclose(rotations.quat_to_matrix(quat_wxyz), expected, atol=1e-9)
+        np.testing.assert_allclose(rotations.rot6d_to_matrix(rotations.rot6d(expected)), expected, atol=1e-9)
+    assert rotations.quat_yaw(rotations.yaw_quat(0.7)) == pytest.approx(0.7)
+    assert rotations.wrap_angle(3 * np.pi / 2) == pytest.approx(-np.pi / 2)

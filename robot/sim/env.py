@@ -1,8 +1,8 @@
 """The simulated Franka as a gymnasium env with the real robot's contract (see q2rl.interfaces).
 
 Action (float32[7] in [-1, 1], clipped): TCP delta x, y, z (times `position_scale` metres), roll, pitch, yaw
-about the fixed world axes (times `rotation_scale` radians, applied as Rz(yaw) Ry(pitch) Rx(roll) before the
-current target orientation), gripper: with `gripper_mode="binary"` (default, like the real robot's
+about the fixed world axes (times `rotation_scale` radians; the three form a rotation vector in the base frame
+applied before the current target orientation, exactly as q2rl.robot.franka does), gripper: with `gripper_mode="binary"` (default, like the real robot's
 GripperCommandFilter) above +threshold closes, below -threshold opens, in between keeps the last command;
 with "continuous" the value sets the finger-gap target (-1 fully open .. +1 closed).
 
@@ -225,8 +225,8 @@ class FrankaSimEnv(gym.Env):
         if lag_angle > ROTATION_WINDUP:
             lag *= ROTATION_WINDUP / lag_angle
         base_rot = rotations.exp_map(lag) @ rot
-        roll, pitch, yaw = action[3:6] * self.cfg.rotation_scale
-        target_rot = rotations.euler_xyz_to_matrix(roll, pitch, yaw) @ base_rot
+        # Like the real robot (q2rl.robot.franka): a rotation vector in the base frame, applied on the left.
+        target_rot = rotations.exp_map(action[3:6] * self.cfg.rotation_scale) @ base_rot
         tilt = np.clip(rotations.log_map(target_rot @ HOME_ROT.T), -ROTATION_LIMIT, ROTATION_LIMIT)
         return target_pos, rotations.exp_map(tilt) @ HOME_ROT
 

@@ -37,18 +37,6 @@ def log_map(rot: np.ndarray) -> np.ndarray:
     return axis_unnorm * (angle / (2.0 * np.sin(angle)))
 
 
-def euler_xyz_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """R = Rz(yaw) @ Ry(pitch) @ Rx(roll): roll, pitch, yaw about the fixed world axes."""
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
-    return np.array(
-        [
-            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-            [-sp, cp * sr, cp * cr],
-        ]
-    )
-
-
 def rotz(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
