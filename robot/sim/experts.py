@@ -102,10 +102,14 @@ class ScriptedExpert:
         n = self.noise
         self._pause = 0
         self._gain = 1.0 - 0.5 * min(n, 1.0) * self.rng.uniform() if n > 0 else 1.0
-        self._detour = self.rng.normal(0.0, 0.08 * n, size=2) if n > 0 else np.zeros(2)
-        self._detour_done = n == 0
+        self._new_detour()
         self._grasp_bias = self.rng.normal(0.0, 0.004 * n, size=2) if n > 0 else np.zeros(2)
         self._reset_machine()
+
+    def _new_detour(self) -> None:
+        """A waypoint offset (x, y) the next approach wanders to before it heads for its goal."""
+        self._detour = self.rng.normal(0.0, 0.08 * self.noise, size=2) if self.noise > 0 else np.zeros(2)
+        self._detour_done = self.noise == 0
 
     def _reset_machine(self) -> None:
         pass
@@ -263,8 +267,7 @@ class KittingExpert(ScriptedExpert):
         while self.current < 2 and self._placed(view.body_pos[self.current], tray):
             self.current += 1
             self.skill = _PickSkill(self)
-            self._detour_done = self.noise == 0  # each pick gets its own wander
-            self._detour = self.rng.normal(0.0, 0.08 * self.noise, size=2) if self.noise > 0 else np.zeros(2)
+            self._new_detour()  # each pick wanders on its own
         if self.current >= 2:
             return self._move(view, np.append(view.ee_pos[:2], CARRY_Z), view.ee_yaw, OPEN)
         cube, quat = view.body_pos[self.current], view.body_quat[self.current]
