@@ -166,7 +166,11 @@ def init_params(nets: Networks, cfg: AgentConfig, key: jax.Array, example_obs: A
 
 
 def init_state(params: AgentParams, opts: Optimizers) -> SacState:
-    """Optimizer states for exactly the subtrees each optimizer trains."""
+    """Optimizer states for exactly the subtrees each optimizer trains.
+
+    Every leaf becomes a device array first, so the update sees the same argument types on every call.
+    """
+    params = jax.tree_util.tree_map(jnp.asarray, params)
     return SacState(
         params=params,
         actor_opt=opts.actor.init(params.actor),

@@ -1,0 +1,144 @@
+"""SAC pieces against numpy: TD target and masks, critic/actor/temperature losses, Polyak, subtree-only
+optimizers, UTD scan == sequential updates, and one compilation per update function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from q2rl.config import from_dict
+from q2rl.core import sac
+from q2rl.core.agent_config import AgentConfig
+from q2rl.core.agents import make_agent
+from q2rl.core.normalization import ObsNormalizer
+from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
+from q2rl.core.replay import Batch, stack_batches
+
+STATE_DIM = 4
+B = 6
+
+
+def agent_and_params(**over):
+    cfg = from_dict(AgentConfig, {"hidden_dims": [8, 8], "value_hidden_dims": [8], "ensemble_size": 3,
+                                  "critic_subsample": 2, "batch_size": B, "utd": 3, **over})
+    net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [8]}), 7)
+    bc = BCPolicy(net, net.init(jax.random.PRNGKey(0), {"state": jnp.zeros((1, STATE_DIM))}),
+                  ObsNormalizer.identity(STATE_DIM))
+    agent = make_agent(cfg)
+    params = agent.init_params(jax.random.PRNGKey(1), {"state": np.zeros(STATE_DIM, np.float32)}, bc)
+    return agent, params
+
+
+def batch(seed: int, discounts=None) -> Batch:
+    rng = np.random.default_rng(seed)
+    return Batch(obs={"state": rng.normal(size=(B, STATE_DIM)).astype(np.float32)},
+                 actions=rng.uniform(-1, 1, (B, 7)).astype(np.float32),
+                 rewards=rng.normal(size=B).astype(np.float32),
+                 discounts=np.full(B, 0.99, np.float32) if discounts is None else np.asarray(discounts, np.float32),
+                 next_obs={"state": rng.normal(size=(B, STATE_DIM)).astype(np.float32)},
+                 a_bc=rng.uniform(-0.9, 0.9, (B, 7)).astype(np.float32), is_demo=np.zeros(B, bool))
+
+
+def test_subsample_min_takes_min_over_distinct_heads():
+    q = jnp.array([[1.0, 5.0], [2.0, 0.0], [3.0, 3.0]])
+    assert np.allclose(sac.subsample_min(jax.random.PRNGKey(0), q, 3), [1.0, 0.0])
+    for seed in range(20):
+        out = np.asarray(sac.subsample_min(jax.random.PRNGKey(seed), q, 2))
+        candidates = [np.minimum(q[i], q[j]) for i in range(3) for j in range(3) if i != j]
+        assert any(np.allclose(out, c) for c in candidates)
+
+
+def test_td_target_and_masks_by_hand():
+    agent, params = agent_and_params()
+    b = batch(0, discounts=[0.99, 0.0, 0.99, 0.0, 0.5, 0.99])  # 0 = terminated, never truncated
+    key = jax.random.PRNGKey(3)
+    target = np.asarray(sac.td_target(agent.nets, agent.cfg, params, b, key))
+    k_action, k_heads = jax.random.split(key)
+    dist = sac.actor_dist(agent.nets, params, b.next_obs)
+    a_next, _ = dist.sample_and_log_prob(k_action)
+    q_next = np.asarray(sac.critic_values(agent.nets, params, b.next_obs, a_next, target=True))
+    heads = np.asarray(jax.random.choice(k_heads, 3, (2,), replace=False))
+    expected = b.rewards + b.discounts * q_next[heads].min(axis=0)
+    np.testing.assert_allclose(target, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target[[1, 3]], b.rewards[[1, 3]])  # terminal: no bootstrap
+
+
+def test_critic_loss_by_numpy():
+    agent, params = agent_and_params()
+    b = batch(1)
+    target = jnp.asarray(np.arange(B, dtype=np.float32))
+    loss, metrics = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target)
+    q = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))  # [E, B]
+    assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
+    assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_actor_loss_by_numpy(entropy):
+    agent, params = agent_and_params(entropy=entropy, bc_weight=0.3)
+    b = batch(2)
+    key = jax.random.PRNGKey(5)
+    loss, m = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, key)
+    dist = sac.actor_dist(agent.nets, params, b.obs)
+    a, logp = dist.sample_and_log_prob(key)
+    q_mean_heads = np.asarray(sac.critic_values(agent.nets, params, b.obs, a)).mean(axis=0)
+    nll = -np.asarray(dist.log_prob(b.a_bc)).mean()
+    expected = 0.7 * -q_mean_heads.mean() + 0.3 * nll
+    if entropy:
+        expected += agent.cfg.init_temperature * np.asarray(logp).mean()
+    assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert float(m.bc_nll) == pytest.approx(nll, rel=1e-5)
+
+
+def test_temperature_loss_direction():
+    # entropy below target -> gradient on log alpha negative -> temperature grows under descent
+    g = jax.grad(sac.temperature_loss)(jnp.log(0.1), jnp.asarray(-5.0), -3.5)
+    assert float(g) == pytest.approx(0.1 * (-5.0 + 3.5), rel=1e-5)
+
+
+def test_polyak_by_hand():
+    out = sac.polyak({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}, 0.25)
+    np.testing.assert_allclose(out["w"], [1.5, 3.0])
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_each_optimizer_touches_only_its_subtree():
+    agent, params = agent_and_params(entropy=True)
+    state = agent.init_state(params)
+    b = batch(3)
+    after_critic, _ = sac.critic_step(agent.nets, agent.cfg, agent.opts, state, b, jax.random.PRNGKey(0))
+    p0, p1 = state.params, after_critic.params
+    assert leaves_equal(p0.actor, p1.actor) and leaves_equal(p0.value, p1.value) and leaves_equal(p0.bc, p1.bc)
+    assert not leaves_equal(p0.critic, p1.critic) and not leaves_equal(p0.critic_target, p1.critic_target)
+    # target moved by exactly tau toward the new critic
+    w0 = jax.tree_util.tree_leaves(p0.critic_target)[-1]
+    w1 = jax.tree_util.tree_leaves(p1.critic)[-1]
+    np.testing.assert_allclose(jax.tree_util.tree_leaves(p1.critic_target)[-1], 0.995 * w0 + 0.005 * w1, rtol=1e-6)
+    after_actor, _ = sac.actor_step(agent.nets, agent.cfg, agent.opts, after_critic, b, jax.random.PRNGKey(1))
+    p2 = after_actor.params
+    assert leaves_equal(p1.critic, p2.critic) and leaves_equal(p1.value, p2.value)
+    assert not leaves_equal(p1.actor, p2.actor)
+    assert float(p2.log_temperature) != float(p1.log_temperature)
+
+
+def test_utd_scan_equals_sequential_updates_and_compiles_once():
+    agent, params = agent_and_params()
+    state = agent.init_state(params)
+    batches = [batch(10 + i) for i in range(3)]
+    key = jax.random.PRNGKey(9)
+    scanned, metrics = agent.update(state, stack_batches(batches), key)
+    # the same steps one by one, with the keys update_step derives
+    k_critic, k_actor = jax.random.split(key)
+    seq = state
+    for b, k in zip(batches, jax.random.split(k_critic, 3)):
+        seq, _ = sac.critic_step(agent.nets, agent.cfg, agent.opts, seq, b, k)
+    seq, _ = sac.actor_step(agent.nets, agent.cfg, agent.opts, seq, batches[-1], k_actor)
+    for x, y in zip(jax.tree_util.tree_leaves(scanned.params), jax.tree_util.tree_leaves(seq.params)):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    assert int(scanned.step) == 1
+    again, _ = agent.update(scanned, stack_batches(batches), key)
+    assert agent.update._cache_size() == 1  # no second compile (no weakly typed leaves in the state)
+    assert np.isfinite(float(metrics.critic.critic_loss))
