@@ -21,9 +21,9 @@ Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sa
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
 PRESETS: dict[str, dict] = {
     "paper": dict(hidden_dims=(512, 512, 512), ensemble_size=10, critic_subsample=2, utd=4, batch_size=256,
-                  value_hidden_dims=(512, 512, 512)),
+                  value_hidden_dims=(512, 512, 512), critic_updates=20000),
     "cpu": dict(hidden_dims=(256, 256), ensemble_size=4, critic_subsample=2, utd=2, batch_size=128,
-                value_hidden_dims=(256, 256)),
+                value_hidden_dims=(256, 256), critic_updates=4000),
 }
 
 
@@ -37,7 +37,8 @@ class QEstimationConfig:
     alpha: float = doc(1.0, "Boltzmann temperature in Qhat_BC = V + alpha*(log pi_BC + H).")
     log_prob_floor: float = doc(-100.0, "log pi_BC(a|s) is clipped below at this value.")
     value_updates: int = doc(3000, "Gradient steps fitting V_phi to the MC returns.")
-    critic_updates: int = doc(20000, "Gradient steps regressing the critic ensemble onto Qhat_BC.")
+    critic_updates: int | None = doc(None, "Gradient steps regressing the critic ensemble onto Qhat_BC "
+                                           "(None: from the agent preset, paper 20000).")
     actor_updates: int = doc(3000, "Gradient steps of NLL pre-training of pi_RL on the rollout's BC actions.")
     init_actor: Literal["bc", "random"] = doc("bc", "Initialise pi_RL by NLL on the rollouts (bc) or not (random).")
     batch_size: int = doc(256, "Minibatch size of the Q-Estimation regressions.")
@@ -47,7 +48,7 @@ class QEstimationConfig:
         if self.rollout_episodes < 1:
             raise ConfigError(f"rollout_episodes: {self.rollout_episodes} must be >= 1")
         for name in ("value_updates", "critic_updates", "actor_updates", "batch_size"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0")
         if self.alpha < 0:
             raise ConfigError(f"alpha: {self.alpha} must be >= 0")
@@ -92,7 +93,11 @@ class AgentConfig:
         if preset is None:
             raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
         for name, value in preset.items():
-            if getattr(self, name) is None:
+            if name == "critic_updates":
+                if self.q_estimation.critic_updates is None:
+                    object.__setattr__(self, "q_estimation",
+                                       dataclasses.replace(self.q_estimation, critic_updates=value))
+            elif getattr(self, name) is None:
                 object.__setattr__(self, name, value)
 
     def validate(self) -> None:
