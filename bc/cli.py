@@ -39,7 +39,8 @@ def load_bc_config(path: str | None, overrides: list[str]) -> BCConfig:
     try:
         return from_dict(BCConfig, data)
     except ConfigError as e:
-        raise ConfigError(f"bc.{e}" + (f" in {path}" if path else "")) from None
+        message = str(e).replace("BCConfig:", "", 1).strip() if str(e).startswith("BCConfig:") else str(e)
+        raise ConfigError(f"bc.{message}" + (f" in {path}" if path else "")) from None
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -86,7 +87,7 @@ def train_main(argv: list[str]) -> int:
     result = train_bc(dataset, cfg, out_dir=out, progress=not args.no_progress)
     summary = {
         "out": str(out), "policy": cfg.policy.kind, "demos": args.demos, "train_demos": result.num_train_demos,
-        "val_demos": result.num_val_demos, "train_samples": result.num_train_samples, "steps": result.steps,
+        "val_demos": result.num_val_demos, "train_samples": result.num_train_samples, "steps": result.steps, "best_step": result.best_step,
         "seconds": round(result.seconds, 2), "initial_val_nll": result.initial_val_nll,
         "final_train_nll": result.final_train_nll, "final_val_nll": result.final_val_nll,
     }

@@ -14,9 +14,12 @@ class BCConfig:
     """Behaviour cloning: minibatch negative log-likelihood of demonstrated actions with Adam."""
 
     policy: PolicyConfig = doc(PolicyConfig(), "Policy network architecture.")
-    steps: int = doc(3000, "Gradient steps.")
+    steps: int = doc(2000, "Gradient steps.")
     batch_size: int = doc(256, "Minibatch size (state-action pairs).")
     learning_rate: float = doc(1e-3, "Adam learning rate (cosine-decayed to 10% over the run).")
+    weight_decay: float = doc(0.0, "Decoupled weight decay (AdamW) when > 0.")
+    state_noise_std: float = doc(0.0, "Gaussian noise added to the normalised state in training (0 disables).")
+    keep_best: bool = doc(False, "Keep the parameters with the lowest validation NLL (early stopping).")
     grad_clip_norm: float = doc(1.0, "Clip the global gradient norm to this (0 disables).")
     val_fraction: float = doc(0.1, "Fraction of demo episodes held out for the validation NLL.")
     eval_every: int = doc(500, "Compute the validation NLL every this many steps.")
@@ -40,5 +43,7 @@ class BCConfig:
             raise ConfigError(f"eval_every: must be >= 1, got {self.eval_every}")
         if self.image_shift_pad < 0:
             raise ConfigError(f"image_shift_pad: must be >= 0, got {self.image_shift_pad}")
+        if self.weight_decay < 0 or self.state_noise_std < 0:
+            raise ConfigError("weight_decay/state_noise_std: must be >= 0")
         if self.max_demos < 0:
             raise ConfigError(f"max_demos: must be >= 0 (0 = all), got {self.max_demos}")

@@ -55,7 +55,7 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class BCResult:
-    """The trained policy and how training went (NLL in nats per state-action pair)."""
+    """The trained policy and how training went (NLL in nats per state-action pair, of the kept params)."""
 
     policy: BCPolicy
     initial_val_nll: float | None
@@ -65,6 +65,7 @@ class BCResult:
     num_val_demos: int
     num_train_samples: int
     steps: int
+    best_step: int  # the step whose parameters the policy holds (keep_best) or the last step
     seconds: float
     history: tuple[dict, ...]
 
@@ -102,17 +103,26 @@ def nll_loss(module: nn.Module, params: Any, normalizer: ObsNormalizer, batch: B
 
 def make_optimizer(cfg: BCConfig) -> optax.GradientTransformation:
     schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps, alpha=0.1)
-    adam = optax.adam(schedule)
+    adam = optax.adamw(schedule, weight_decay=cfg.weight_decay) if cfg.weight_decay > 0 else optax.adam(schedule)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam) if cfg.grad_clip_norm > 0 else adam
 
 
+def add_state_noise(key: jax.Array, obs: dict, normalizer: ObsNormalizer, noise_std: float) -> dict:
+    """Gaussian noise of `noise_std` normalised units on the state (regularises low-dim BC)."""
+    if noise_std <= 0:
+        return obs
+    noise = jax.random.normal(key, jnp.shape(obs["state"])) * noise_std * normalizer.state_std
+    return {**obs, "state": obs["state"] + noise}
+
+
 def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, normalizer: ObsNormalizer,
-                    image_shift_pad: int):
+                    image_shift_pad: int, state_noise_std: float = 0.0):
     """The jitted update (state, batch, key) -> (state, metrics)."""
 
     def train_step(state: TrainState, batch: BCBatch, key: jax.Array) -> tuple[TrainState, dict]:
-        aug_key, dropout_key = jax.random.split(key)
-        batch = batch._replace(obs=augment_observation(aug_key, batch.obs, image_shift_pad))
+        aug_key, noise_key, dropout_key = jax.random.split(key, 3)
+        obs = augment_observation(aug_key, batch.obs, image_shift_pad)
+        batch = batch._replace(obs=add_state_noise(noise_key, obs, normalizer, state_noise_std))
         loss, grads = jax.value_and_grad(
             lambda p: nll_loss(module, p, normalizer, batch, dropout_key))(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -166,7 +176,8 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
     params = module.init(init_key, normalizer.normalize(train_data.take(np.arange(2)).obs), module.initial_carry(2))
     optimizer = make_optimizer(cfg)
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    train_step = make_train_step(module, optimizer, normalizer, cfg.image_shift_pad if cfg.cameras else 0)
+    train_step = make_train_step(module, optimizer, normalizer, cfg.image_shift_pad if cfg.cameras else 0,
+                                 cfg.state_noise_std)
     eval_nll = make_eval_nll(module, normalizer)
 
     metrics_file = None
@@ -179,24 +190,28 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
         row = {"step": step, "train_nll": train_nll,
                "val_nll": eval_nll(state.params, val_data) if val_data is not None else None}
         history.append(row)
+        if row["val_nll"] is not None and row["val_nll"] < best["val_nll"]:
+            best.update(val_nll=row["val_nll"], step=step, params=state.params)
         if metrics_file is not None:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
         return row
 
     history: list[dict] = []
+    best: dict = {"val_nll": float("inf"), "step": 0, "params": state.params}
     initial = record(0, eval_nll(state.params, train_data))
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), desc="bc train", unit="step", disable=not progress, mininterval=0.5)
-    running = float("nan")
+    running = None
     for step in bar:
         batch = train_data.take(rng.integers(0, train_data.size, cfg.batch_size))
         key, step_key = jax.random.split(key)
         state, metrics = train_step(state, batch, step_key)
-        if step % 50 == 0 or step == cfg.steps:
-            running = float(metrics["nll"])
+        evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+        if step % 50 == 0 or evaluate:
+            running = float(metrics["nll"])  # the minibatch's NLL; fetching it every step would slow training
             bar.set_postfix(nll=f"{running:.3f}", refresh=False)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if evaluate:
             row = record(step, running)
             if row["val_nll"] is not None:
                 bar.set_postfix(nll=f"{running:.3f}", val_nll=f"{row['val_nll']:.3f}", refresh=False)
@@ -205,12 +220,13 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
     if metrics_file is not None:
         metrics_file.close()
 
-    policy = BCPolicy(module=module, params=jax.device_get(state.params), normalizer=normalizer)
-    final = history[-1]
+    use_best = cfg.keep_best and val_data is not None
+    params, kept_step = (best["params"], best["step"]) if use_best else (state.params, cfg.steps)
+    policy = BCPolicy(module=module, params=jax.device_get(params), normalizer=normalizer)
     result = BCResult(
         policy=policy, initial_val_nll=initial["val_nll"],
-        final_val_nll=final["val_nll"],
-        final_train_nll=eval_nll(state.params, train_data), num_train_demos=len(train_eps),
+        final_val_nll=eval_nll(params, val_data) if val_data is not None else None,
+        final_train_nll=eval_nll(params, train_data), best_step=kept_step, num_train_demos=len(train_eps),
         num_val_demos=len(val_eps), num_train_samples=train_data.size, steps=cfg.steps, seconds=seconds,
         history=tuple(history),
     )
@@ -220,6 +236,6 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
                        image_shapes=image_shapes, extra={
                            "bc_config": to_dict(cfg), "env_args": dataset.env_args, "demos": dataset.path,
                            "num_train_demos": result.num_train_demos, "num_val_demos": result.num_val_demos,
-                           "final_val_nll": result.final_val_nll, "final_train_nll": result.final_train_nll,
+                           "final_val_nll": result.final_val_nll, "final_train_nll": result.final_train_nll, "kept_step": kept_step,
                        })
     return result
