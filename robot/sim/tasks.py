@@ -98,6 +98,15 @@ def _sample_separated(rng: np.random.Generator, regions: list[Region], min_dist:
     raise RuntimeError("could not place objects apart; the regions are too small")
 
 
+def _sample_away(rng: np.random.Generator, region: Region, avoid: np.ndarray, min_dist: float) -> np.ndarray:
+    """A point of `region` at least `min_dist` from `avoid` (rejection sampling from rng)."""
+    for _ in range(1000):
+        point = region.sample(rng)
+        if np.linalg.norm(point - avoid) >= min_dist:
+            return point
+    raise RuntimeError("could not place an object away from another; the region is too small")
+
+
 def _ee_start(rng: np.random.Generator) -> tuple[np.ndarray, float]:
     pos = EE_START + rng.uniform(-1.0, 1.0, size=3) * EE_START_NOISE
     return pos, float(rng.uniform(-EE_START_YAW_NOISE, EE_START_YAW_NOISE))
@@ -197,9 +206,7 @@ class PegInsert(Task):
         mocap = {"board": (np.array([xy[0], xy[1], TABLE_Z]), rotations.yaw_quat(yaw))}
         free = {"peg": (np.zeros(3), np.array([1.0, 0, 0, 0]))}  # placed in the hand by the env
         if self.shifted:  # the distractor sits in the nominal region, off the board
-            spot = None
-            while spot is None or np.linalg.norm(spot - xy) < 0.12:
-                spot = self.region.sample(rng)
+            spot = _sample_away(rng, self.region, xy, 0.12)
             free["distractor"] = (np.append(spot, 0.03), np.array([1.0, 0, 0, 0]))
         return ResetPlan(
             ee_pos, ee_yaw, free, mocap, grasped_body="peg", grasped_half_width=PEG_HALF[0],
