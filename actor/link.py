@@ -102,6 +102,7 @@ class Spool:
         self.segment_bytes, self.max_bytes = segment_bytes, max_bytes
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
+        self._unsynced: list[Path] = []  # closed segments not yet fsync'd
         self.next_seq, self.next_episode_id, self.min_seq = 0, 0, -1
         found = sorted(
             (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_FILE.match(p.name))
@@ -137,7 +138,6 @@ class Spool:
         f = recordio.open_for_append(seg.path)
         seg.end = f.tell()
         self._segments.append(seg)
-        recordio.fsync_dir(self.directory)
         return f
 
     @property
@@ -161,9 +161,8 @@ class Spool:
                         f"spool {self.directory} holds {self.max_bytes} bytes the learner has not acknowledged; "
                         "is the learner running and reachable?"
                     )
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+                self._file.close()  # flushed to the OS; fsync'd by the background thread (never in add())
+                self._unsynced.append(seg.path)
                 self._file = self._new_segment(seg.index + 1)
                 seg = self._segments[-1]
             self._file.write(record)
@@ -234,12 +233,21 @@ class Spool:
             s.path.unlink(missing_ok=True)
 
     def fsync(self) -> None:
+        """Make everything appended so far durable (called from the background thread, not from add())."""
         with self._lock:
             fd = os.dup(self._file.fileno())
+            closed, self._unsynced = self._unsynced, []
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        for path in closed:
+            try:
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+            except FileNotFoundError:
+                pass  # acknowledged and trimmed already
+        recordio.fsync_dir(self.directory)
 
     def close(self) -> None:
         with self._lock:

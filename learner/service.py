@@ -275,17 +275,20 @@ class LearnerService:
             self.store.append(actor_id, fresh)  # fsync'd before anything is acknowledged
             a.stored_seq, a.reported_episode = stored_seq, reported
             a.last_batch_time = time.monotonic()
-            ready, reports = [], []
+            # Hand over in stream order, still under the actor's lock (an old and a new stream of the same
+            # actor may overlap for a moment); a full learner queue here is backpressure on this actor.
+            ready: list[Transition] = []
             for _, item in fresh:
                 if item.HasField("transition"):
                     ready += a.linker.push(*wire.decode_transition(item.transition))
-                else:
-                    a.linker.drop_pending()
-                    reports.append(wire.decode_report(item.report))
-        if ready:
-            self.on_transitions(ready)
-        for r in reports:
-            self.on_episode(r)
+                    continue
+                a.linker.drop_pending()
+                if ready:
+                    self.on_transitions(ready)
+                    ready = []
+                self.on_episode(wire.decode_report(item.report))
+            if ready:
+                self.on_transitions(ready)
         return pb.Ack(stored_seq=stored_seq, reported_episode=reported)
 
     @staticmethod

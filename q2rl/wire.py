@@ -15,6 +15,7 @@ same episode carries that frame as its obs; `FrameLinker` puts them back on the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from typing import Any, Mapping
 
@@ -98,43 +99,57 @@ class WireError(ValueError):
 # ----------------------------------------------------------------------------------------------- tensors
 
 
-def tensor_to_proto(array: Any, out: "pb.Tensor") -> None:
-    """Write a numpy-compatible array into a Tensor message (little-endian, C order)."""
+# numpy's dtype.name is computed in Python (microseconds); these lookups are hash-table fast.
+_NAME_OF_DTYPE = {np.dtype(n).newbyteorder("<"): n for n in _ALLOWED_DTYPES} | {np.dtype(n): n for n in _ALLOWED_DTYPES}
+_DTYPE_OF_NAME = {n: np.dtype(n).newbyteorder("<") for n in _ALLOWED_DTYPES}
+
+
+def tensor_proto(array: Any) -> "pb.Tensor":
+    """A Tensor message of a numpy-compatible array (little-endian, C order)."""
     a = np.asarray(array)
-    if a.dtype.name not in _ALLOWED_DTYPES:
-        raise WireError(f"cannot send dtype {a.dtype} (allowed: {sorted(_ALLOWED_DTYPES)})")
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    out.dtype = a.dtype.name
-    out.shape[:] = a.shape
-    out.data = a.tobytes(order="C")
+    name = _NAME_OF_DTYPE.get(a.dtype)
+    if name is None:
+        if a.dtype.byteorder == ">" and a.dtype.newbyteorder("<") in _NAME_OF_DTYPE:
+            a = a.astype(a.dtype.newbyteorder("<"))
+            name = _NAME_OF_DTYPE[a.dtype]
+        else:
+            raise WireError(f"cannot send dtype {a.dtype} (allowed: {sorted(_ALLOWED_DTYPES)})")
+    return pb.Tensor(dtype=name, shape=a.shape, data=a.tobytes())
+
+
+def tensor_to_proto(array: Any, out: "pb.Tensor") -> None:
+    """Write a numpy-compatible array into an existing Tensor message."""
+    out.CopyFrom(tensor_proto(array))
 
 
 def tensor_from_proto(t: "pb.Tensor", what: str = "tensor") -> np.ndarray:
     """A read-only numpy view of a Tensor message's bytes; raises WireError if dtype or size are wrong."""
-    if t.dtype not in _ALLOWED_DTYPES:
+    dtype = _DTYPE_OF_NAME.get(t.dtype)
+    if dtype is None:
         raise WireError(f"{what}: unknown dtype {t.dtype!r}")
-    dtype = np.dtype(t.dtype).newbyteorder("<")
     shape = tuple(t.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(t.data) != expected:
-        raise WireError(f"{what}: {len(t.data)} bytes do not fit dtype {t.dtype} shape {shape} ({expected} bytes)")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape)
+    data = t.data
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise WireError(
+            f"{what}: {len(data)} bytes do not fit dtype {t.dtype} shape {shape} "
+            f"({math.prod(shape) * dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------ observations
 
 
-def _obs_to_proto(obs: Mapping[str, Any], out: "pb.Observation", with_images: bool, what: str) -> None:
-    unknown = set(obs) - {"state", "images"}
-    if unknown:
-        raise WireError(f"{what}: unknown observation keys {sorted(unknown)}; the contract is state + images")
-    if "state" not in obs:
-        raise WireError(f"{what}: observation has no 'state'")
-    tensor_to_proto(obs["state"], out.state)
-    if with_images:
-        for name, image in obs.get("images", {}).items():
-            tensor_to_proto(image, out.images[name])
+def _obs_proto(obs: Mapping[str, Any], with_images: bool, what: str) -> "pb.Observation":
+    if len(obs) > 2 or "state" not in obs or (len(obs) == 2 and "images" not in obs):
+        unknown = sorted(set(obs) - {"state", "images"})
+        raise WireError(f"{what}: unknown observation keys {unknown}; the contract is state + images"
+                        if unknown else f"{what}: observation has no 'state'")
+    images = obs.get("images") if with_images else None
+    if images:
+        return pb.Observation(state=tensor_proto(obs["state"]),
+                              images={k: tensor_proto(v) for k, v in images.items()})
+    return pb.Observation(state=tensor_proto(obs["state"]))
 
 
 def _obs_from_proto(o: "pb.Observation", what: str) -> dict:
@@ -158,28 +173,29 @@ def same_frames(images_a: Mapping[str, Any] | None, images_b: Mapping[str, Any] 
 
 def encode_transition(t: Transition, omit_next_images: bool = False) -> "pb.Transition":
     """A Transition message; `omit_next_images` leaves out next_obs images (the next transition carries them)."""
-    if t.source not in _SOURCE_TO_PB:
+    source = _SOURCE_TO_PB.get(t.source)
+    if source is None:
         raise WireError(f"transition seq {t.seq}: source {t.source!r} is not one of {sorted(_SOURCE_TO_PB)}")
-    m = pb.Transition(
+    omit = bool(omit_next_images and t.next_obs.get("images"))
+    return pb.Transition(
         actor_id=t.actor_id,
         episode_id=int(t.episode_id),
         step=int(t.step),
         seq=int(t.seq),
+        obs=_obs_proto(t.obs, True, f"transition seq {t.seq} obs"),
+        action=tensor_proto(t.action),
         reward=float(t.reward),
         terminated=bool(t.terminated),
         truncated=bool(t.truncated),
-        next_images_in_next_transition=bool(omit_next_images and t.next_obs.get("images")),
+        next_obs=_obs_proto(t.next_obs, not omit, f"transition seq {t.seq} next_obs"),
+        next_images_in_next_transition=omit,
+        a_bc=tensor_proto(t.a_bc),
+        a_rl=tensor_proto(t.a_rl),
         q_bc=float(t.q_bc),
         q_rl=float(t.q_rl),
-        source=_SOURCE_TO_PB[t.source],
+        source=source,
         param_version=int(t.param_version),
     )
-    _obs_to_proto(t.obs, m.obs, True, f"transition seq {t.seq} obs")
-    _obs_to_proto(t.next_obs, m.next_obs, not m.next_images_in_next_transition, f"transition seq {t.seq} next_obs")
-    tensor_to_proto(t.action, m.action)
-    tensor_to_proto(t.a_bc, m.a_bc)
-    tensor_to_proto(t.a_rl, m.a_rl)
-    return m
 
 
 def decode_transition(m: "pb.Transition") -> tuple[Transition, bool]:
@@ -226,15 +242,11 @@ def decode_report(m: "pb.EpisodeReport") -> EpisodeReport:
 
 def encode_item_transition(t: Transition, omit_next_images: bool = False) -> bytes:
     """The serialized Item carrying one transition: what the spool, the stream and the episode files hold."""
-    item = pb.Item()
-    item.transition.CopyFrom(encode_transition(t, omit_next_images))
-    return item.SerializeToString()
+    return pb.Item(transition=encode_transition(t, omit_next_images)).SerializeToString()
 
 
 def encode_item_report(r: EpisodeReport, after_seq: int) -> bytes:
-    item = pb.Item()
-    item.report.CopyFrom(encode_report(r, after_seq))
-    return item.SerializeToString()
+    return pb.Item(report=encode_report(r, after_seq)).SerializeToString()
 
 
 def parse_item(raw: bytes) -> "pb.Item":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import time
 
 import grpc
@@ -121,7 +123,7 @@ def test_duplicates_are_dropped_and_acks_mean_stored(learner, tmp_path):
     for ack in responses:
         acks.append(ack.stored_seq)
         on_disk = [t.seq for e in EpisodeStore(tmp_path / "run").episodes() for t in e.transitions]
-        assert on_disk == list(range(ack.stored_seq + 1))  # acknowledged => already in the episode files
+        assert on_disk[: ack.stored_seq + 1] == list(range(ack.stored_seq + 1))  # acknowledged => on disk
     assert acks == [4, 6, 6, 9]
     assert [t.seq for t in collector.transitions] == list(range(10))
     # a gap is a protocol error that names the seq to resend from
@@ -229,3 +231,46 @@ def test_store_ignores_a_torn_tail_with_a_warning_and_keeps_earlier_records(lear
     assert not episode.complete and episode.unlinked == 0
     for a, b in zip(ep, episode.transitions):
         assert_transition_equal(a, b)
+
+
+def make_certificates(d) -> dict:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=q2rl-test-ca")
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=q2rl-{name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", "san.cnf")
+    return {n: str(d / n) for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_mutual_tls_carries_the_stream_and_keeps_out_clients_without_a_certificate(tmp_path):
+    from q2rl.learner.service import LearnerService, ParameterBoard, ServiceAuth, serve
+    from q2rl.wire import ClientTls, TlsFiles
+    from transport_util import Collector
+
+    certs = make_certificates(tmp_path)
+    store, collector = EpisodeStore(tmp_path / "run"), Collector()
+    service = LearnerService(store, collector.on_transitions, collector.on_episode, ParameterBoard(),
+                             ServiceAuth(config_hash=CONFIG_HASH, token=TOKEN))
+    server = serve("127.0.0.1:0", service, keepalive=FAST_KEEPALIVE,
+                   tls=TlsFiles(certs["server.pem"], certs["server.key"], client_ca=certs["ca.pem"]))
+    try:
+        good = new_link(server, tmp_path, tls=ClientTls(certs["ca.pem"], certs["client.pem"], certs["client.key"]))
+        for t in make_episode("a0", 0, 0, 5, np.random.default_rng(9)):
+            good.add(t)
+        assert good.flush(10) and [t.seq for t in collector.transitions] == list(range(5))
+        good.close(0)
+        for tls in (ClientTls(certs["ca.pem"]), None):  # no client certificate; no TLS at all
+            bad = new_link(server, tmp_path, actor_id="intruder", tls=tls)
+            assert not bad.wait_connected(2) and not bad.health().connected
+            bad.close(0)
+        assert store.stored_seq("intruder") == -1
+    finally:
+        server.stop(0)
