@@ -256,6 +256,35 @@ class Spool:
             self._file.close()
 
 
+def _channel(address: str, tls: ClientTls | None, options: list) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    if tls.target_name_override:
+        options = options + [("grpc.ssl_target_name_override", tls.target_name_override)]
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls.root_ca).read_bytes(),
+        private_key=Path(tls.private_key).read_bytes() if tls.private_key else None,
+        certificate_chain=Path(tls.cert_chain).read_bytes() if tls.cert_chain else None,
+    )
+    return grpc.secure_channel(address, creds, options=options)
+
+
+def fetch_status(address: str, timeout: float = 2.0, tls: ClientTls | None = None) -> "pb.StatusReply":
+    """The learner's Status RPC (phase, parameter version, replay size, updates/s, per-actor links).
+
+    Raises grpc.RpcError when the learner does not answer within `timeout` seconds."""
+    channel = _channel(address, tls, [])
+    try:
+        call = channel.unary_unary(
+            f"/{wire.SERVICE_NAME}/Status",
+            request_serializer=pb.StatusRequest.SerializeToString,
+            response_deserializer=pb.StatusReply.FromString,
+        )
+        return call(pb.StatusRequest(), timeout=timeout)
+    finally:
+        channel.close()
+
+
 class ActorLink:
     """TransitionSink + ParameterSource over gRPC with an on-disk spool; see the module docstring."""
 
@@ -437,17 +466,7 @@ class ActorLink:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(self._backoff.max_s * 1000)),
         ]
-        if self._tls is None:
-            return grpc.insecure_channel(self.address, options=options)
-        tls = self._tls
-        if tls.target_name_override:
-            options.append(("grpc.ssl_target_name_override", tls.target_name_override))
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=Path(tls.root_ca).read_bytes(),
-            private_key=Path(tls.private_key).read_bytes() if tls.private_key else None,
-            certificate_chain=Path(tls.cert_chain).read_bytes() if tls.cert_chain else None,
-        )
-        return grpc.secure_channel(self.address, creds, options=options)
+        return _channel(self.address, self._tls, options)
 
     def _run_sender(self) -> None:
         attempt = 0

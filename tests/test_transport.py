@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from q2rl import wire
-from q2rl.actor.link import ActorLink, LinkRefused
+from q2rl.actor.link import ActorLink, LinkRefused, fetch_status
 from q2rl.learner.episode_store import EpisodeStore
 from q2rl.wire import pb
 from transport_util import (CONFIG_HASH, FAST_KEEPALIVE, TOKEN, assert_transition_equal, make_episode, report_for,
@@ -139,6 +139,25 @@ def test_duplicates_are_dropped_and_acks_mean_stored(learner, tmp_path):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_reconnecting_actor_replaces_its_old_stream(learner, tmp_path):
+    server = learner[0]
+    client = RawClient(server.address)
+    first = client.hello(next_seq=0)
+    queue = __import__("queue").Queue()
+    old = client.send(iter(queue.get, None), metadata=[(wire.SESSION_METADATA_KEY, first.session_id)])
+    queue.put(wire.frame_batch([wire.encode_item_transition(make_episode("a0", 0, 0, 1, np.random.default_rng(0))[0])]))
+    assert next(old).stored_seq == 0
+    second = client.hello(next_seq=1)  # the same actor again, e.g. after its network blinked
+    assert second.accepted and second.stored_seq == 0 and second.session_id != first.session_id
+    with pytest.raises(grpc.RpcError) as err:
+        next(old)  # the old stream is cancelled by the server, not left holding a worker
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    queue.put(None)
+    with pytest.raises(grpc.RpcError) as err:  # and the old session is no longer valid
+        list(client.send(iter([]), metadata=[(wire.SESSION_METADATA_KEY, first.session_id)]))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_lost_spool_or_reused_actor_id_is_refused(learner, tmp_path):
     server = learner[0]
     client = RawClient(server.address)
@@ -203,7 +222,7 @@ def test_status_reports_phase_and_links(tmp_path):
     try:
         link = new_link(server, tmp_path, actor_id="robot-1")
         assert link.wait_connected(10)
-        status = RawClient(server.address).status(pb.StatusRequest(), timeout=5)
+        status = fetch_status(server.address, timeout=5)
         assert (status.phase, status.replay_size, status.updates_per_s) == ("q_estimation", 42, 3.5)
         assert [(a.actor_id, a.connected) for a in status.actors] == [("robot-1", True)]
         link.close(0)

@@ -123,6 +123,31 @@ def test_learner_sigkilled_and_restarted_loses_and_doubles_nothing_and_never_sta
     assert max(producer.durations) < CONTROL_PERIOD_S
 
 
+def test_a_learner_that_stops_answering_is_detected_by_the_actor_and_nothing_is_lost(tmp_path):
+    run, port = tmp_path / "run", free_port()
+    learner = start_learner_process(run, port)
+    link = ActorLink(f"127.0.0.1:{port}", "a0", CONFIG_HASH, TOKEN, tmp_path / "spool", keepalive=FAST_KEEPALIVE)
+    producer = Producer(link, n_episodes=6, length=50, period_s=0.005)
+    try:
+        producer.start()
+        assert wait_until(lambda: link.health().connected and link.health().unacked < 20, 20)
+        learner.send_signal(signal.SIGSTOP)  # alive for TCP, silent for HTTP/2
+        stopped = time.monotonic()
+        assert wait_until(lambda: not link.health().connected, 10)
+        window = (FAST_KEEPALIVE.time_ms + FAST_KEEPALIVE.timeout_ms) / 1000
+        assert time.monotonic() - stopped < window + 1.5
+        learner.send_signal(signal.SIGCONT)
+        producer.join(60)
+        assert link.flush(30) and link.health().reconnects >= 1
+    finally:
+        link.close(1)
+        learner.send_signal(signal.SIGKILL)
+        learner.wait(10)
+    counts = stored_seq_counts(run)
+    assert sorted(counts) == list(range(6 * 50)) and set(counts.values()) == {1}
+    assert max(producer.durations) < CONTROL_PERIOD_S
+
+
 def test_a_client_that_stops_answering_is_cut_within_the_keepalive_window_and_frees_its_workers(tmp_path):
     server, _, collector, _ = start_learner(tmp_path / "run", max_actors=1)  # 6 RPC slots in all
     client = subprocess.Popen([sys.executable, UTIL, "actor", server.address, str(tmp_path / "spool-x"), "frozen"],
