@@ -170,9 +170,10 @@ class OperatorConsole:
 
     def _width(self) -> int:
         try:
-            return os.get_terminal_size(self.out.fileno()).columns - 1
+            columns = os.get_terminal_size(self.out.fileno()).columns
         except (OSError, ValueError, AttributeError):
-            return 119
+            columns = 0
+        return columns - 1 if columns > 20 else 119  # a pty without a size reports 0 columns
 
     def set_status(self, status: StatusLine) -> None:
         """Redraw the status line in place (carriage return + clear line)."""

@@ -274,3 +274,31 @@ class FrankaEnvConfig:
     @property
     def state_dim(self) -> int:
         return state_size(self.state_keys)
+
+
+def load_franka_env_config(path, overrides=()) -> FrankaEnvConfig:
+    """The `env.franka` section of a run-config file (other sections are not read), with `a.b=value` overrides."""
+    from q2rl.config import parse_override, read_yaml
+
+    data = read_yaml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text}: {k} is not a section")
+        node[last] = value
+    env = data.get("env") or {}
+    if not isinstance(env, dict):
+        raise ConfigError(f"env: expected a mapping in {path}")
+    backend = env.get("backend", "franka")
+    if backend != "franka":
+        raise ConfigError(f"env.backend: {backend!r} in {path}; a real-robot config needs backend: franka")
+    from q2rl.config import from_dict
+
+    try:
+        return from_dict(FrankaEnvConfig, env.get("franka") or {})
+    except ConfigError as e:
+        raise ConfigError(f"env.franka.{e} in {path}") from None

@@ -177,6 +177,27 @@ def test_config_errors_name_the_field_and_fix():
     assert from_dict(FrankaEnvConfig, {}).state_dim == 8  # 3 + 4 + 1
 
 
+@pytest.mark.parametrize("task", ["peg_insertion", "pipe_assembly", "kitting"])
+def test_real_task_configs_load_and_validate(task):
+    from pathlib import Path
+
+    from q2rl.robot.real_config import load_franka_env_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "real" / f"{task}.yaml"
+    cfg = load_franka_env_config(path)
+    assert cfg.gripper.kind == "robotiq" and [c.name for c in cfg.cameras] == ["wrist", "front"]
+    assert cfg.control_mode == "impedance" and cfg.state_dim == 8
+    with pytest.raises(ConfigError, match=r"env\.franka\.workspace_low/workspace_high: axis x"):
+        load_franka_env_config(path, ["env.franka.workspace_low=[0.9, -0.1, 0.0]"])
+
+
+def test_every_config_field_has_help():
+    from q2rl.config import describe
+
+    lines = describe(FrankaEnvConfig)
+    assert len(lines) > 40 and all(line.split(": ", 1)[1].strip() for line in lines)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Robotiq 2F-85: real Modbus RTU frames over a pseudo-terminal, a fake gripper on the other end.
 
