@@ -10,9 +10,14 @@
     board.publish(version, {"policy": pi_params, "critic": q_params, "value": v_params})   # encoded once
 
 `on_transitions(list[Transition])` / `on_episode(EpisodeReport)` run on gRPC worker threads *after* the data is
-fsync'd and before it is acknowledged; they should hand off to the learner's own bounded queue (blocking there is
+fsync'd and before it is acknowledged, in stream order per actor; they should hand off to the learner's own bounded queue (blocking there is
 backpressure on that actor's stream, which is fine). Transitions reach `on_transitions` linked: next_obs images
 that travelled once per frame are filled in from the successor (the same array objects as its obs images).
+
+An actor that moves on to a new episode without reporting the previous one (it crashed and restarted) gets a
+report made for it (`cut=True` unless its last transition ended the episode), stored and passed to `on_episode`.
+`on_actor_lost(actor_id)` (optional) is called when an actor's transition stream ends and no newer stream of that
+actor replaced it (crash, network loss, clean close); the actor may come back later and continue its episode.
 
 Guarantees: duplicates (actor_id, seq) are dropped; an ack means "everything up to this seq is on disk";
 a stream that goes silent is cut by HTTP/2 keepalive within `Keepalive.time_ms + timeout_ms`; a reconnecting
@@ -136,6 +141,7 @@ class LearnerService:
         auth: ServiceAuth,
         status_fn: Callable[[], LearnerStatus] = LearnerStatus,
         param_poll_s: float = 0.5,
+        on_actor_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.on_transitions = on_transitions
@@ -143,6 +149,7 @@ class LearnerService:
         self.board = param_board
         self.auth = auth
         self.status_fn = status_fn
+        self.on_actor_lost = on_actor_lost
         self._param_poll_s = param_poll_s
         self._lock = threading.Lock()
         self._actors: dict[str, _ActorState] = {}
@@ -232,8 +239,11 @@ class LearnerService:
 
         def on_done() -> None:
             with a.lock:
-                if a.stream_context is context:
+                lost = a.stream_context is context  # ended without a newer stream of this actor taking over
+                if lost:
                     a.stream_context, a.connected = None, False
+            if lost and self.on_actor_lost is not None and not self._stopping.is_set():
+                self.on_actor_lost(actor_id)
 
         context.add_callback(on_done)
         for batch in request_iterator:

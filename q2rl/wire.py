@@ -394,37 +394,44 @@ def encode_parameter_set(
 
 
 class ParameterAssembler:
-    """Reassembles a chunked parameter set; a newer version's chunk discards an incomplete older set."""
+    """Reassembles a chunked parameter set (chunks arrive in order on one stream) into preallocated buffers;
+    a chunk of a newer version discards an incomplete older set, a stale chunk of an older one is ignored."""
 
     def __init__(self, decode: bool = True) -> None:
         self._decode = decode
         self._version: int | None = None
-        self._parts: dict[str, list[bytes]] = {}
-        self._expected: tuple[int, dict[str, int]] | None = None
+        self._done: dict[str, bytearray] = {}
+        self._buffer: bytearray | None = None
+        self._subset, self._pos = "", 0
+        self._completed = -1  # newest version handed out
 
     def add(self, c: "pb.ParameterChunk") -> tuple[int, dict[str, Any]] | None:
         """Take one chunk; the whole set (version, {subset: pytree}) when it is the last missing one."""
+        if c.version <= self._completed or (self._version is not None and c.version < self._version):
+            return None  # a stale chunk of a set we already moved past
         if self._version != c.version:
-            if self._version is not None and c.version < self._version:
-                return None  # stale chunk of a set we already moved past
-            self._version, self._parts = c.version, {}
-        parts = self._parts.setdefault(c.subset, [b""] * c.num_chunks)
-        if len(parts) != c.num_chunks or c.chunk_index >= c.num_chunks:
-            raise WireError(f"parameter chunk {c.subset}[{c.chunk_index}/{c.num_chunks}] v{c.version}: inconsistent")
-        parts[c.chunk_index] = c.data
+            self._version, self._done, self._buffer = c.version, {}, None
+        where = f"parameter set v{c.version} subset {c.subset!r} chunk {c.chunk_index}/{c.num_chunks}"
+        if c.chunk_index == 0:
+            self._buffer, self._subset, self._pos = bytearray(c.subset_bytes), c.subset, 0
+        elif self._buffer is None or c.subset != self._subset:
+            raise WireError(f"{where}: arrived without the chunks before it")
+        end = self._pos + len(c.data)
+        if end > len(self._buffer):
+            raise WireError(f"{where}: more bytes than the announced {c.subset_bytes}")
+        self._buffer[self._pos : end] = c.data
+        self._pos = end
         if c.chunk_index != c.num_chunks - 1:
             return None
-        data = b"".join(parts)
-        if len(data) != c.subset_bytes or zlib.crc32(data) != c.subset_crc32:
-            raise WireError(f"parameter subset {c.subset!r} v{c.version}: size or CRC mismatch after reassembly")
-        self._parts[c.subset] = [data]
+        if self._pos != c.subset_bytes or zlib.crc32(self._buffer) != c.subset_crc32:
+            raise WireError(f"{where}: size or CRC mismatch after reassembly")
+        self._done[c.subset], self._buffer = self._buffer, None
         if c.subset_index != c.num_subsets - 1:
             return None
-        complete = {name: p[0] for name, p in self._parts.items()}
-        if len(complete) != c.num_subsets:
-            raise WireError(f"parameter set v{c.version}: {len(complete)} of {c.num_subsets} subsets arrived")
-        version = self._version
-        self._version, self._parts = None, {}
+        if len(self._done) != c.num_subsets:
+            raise WireError(f"parameter set v{c.version}: {len(self._done)} of {c.num_subsets} subsets arrived")
+        version, complete = c.version, self._done
+        self._version, self._done, self._completed = None, {}, version
         if self._decode:
-            complete = {name: params_from_bytes(data) for name, data in complete.items()}
-        return version, complete
+            return version, {name: params_from_bytes(data) for name, data in complete.items()}
+        return version, {name: bytes(data) for name, data in complete.items()}

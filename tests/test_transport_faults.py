@@ -149,7 +149,8 @@ def test_a_learner_that_stops_answering_is_detected_by_the_actor_and_nothing_is_
 
 
 def test_a_client_that_stops_answering_is_cut_within_the_keepalive_window_and_frees_its_workers(tmp_path):
-    server, _, collector, _ = start_learner(tmp_path / "run", max_actors=1)  # 6 RPC slots in all
+    lost = []
+    server, _, collector, _ = start_learner(tmp_path / "run", max_actors=1, on_actor_lost=lost.append)  # 6 slots
     client = subprocess.Popen([sys.executable, UTIL, "actor", server.address, str(tmp_path / "spool-x"), "frozen"],
                               stdout=subprocess.PIPE, text=True)
     links = []
@@ -163,6 +164,7 @@ def test_a_client_that_stops_answering_is_cut_within_the_keepalive_window_and_fr
         detected_after = time.monotonic() - stopped
         window = (FAST_KEEPALIVE.time_ms + FAST_KEEPALIVE.timeout_ms) / 1000
         assert detected_after < window + 1.5, detected_after
+        assert wait_until(lambda: lost == ["frozen"], 2)  # the learner hears about it (to cut the open episode)
         # its two stream slots are free again: three more actors (six streams) fit
         for i in range(3):
             links.append(ActorLink(server.address, f"b{i}", CONFIG_HASH, TOKEN, tmp_path / f"spool-b{i}",

@@ -119,6 +119,8 @@ def test_a_newer_set_discards_a_partial_older_one_and_corruption_is_detected():
         assert a.add(c) is None
     results = [a.add(c) for c in v2] + [a.add(v1[5])]  # a stale chunk of v1 after v2 is ignored
     assert results[-2][0] == 2 and results[-1] is None and all(r is None for r in results[:-2])
+    with pytest.raises(wire.WireError, match="arrived without the chunks before it"):
+        wire.ParameterAssembler().add(v2[1])
     bad = wire.encode_parameter_set(3, small, chunk_bytes=1000)
     bad[2].data = bytes(1000)
     with pytest.raises(wire.WireError, match="CRC mismatch"):
