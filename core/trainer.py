@@ -31,12 +31,14 @@ class TrainerConfig:
 
     online_steps: int = doc(20000, "Env steps of online RL after phase 1 (phase-1 rollouts come on top).")
     eval_every: int = doc(2000, "Env steps between evaluations.")
-    eval_episodes: int = doc(20, "Episodes per evaluation (deterministic gate, separate env).")
+    eval_episodes: int = doc(20, "Episodes per evaluation (on a separate env).")
     replay_capacity: int = doc(200_000, "Transitions the replay holds.")
     learning_starts: int = doc(500, "Transitions in replay before the first update.")
     updates_every: int = doc(1, "Env steps per update call (each call runs `utd` critic minibatches).")
     seed: int = doc(0, "Seed of parameters, actions and the training episodes' resets.")
     eval_seed: int = doc(1_000_000, "First reset seed of evaluation episodes (same seeds at every evaluation).")
+    eval_deterministic: bool = doc(False, "Evaluate with modes (BC and RL); default: the gate exactly as it "
+                                          "runs on the robot (sampled actions), like `q2rl bc eval`'s default.")
 
     def validate(self) -> None:
         if self.online_steps < 0 or self.eval_every < 1 or self.eval_episodes < 0 or self.updates_every < 1:
@@ -87,8 +89,8 @@ def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> 
 
 
 def evaluate(agent: Agent, params: AgentParams, env: Any, episodes: int, seed: int, key: jax.Array,
-             cameras: Sequence[str] = (), use_bc: bool = False) -> tuple[float, float]:
-    """(success rate, BC share) of deterministic episodes with reset seeds seed, seed+1, ..."""
+             cameras: Sequence[str] = (), use_bc: bool = False, deterministic: bool = False) -> tuple[float, float]:
+    """(success rate, BC share) of episodes with reset seeds seed, seed+1, ... (pi_BC alone when use_bc)."""
     successes, bc_steps, steps = [], 0, 0
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
@@ -96,10 +98,11 @@ def evaluate(agent: Agent, params: AgentParams, env: Any, episodes: int, seed: i
         while not done:
             key, sub = jax.random.split(key)
             o = policy_obs(obs, cameras)
-            if use_bc:  # the BC policy alone: its mode, like `q2rl bc eval --action mode`
-                action, used_rl = agent.bc_mode_act(params, o, sub), False
+            if use_bc:
+                act = agent.bc_mode_act if deterministic else agent.bc_act
+                action, used_rl = act(params, o, sub), False
             else:
-                action, info = agent.eval_gate(params, o, sub)
+                action, info = (agent.eval_gate if deterministic else agent.gate)(params, o, sub)
                 used_rl = bool(info.use_rl)
             obs, _, terminated, truncated, info_env = env.step(np.asarray(action))
             bc_steps += not used_rl
@@ -130,6 +133,8 @@ class Trainer:
         self.episode_id = 0
         self._obs: dict | None = None
         self._bc_since_eval = [0, 0]
+        self.last_metrics: Any = None
+        self._train_outcomes: list[bool] = []
 
     # ---- actor side
     def _reset(self) -> dict:
@@ -164,6 +169,7 @@ class Trainer:
         self._obs = None if done else next_obs
         if done:
             self.episode_id += 1
+            self._train_outcomes.append(bool(terminated))
         return done
 
     # ---- learner side
@@ -178,13 +184,19 @@ class Trainer:
         if self.cfg.eval_episodes == 0:
             return
         success, eval_bc_share = evaluate(self.agent, params, self.eval_env, self.cfg.eval_episodes,
-                                          self.cfg.eval_seed, key, self.cameras, use_bc)
+                                          self.cfg.eval_seed, key, self.cameras, use_bc,
+                                          self.cfg.eval_deterministic)
         bc, total = self._bc_since_eval
         share = bc / total if total else eval_bc_share
         self._bc_since_eval = [0, 0]
         curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0))
-        self.log(f"[{self.agent.cfg.algo}] env_steps={self.env_steps} success={success:.2f} "
-                 f"bc_share={share:.2f} updates={updates} t={time.time() - t0:.0f}s")
+        train_success = float(np.mean(self._train_outcomes)) if self._train_outcomes else float("nan")
+        self._train_outcomes = []
+        m = self.last_metrics
+        extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"
+                                      f" actor_q={-float(m.actor.q_term):.3g} bc_nll={float(m.actor.bc_nll):.3g}")
+        self.log(f"[{self.agent.cfg.algo}] env_steps={self.env_steps} success={success:.2f} bc_share={share:.2f} "
+                 f"train_success={train_success:.2f} updates={updates} t={time.time() - t0:.0f}s{extra}")
 
     def run(self) -> TrainResult:
         """Phase 1 (if the algorithm has one), then `online_steps` env steps with updates and evaluations."""
@@ -225,7 +237,7 @@ class Trainer:
             key, k_act, k_update = jax.random.split(key, 3)
             self.collect_step(state.params, k_act, updates)
             if len(self.replay) >= cfg.learning_starts and i % cfg.updates_every == 0:
-                state, _ = agent.update(state, self.sample_batches(), k_update)
+                state, self.last_metrics = agent.update(state, self.sample_batches(), k_update)
                 updates += 1
             if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.online_steps:
                 key, k_eval = jax.random.split(key)
