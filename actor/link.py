@@ -269,10 +269,10 @@ def _channel(address: str, tls: ClientTls | None, options: list) -> grpc.Channel
     return grpc.secure_channel(address, creds, options=options)
 
 
-def fetch_status(address: str, timeout: float = 2.0, tls: ClientTls | None = None) -> "pb.StatusReply":
+def fetch_status(address: str, token: str = "", timeout: float = 2.0, tls: ClientTls | None = None) -> "pb.StatusReply":
     """The learner's Status RPC (phase, parameter version, replay size, updates/s, per-actor links).
 
-    Raises grpc.RpcError when the learner does not answer within `timeout` seconds."""
+    Raises grpc.RpcError when the learner does not answer within `timeout` seconds (or rejects the token)."""
     channel = _channel(address, tls, [])
     try:
         call = channel.unary_unary(
@@ -280,7 +280,7 @@ def fetch_status(address: str, timeout: float = 2.0, tls: ClientTls | None = Non
             request_serializer=pb.StatusRequest.SerializeToString,
             response_deserializer=pb.StatusReply.FromString,
         )
-        return call(pb.StatusRequest(), timeout=timeout)
+        return call(pb.StatusRequest(), timeout=timeout, metadata=[(wire.TOKEN_METADATA_KEY, token)])
     finally:
         channel.close()
 
@@ -293,8 +293,8 @@ class ActorLink:
         address: str,
         actor_id: str,
         run_config_hash: str,
-        token: str = "",
-        spool_dir: str | Path = "spool",
+        token: str,
+        spool_dir: str | Path,
         *,
         tls: ClientTls | None = None,
         keepalive: Keepalive = Keepalive(),
@@ -536,7 +536,6 @@ class ActorLink:
         )
         stop = threading.Event()
         responses = call(self._batches(stop), metadata=[(wire.SESSION_METADATA_KEY, session)])
-        last_fsync = time.monotonic()
         try:
             for ack in responses:
                 with self._state:
@@ -546,9 +545,6 @@ class ActorLink:
                     self._last_ack_time = time.monotonic()
                     self._state.notify_all()
                 self._spool.trim(self._acked_seq, self._acked_episode)
-                if time.monotonic() - last_fsync > 1.0:
-                    self._spool.fsync()
-                    last_fsync = time.monotonic()
         finally:
             stop.set()
             responses.cancel()
@@ -558,7 +554,11 @@ class ActorLink:
         cursor = self._spool.start_cursor()
         with self._state:
             acked_seq, acked_episode = self._acked_seq, self._acked_episode
+        last_fsync = time.monotonic()
         while not stop.is_set() and not self._closing.is_set():
+            if time.monotonic() - last_fsync > 1.0:  # durable within about a second even if acks stall
+                self._spool.fsync()
+                last_fsync = time.monotonic()
             with self._state:
                 while self._inflight >= self._max_inflight and not stop.is_set() and not self._closing.is_set():
                     self._state.wait(0.2)

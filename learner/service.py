@@ -327,6 +327,9 @@ class LearnerService:
             yield from chunks
 
     def Status(self, request: "pb.StatusRequest", context) -> "pb.StatusReply":
+        token = dict(context.invocation_metadata()).get(wire.TOKEN_METADATA_KEY, "")
+        if not hmac.compare_digest(token.encode(), self.auth.token.encode()):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected (metadata q2rl-token)")
         s = self.status_fn()
         now = time.monotonic()
         reply = pb.StatusReply(

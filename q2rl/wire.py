@@ -31,6 +31,7 @@ except ImportError as e:  # the stubs are generated at build time, not committed
 PROTOCOL_VERSION = 1
 SERVICE_NAME = "q2rl.v1.Learner"
 SESSION_METADATA_KEY = "q2rl-session"
+TOKEN_METADATA_KEY = "q2rl-token"  # the Status RPC's credential when the learner has a token
 DEFAULT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 PARAMETER_SUBSETS = ("policy", "critic", "value")
 

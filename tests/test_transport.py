@@ -222,9 +222,12 @@ def test_status_reports_phase_and_links(tmp_path):
     try:
         link = new_link(server, tmp_path, actor_id="robot-1")
         assert link.wait_connected(10)
-        status = fetch_status(server.address, timeout=5)
+        status = fetch_status(server.address, TOKEN, timeout=5)
         assert (status.phase, status.replay_size, status.updates_per_s) == ("q_estimation", 42, 3.5)
         assert [(a.actor_id, a.connected) for a in status.actors] == [("robot-1", True)]
+        with pytest.raises(grpc.RpcError) as err:
+            fetch_status(server.address, "wrong", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         link.close(0)
     finally:
         server.stop(0)
