@@ -5,13 +5,15 @@
     store.append("sim-0", [(raw_item_bytes, parsed_item), ...])   # write, flush, fsync: then acknowledge
     for ep in store.episodes(): replay.add_episode(ep.arrays())    # rebuild replay on --resume
 
-Layout: run_dir/episodes/<actor_id>/ep-<episode_id:09d>.rec, each a q2rl.recordio file whose records are
-the wire `Item` bytes exactly as received (transitions with images once per frame, then the EpisodeReport).
+Layout: run_dir/episodes/<actor_id>/seg-<n:09d>.rec, an append-only log per actor (q2rl.recordio files, a new
+segment every `segment_bytes`) whose records are the wire `Item` bytes exactly as received: transitions (images
+once per frame) and EpisodeReports, in the actor's order. One log per actor means one fsync per received batch.
 An episode is complete when its report is stored or its last transition terminated/truncated.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -26,7 +28,7 @@ from q2rl.interfaces import EpisodeReport, Transition
 
 log = logging.getLogger(__name__)
 ACTOR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_EPISODE_FILE = re.compile(r"^ep-(\d{9,})\.rec$")
+_SEGMENT_FILE = re.compile(r"^seg-(\d{9,})\.rec$")
 
 
 def check_actor_id(actor_id: str) -> None:
@@ -111,6 +113,16 @@ class EpisodeSummary:
         )
 
 
+def _build_episode(actor_id: str, episode_id: int, decoded: list, report: EpisodeReport | None) -> "StoredEpisode":
+    linker = wire.FrameLinker()
+    transitions: list[Transition] = []
+    for t, pending in decoded:
+        transitions += linker.push(t, pending)
+    unlinked = 1 if linker.held is not None else 0
+    last_terminal = bool(transitions) and (transitions[-1].terminated or transitions[-1].truncated)
+    return StoredEpisode(actor_id, episode_id, report is not None or last_terminal, report, transitions, unlinked)
+
+
 class StoredEpisode(NamedTuple):
     """An episode read back from disk. `transitions` are linked (next_obs images filled in); a transition
     whose next frame never arrived (episode cut mid-step) is left out of it and counted in `unlinked`."""
@@ -126,42 +138,57 @@ class StoredEpisode(NamedTuple):
         return stack_transitions(self.transitions) if self.transitions else None
 
 
-class _ActorFiles:
-    """Bookkeeping of one actor's directory: watermarks and the episode file open for appending."""
+class _ActorLog:
+    """Bookkeeping of one actor's log: watermarks, the segment open for appending, its newest episode."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.stored_seq = -1
         self.reported_episode = -1
         self.num_transitions = 0
-        self.open_episode: int | None = None
-        self.open_file = None
+        self.segment_index = -1
+        self.file = None
+        self.episode: EpisodeSummary | None = None  # the newest episode
+        self.tail: bytes | None = None  # the newest transition's item if it waits for its successor's frame
+
+    def note(self, item: "wire.pb.Item", raw: bytes) -> None:
+        if item.HasField("transition"):
+            t = item.transition
+            self.stored_seq = max(self.stored_seq, t.seq)
+            self.num_transitions += 1
+            if self.episode is None or self.episode.episode_id != t.episode_id:
+                self.episode = EpisodeSummary(t.episode_id)
+            self.episode.add(t)
+            self.tail = raw if t.next_images_in_next_transition else None
+        else:
+            self.reported_episode = max(self.reported_episode, item.report.episode_id)
+            if self.episode is not None and self.episode.episode_id == item.report.episode_id:
+                self.episode.reported = True
+            self.tail = None
 
 
 class EpisodeStore:
-    """Append-only, crash-safe episode files under run_dir/episodes; thread-safe."""
+    """Append-only, crash-safe episode logs under run_dir/episodes (one per actor); thread-safe."""
 
-    def __init__(self, run_dir: str | Path, fsync: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, fsync: bool = True, segment_bytes: int = 256 << 20) -> None:
         self.root = Path(run_dir) / "episodes"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._fsync = fsync
+        self._fsync, self._segment_bytes = fsync, segment_bytes
         self._lock = threading.Lock()
-        self._actors: dict[str, _ActorFiles] = {}
+        self._actors: dict[str, _ActorLog] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             self._actors[directory.name] = self._scan(directory)
 
     # ------------------------------------------------------------------ loading
 
-    def _episode_files(self, directory: Path) -> list[tuple[int, Path]]:
-        found = []
-        for p in directory.iterdir():
-            m = _EPISODE_FILE.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
+    @staticmethod
+    def _segments(directory: Path) -> list[tuple[int, Path]]:
+        found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _SEGMENT_FILE.match(p.name))]
         return sorted(found)
 
-    def _read_episode_file(self, path: Path) -> list[bytes]:
-        """Intact records of one file; a torn tail is cut off (with a warning) so appends continue cleanly."""
+    @staticmethod
+    def _read_segment(path: Path) -> list[bytes]:
+        """Intact records of one segment; a torn tail is cut off (with a warning) so appends continue cleanly."""
         result = recordio.read_records(path)
         if result.torn_bytes:
             log.warning(
@@ -175,23 +202,19 @@ class EpisodeStore:
                 os.fsync(f.fileno())
         return result.records
 
-    def _scan(self, directory: Path) -> _ActorFiles:
-        state = _ActorFiles(directory)
+    def _scan(self, directory: Path) -> _ActorLog:
+        state = _ActorLog(directory)
         seqs = []
-        for _, path in self._episode_files(directory):
-            for raw in self._read_episode_file(path):
+        for index, path in self._segments(directory):
+            state.segment_index = index
+            for raw in self._read_segment(path):
                 item = wire.parse_item(raw)
+                state.note(item, raw)
                 if item.HasField("transition"):
                     seqs.append(item.transition.seq)
-                else:
-                    state.reported_episode = max(state.reported_episode, item.report.episode_id)
-        if seqs:
-            seqs.sort()
-            gaps = int(np.count_nonzero(np.diff(seqs) != 1))
-            if gaps:
-                log.warning("%s: stored seqs are not contiguous (%d gaps)", directory, gaps)
-            state.stored_seq = seqs[-1]
-            state.num_transitions = len(seqs)
+        gaps = int(np.count_nonzero(np.diff(seqs) != 1)) if len(seqs) > 1 else 0
+        if gaps:
+            log.warning("%s: stored seqs are not contiguous (%d gaps)", directory, gaps)
         return state
 
     # ------------------------------------------------------------------ queries
@@ -217,10 +240,23 @@ class EpisodeStore:
         with self._lock:
             return sum(a.num_transitions for a in self._actors.values())
 
+    def last_episode_summary(self, actor_id: str) -> "EpisodeSummary | None":
+        """Length, return and ending of an actor's newest stored episode."""
+        with self._lock:
+            a = self._actors.get(actor_id)
+            return None if a is None or a.episode is None else copy.copy(a.episode)
+
+    def unlinked_tail(self, actor_id: str) -> Transition | None:
+        """The newest stored transition of an actor if it still waits for its successor's frame."""
+        with self._lock:
+            a = self._actors.get(actor_id)
+            raw = None if a is None else a.tail
+        return None if raw is None else wire.decode_transition(wire.parse_item(raw).transition)[0]
+
     # ------------------------------------------------------------------ writing
 
     def append(self, actor_id: str, items: Sequence[tuple[bytes, "wire.pb.Item"]]) -> None:
-        """Durably append (raw bytes, parsed Item) records of one actor, in order; returns after fsync.
+        """Durably append (raw bytes, parsed Item) records of one actor, in order; returns after one fsync.
 
         The caller (the service) has already dropped duplicates and checked contiguity."""
         if not items:
@@ -231,115 +267,76 @@ class EpisodeStore:
                 check_actor_id(actor_id)
                 directory = self.root / actor_id
                 directory.mkdir(exist_ok=True)
-                recordio.fsync_dir(self.root)
-                a = self._actors[actor_id] = _ActorFiles(directory)
+                if self._fsync:
+                    recordio.fsync_dir(self.root)
+                a = self._actors[actor_id] = _ActorLog(directory)
+            f = self._open_segment(a)
             for raw, item in items:
-                if item.HasField("transition"):
-                    episode = item.transition.episode_id
-                else:
-                    episode = item.report.episode_id
-                f = self._file_for(a, episode)
-                recordio.write_record(f, raw)  # switching episode files fsyncs the one left behind
-                if item.HasField("transition"):
-                    a.stored_seq = max(a.stored_seq, item.transition.seq)
-                    a.num_transitions += 1
-                else:
-                    a.reported_episode = max(a.reported_episode, item.report.episode_id)
-            a.open_file.flush()
+                recordio.write_record(f, raw)
+                a.note(item, raw)
+            f.flush()
             if self._fsync:
-                os.fsync(a.open_file.fileno())
+                os.fsync(f.fileno())
 
-    def _file_for(self, a: _ActorFiles, episode_id: int):
-        if a.open_episode == episode_id:
-            return a.open_file
-        if a.open_file is not None:
-            a.open_file.flush()
-            if self._fsync:
-                os.fsync(a.open_file.fileno())
-            a.open_file.close()
-        path = a.directory / f"ep-{episode_id:09d}.rec"
-        is_new = not path.exists()
-        a.open_file = recordio.open_for_append(path)
-        a.open_episode = episode_id
-        if is_new and self._fsync:
-            os.fsync(a.open_file.fileno())
+    def _open_segment(self, a: _ActorLog):
+        """The segment to append to; a new one when there is none yet or the current one is full."""
+        if a.file is not None and a.file.tell() < self._segment_bytes:
+            return a.file
+        if a.file is not None:
+            a.file.close()  # fsync'd at the end of the batch that filled it
+        elif a.segment_index >= 0:
+            path = a.directory / f"seg-{a.segment_index:09d}.rec"
+            if path.stat().st_size < self._segment_bytes:
+                a.file = recordio.open_for_append(path)
+                return a.file
+        a.segment_index += 1
+        a.file = recordio.open_for_append(a.directory / f"seg-{a.segment_index:09d}.rec")
+        if self._fsync:
+            os.fsync(a.file.fileno())
             recordio.fsync_dir(a.directory)
-        return a.open_file
+        return a.file
 
     def close(self) -> None:
         with self._lock:
             for a in self._actors.values():
-                if a.open_file is not None:
-                    a.open_file.flush()
+                if a.file is not None:
+                    a.file.flush()
                     if self._fsync:
-                        os.fsync(a.open_file.fileno())
-                    a.open_file.close()
-                    a.open_file, a.open_episode = None, None
+                        os.fsync(a.file.fileno())
+                    a.file.close()
+                    a.file = None
 
     # ------------------------------------------------------------------ reading back
 
-    def episodes(self, actor_id: str | None = None) -> Iterator[StoredEpisode]:
-        """Every stored episode (complete and in progress), per actor in episode order."""
-        actors = [actor_id] if actor_id is not None else self.actors()
-        for aid in actors:
-            with self._lock:
-                a = self._actors.get(aid)
-                if a is None:
-                    continue
-                if a.open_file is not None:
-                    a.open_file.flush()
-                files = self._episode_files(a.directory)
-            for episode_id, path in files:
-                yield self._load_episode(aid, episode_id, path)
-
-    def _load_episode(self, actor_id: str, episode_id: int, path: Path) -> StoredEpisode:
-        linker = wire.FrameLinker()
-        transitions: list[Transition] = []
-        report = None
-        for raw in recordio.read_records(path).records:
-            item = wire.parse_item(raw)
-            if item.HasField("report"):
-                report = wire.decode_report(item.report)
-                continue
-            t, pending = wire.decode_transition(item.transition)
-            transitions += linker.push(t, pending)
-        unlinked = 1 if linker.held is not None else 0
-        last_terminal = bool(transitions) and (transitions[-1].terminated or transitions[-1].truncated)
-        return StoredEpisode(actor_id, episode_id, report is not None or last_terminal, report, transitions, unlinked)
-
-    def unlinked_tail(self, actor_id: str) -> Transition | None:
-        """The newest stored transition of an actor if it still waits for its successor's frame."""
+    def _records(self, actor_id: str) -> Iterator[bytes]:
         with self._lock:
             a = self._actors.get(actor_id)
             if a is None:
-                return None
-            files = self._episode_files(a.directory)
-        if not files:
-            return None
-        linker = wire.FrameLinker()
-        for raw in recordio.read_records(files[-1][1]).records:
-            item = wire.parse_item(raw)
-            if item.HasField("transition"):
-                linker.push(*wire.decode_transition(item.transition))
-            else:
-                linker.drop_pending()
-        return linker.held
+                return
+            if a.file is not None:
+                a.file.flush()
+            segments = self._segments(a.directory)
+        for _, path in segments:
+            yield from recordio.read_records(path).records
 
-    def last_episode_summary(self, actor_id: str) -> "EpisodeSummary | None":
-        """Length, return and ending of an actor's newest stored episode (no images decoded)."""
-        with self._lock:
-            a = self._actors.get(actor_id)
-            files = self._episode_files(a.directory) if a is not None else []
-        if not files:
-            return None
-        summary = EpisodeSummary(files[-1][0])
-        for raw in recordio.read_records(files[-1][1]).records:
-            item = wire.parse_item(raw)
-            if item.HasField("transition"):
-                summary.add(item.transition)
-            else:
-                summary.reported = True
-        return summary
+    def episodes(self, actor_id: str | None = None) -> Iterator[StoredEpisode]:
+        """Every stored episode (complete and in progress), per actor in the order they were recorded."""
+        for aid in [actor_id] if actor_id is not None else self.actors():
+            current: list = []  # (episode id, [(transition, pending) ...], report)
+            for raw in self._records(aid):
+                item = wire.parse_item(raw)
+                episode_id = item.transition.episode_id if item.HasField("transition") else item.report.episode_id
+                if current and current[0] != episode_id:
+                    yield _build_episode(aid, *current)
+                    current = []
+                if not current:
+                    current = [episode_id, [], None]
+                if item.HasField("transition"):
+                    current[1].append(wire.decode_transition(item.transition))
+                else:
+                    current[2] = wire.decode_report(item.report)
+            if current:
+                yield _build_episode(aid, *current)
 
     def transitions(self) -> Iterator[Transition]:
         """Every stored, linked transition, per actor in seq order (to refill a replay on --resume)."""

@@ -304,7 +304,10 @@ class LearnerService:
     @staticmethod
     def _cut_report_item(actor_id: str, episode: EpisodeSummary) -> tuple[bytes, "pb.Item"]:
         report = episode.cut_report(actor_id)
-        log.warning("actor %s: episode %d ended without a report; recording it as cut", actor_id, episode.episode_id)
+        if report.cut:
+            log.warning("actor %s: episode %d stopped without a report; recording it as cut", actor_id, report.episode_id)
+        else:
+            log.info("actor %s: episode %d ended without a report; recording one", actor_id, report.episode_id)
         raw = wire.encode_item_report(report, episode.last_seq)
         return raw, wire.parse_item(raw)
 

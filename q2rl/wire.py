@@ -126,16 +126,17 @@ def tensor_to_proto(array: Any, out: "pb.Tensor") -> None:
 def tensor_from_proto(t: "pb.Tensor", what: str = "tensor") -> np.ndarray:
     """A read-only numpy view of a Tensor message's bytes; raises WireError if dtype or size are wrong."""
     dtype = _DTYPE_OF_NAME.get(t.dtype)
-    if dtype is None:
-        raise WireError(f"{what}: unknown dtype {t.dtype!r}")
     shape = tuple(t.shape)
     data = t.data
+    if dtype is None:
+        raise WireError(f"{what}: missing, or unknown dtype {t.dtype!r}")
     if len(data) != math.prod(shape) * dtype.itemsize:
         raise WireError(
             f"{what}: {len(data)} bytes do not fit dtype {t.dtype} shape {shape} "
             f"({math.prod(shape) * dtype.itemsize} bytes)"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    a = np.frombuffer(data, dtype=dtype)
+    return a if len(shape) == 1 else a.reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------ observations
@@ -154,9 +155,7 @@ def _obs_proto(obs: Mapping[str, Any], with_images: bool, what: str) -> "pb.Obse
 
 
 def _obs_from_proto(o: "pb.Observation", what: str) -> dict:
-    if not o.HasField("state"):
-        raise WireError(f"{what}: observation has no state")
-    obs: dict = {"state": tensor_from_proto(o.state, f"{what}.state")}
+    obs: dict = {"state": tensor_from_proto(o.state, what + ".state")}
     if o.images:
         obs["images"] = {name: tensor_from_proto(t, f"{what}.images[{name}]") for name, t in sorted(o.images.items())}
     return obs
@@ -201,30 +200,30 @@ def encode_transition(t: Transition, omit_next_images: bool = False) -> "pb.Tran
 
 def decode_transition(m: "pb.Transition") -> tuple[Transition, bool]:
     """(Transition, next_images_pending): when pending, next_obs has no images yet (see FrameLinker)."""
-    what = f"transition {m.actor_id}/seq {m.seq}"
-    if m.source not in _SOURCE_FROM_PB:
-        raise WireError(f"{what}: unknown action source {m.source}")
-    for name in ("obs", "next_obs", "action", "a_bc", "a_rl"):
-        if not m.HasField(name):
-            raise WireError(f"{what}: missing field {name}")
-    t = Transition(
-        actor_id=m.actor_id,
-        episode_id=m.episode_id,
-        step=m.step,
-        seq=m.seq,
-        obs=_obs_from_proto(m.obs, what + " obs"),
-        action=tensor_from_proto(m.action, what + " action"),
-        reward=m.reward,
-        terminated=m.terminated,
-        truncated=m.truncated,
-        next_obs=_obs_from_proto(m.next_obs, what + " next_obs"),
-        a_bc=tensor_from_proto(m.a_bc, what + " a_bc"),
-        a_rl=tensor_from_proto(m.a_rl, what + " a_rl"),
-        q_bc=m.q_bc,
-        q_rl=m.q_rl,
-        source=_SOURCE_FROM_PB[m.source],
-        param_version=m.param_version,
-    )
+    try:
+        source = _SOURCE_FROM_PB[m.source]
+        t = Transition(
+            actor_id=m.actor_id,
+            episode_id=m.episode_id,
+            step=m.step,
+            seq=m.seq,
+            obs=_obs_from_proto(m.obs, "obs"),
+            action=tensor_from_proto(m.action, "action"),
+            reward=m.reward,
+            terminated=m.terminated,
+            truncated=m.truncated,
+            next_obs=_obs_from_proto(m.next_obs, "next_obs"),
+            a_bc=tensor_from_proto(m.a_bc, "a_bc"),
+            a_rl=tensor_from_proto(m.a_rl, "a_rl"),
+            q_bc=m.q_bc,
+            q_rl=m.q_rl,
+            source=source,
+            param_version=m.param_version,
+        )
+    except KeyError:
+        raise WireError(f"transition {m.actor_id}/seq {m.seq}: unknown action source {m.source}") from None
+    except WireError as e:
+        raise WireError(f"transition {m.actor_id}/seq {m.seq}: {e}") from None
     return t, m.next_images_in_next_transition
 
 

@@ -242,7 +242,7 @@ def test_store_ignores_a_torn_tail_with_a_warning_and_keeps_earlier_records(lear
     assert link.close(10)
     server.stop(0)
     store.close()
-    path = tmp_path / "run" / "episodes" / "a0" / "ep-000000000.rec"
+    path = tmp_path / "run" / "episodes" / "a0" / "seg-000000000.rec"
     with open(path, "ab") as f:
         f.write(b"\x10\x27\x00\x00partial")  # a header promising 10000 bytes, then the crash
     with caplog.at_level(logging.WARNING):

@@ -73,6 +73,18 @@ def test_linker_does_not_invent_a_frame_for_a_cut_episode():
     assert [t.seq for t in out] == [3]  # seq 0 waited for a frame from episode 0 that never came
 
 
+def test_a_transition_missing_a_field_or_with_a_bad_source_is_a_clear_error():
+    t = make_episode("a0", 0, 3, 1, np.random.default_rng(5))[0]
+    m = wire.encode_transition(t)
+    m.ClearField("action")
+    with pytest.raises(wire.WireError, match="transition a0/seq 3: action: missing, or unknown dtype ''"):
+        wire.decode_transition(m)
+    m = wire.encode_transition(t)
+    m.source = 0
+    with pytest.raises(wire.WireError, match="transition a0/seq 3: unknown action source 0"):
+        wire.decode_transition(m)
+
+
 def test_unknown_observation_key_is_rejected_with_the_contract():
     t = make_episode("a0", 0, 0, 1, np.random.default_rng(5))[0]
     bad = type(t)(**{**t.__dict__, "obs": {"state": t.obs["state"], "depth": np.zeros(3)}})
