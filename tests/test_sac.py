@@ -142,3 +142,30 @@ def test_utd_scan_equals_sequential_updates_and_compiles_once():
     again, _ = agent.update(scanned, stack_batches(batches), key)
     assert agent.update._cache_size() == 1  # no second compile (no weakly typed leaves in the state)
     assert np.isfinite(float(metrics.critic.critic_loss))
+
+
+def test_image_encoder_is_trained_by_the_critic_only():
+    """Shared encoder: the critic loss moves it; the actor reads it through stop_gradient."""
+    cfg = from_dict(AgentConfig, {"hidden_dims": [8], "value_hidden_dims": [8], "ensemble_size": 2, "batch_size": 2,
+                                  "utd": 1, "algo": "sac_bc", "image_feature_dim": 8})
+    agent = make_agent(cfg, 7, camera_names=("wrist",))
+    rng = np.random.default_rng(0)
+    obs = lambda n: {"state": rng.normal(size=(n, STATE_DIM)).astype(np.float32),
+                     "images": {"wrist": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)}}
+    net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [8]}), 7)
+    bc = BCPolicy(net, net.init(jax.random.PRNGKey(0), {"state": jnp.zeros((1, STATE_DIM))}),
+                  ObsNormalizer.identity(STATE_DIM))
+    one = jax.tree_util.tree_map(lambda x: x[0], obs(1))
+    params = agent.init_params(jax.random.PRNGKey(1), one, bc)
+    b = Batch(obs=obs(2), actions=np.zeros((2, 7), np.float32), rewards=np.ones(2, np.float32),
+              discounts=np.full(2, 0.9, np.float32), next_obs=obs(2), a_bc=np.zeros((2, 7), np.float32),
+              is_demo=np.zeros(2, bool))
+    actor_grad = jax.grad(lambda enc: sac.actor_loss(agent.nets, agent.cfg, params.replace(encoder=enc),
+                                                     params.actor, b, jax.random.PRNGKey(2))[0])(params.encoder)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(actor_grad))
+    target = jnp.zeros(2)
+    critic_grad = jax.grad(lambda enc: sac.critic_loss(agent.nets, params, (params.critic, enc), b, target)[0])(
+        params.encoder)
+    assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(critic_grad))
+    action, info = agent.gate(params, one, jax.random.PRNGKey(3))
+    assert action.shape == (7,) and bool(info.use_rl)
