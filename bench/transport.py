@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -184,6 +185,20 @@ def loop_jitter(bench: Bench, seconds: float, hz: float = 10.0) -> dict:
             "max_ms": float(ms.max()), "samples": len(ms), "params_received": bench.link.health().param_version}
 
 
+def bare_loop_jitter(seconds: float, hz: float = 10.0) -> dict:
+    """The same 10 Hz loop with no link and no work: what the machine's scheduler alone costs (a control)."""
+    period, lateness = 1.0 / hz, []
+    deadline = time.perf_counter() + period
+    for _ in range(int(seconds * hz)):
+        now = time.perf_counter()
+        if deadline > now:
+            time.sleep(deadline - now)
+        lateness.append(time.perf_counter() - deadline)
+        deadline += period
+    ms = 1e3 * np.asarray(lateness)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+
+
 def learner_live_share() -> float | None:
     """Hook: learner updates/s in a live session as a share of the bare jitted loop. Measured by the session
     benchmark (it needs the learner and agent); None here."""
@@ -214,6 +229,9 @@ def main(argv: list[str]) -> int:
             for i, mb in enumerate((1, 10, 20)):
                 params[mb] = param_latency_ms(bench, mb, repeats, version0=100 * (i + 1))
                 print(f"parameters {mb} MB: publish -> applied {params[mb]:.1f} ms (median of {repeats})", flush=True)
+            bare = bare_loop_jitter(jitter_s)
+            print(f"bare 10 Hz loop (no link, the machine's own noise): p50 {bare['p50_ms']:.2f} ms, "
+                  f"p99 {bare['p99_ms']:.2f} ms, max {bare['max_ms']:.2f} ms", flush=True)
             jitter = loop_jitter(bench, jitter_s)
             print(f"10 Hz loop with the link busy: lateness p50 {jitter['p50_ms']:.2f} ms, p99 {jitter['p99_ms']:.2f} ms,"
                   f" max {jitter['max_ms']:.2f} ms over {jitter['samples']} steps", flush=True)
@@ -229,6 +247,8 @@ def main(argv: list[str]) -> int:
         "param_apply_ms_20mb": round(params[20], 1),
         "loop_jitter_p99_ms": round(jitter["p99_ms"], 2),
         "loop_jitter_max_ms": round(jitter["max_ms"], 2),
+        "bare_loop_jitter_p99_ms": round(bare["p99_ms"], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "learner_live_share": learner_live_share(),
         "quick": args.quick,
     }
