@@ -581,11 +581,16 @@ class ActorLink:
         failed_session = None
         while not self._closing.is_set():
             with self._state:
-                while not self._closing.is_set() and (self._session is None or self._session[1] == failed_session):
+                while not self._closing.is_set() and self._session is None:
                     self._state.wait(0.5)
                 if self._closing.is_set():
                     return
                 channel, session = self._session
+            if session == failed_session:  # same connection: retry after a pause (e.g. the server was busy)
+                self._closing.wait(self._backoff.max_s / 5)
+                with self._state:
+                    if self._session is None or self._session[1] != session:
+                        continue
             call = channel.unary_stream(
                 f"/{wire.SERVICE_NAME}/Parameters",
                 request_serializer=pb.ParameterRequest.SerializeToString,

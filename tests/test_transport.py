@@ -222,7 +222,10 @@ def test_status_reports_phase_and_links(tmp_path):
     try:
         link = new_link(server, tmp_path, actor_id="robot-1")
         assert link.wait_connected(10)
-        status = fetch_status(server.address, TOKEN, timeout=5)
+        deadline = time.monotonic() + 10  # the stream opens just after the handshake
+        while not (status := fetch_status(server.address, TOKEN, timeout=5)).actors or not status.actors[0].connected:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
         assert (status.phase, status.replay_size, status.updates_per_s) == ("q_estimation", 42, 3.5)
         assert [(a.actor_id, a.connected) for a in status.actors] == [("robot-1", True)]
         with pytest.raises(grpc.RpcError) as err:

@@ -113,7 +113,7 @@ def test_learner_sigkilled_and_restarted_loses_and_doubles_nothing_and_never_sta
         assert link.flush(30)
         assert wait_until(lambda: link.health().connected, 10)
         health = link.health()
-        assert health.reconnects == 2 and health.unacked == 0
+        assert health.reconnects >= 2 and health.unacked == 0  # more if a starved machine missed a ping
     finally:
         link.close(1)
         learner.send_signal(signal.SIGKILL)
@@ -135,7 +135,7 @@ def test_a_learner_that_stops_answering_is_detected_by_the_actor_and_nothing_is_
         stopped = time.monotonic()
         assert wait_until(lambda: not link.health().connected, 10)
         window = (FAST_KEEPALIVE.time_ms + FAST_KEEPALIVE.timeout_ms) / 1000
-        assert time.monotonic() - stopped < window + 1.5
+        assert time.monotonic() - stopped < window + 2.0
         learner.send_signal(signal.SIGCONT)
         producer.join(60)
         assert link.flush(30) and link.health().reconnects >= 1
@@ -163,7 +163,7 @@ def test_a_client_that_stops_answering_is_cut_within_the_keepalive_window_and_fr
         assert wait_until(lambda: not actors["frozen"].connected, 10)
         detected_after = time.monotonic() - stopped
         window = (FAST_KEEPALIVE.time_ms + FAST_KEEPALIVE.timeout_ms) / 1000
-        assert detected_after < window + 1.5, detected_after
+        assert detected_after < window + 2.0, detected_after
         assert wait_until(lambda: lost == ["frozen"], 2)  # the learner hears about it (to cut the open episode)
         # its two stream slots are free again: three more actors (six streams) fit
         for i in range(3):

@@ -14,7 +14,7 @@ from q2rl.wire import Keepalive
 
 CONFIG_HASH = "0123456789abcdef"
 TOKEN = "secret-token"
-FAST_KEEPALIVE = Keepalive(time_ms=500, timeout_ms=500, handshake_timeout_ms=1500)
+FAST_KEEPALIVE = Keepalive(time_ms=500, timeout_ms=1000, handshake_timeout_ms=1500)  # 1.5 s window
 
 
 def make_episode(actor_id: str, episode_id: int, first_seq: int, length: int, rng: np.random.Generator,
