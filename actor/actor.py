@@ -28,10 +28,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from q2rl.core.gating import make_gate
-from q2rl.core.sac import init_params, make_networks
+from q2rl.core.agents import make_agent
+from q2rl.core.trainer import policy_obs
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, ParameterSource, Transition, TransitionSink
-from q2rl.learner.learner import apply_subsets, camera_shapes, example_obs
+from q2rl.learner.learner import PACING, apply_parameter_set, camera_shapes, example_obs
 from q2rl.learner.progress import ActorStatus, write_actor_status
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,15 @@ class Actor:
         self.status_dir = Path(status_dir) if status_dir else None
         self.clock, self.sleep = clock, sleep
         images = camera_shapes(cfg.env)
-        nets = make_networks(self.acfg, ACTION_DIM, tuple(images))
+        self.cameras = tuple(images)
+        self.agent = make_agent(self.acfg, ACTION_DIM, self.cameras)
         state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
         self.key = jax.random.PRNGKey(cfg.actor.seed)
         self.key, k = jax.random.split(self.key)
-        self.template = jax.device_put(init_params(nets, self.acfg, k, example_obs(state_dim, images), bc=bc))
-        bc_only = dataclasses.replace(self.acfg, algo="bc")
-        self.bc_gate = make_gate(nets, bc_only)
-        self.bc_gate_eval = make_gate(nets, bc_only, deterministic=True)
-        self.gate = make_gate(nets, self.acfg, deterministic=False)
-        self.gate_eval = make_gate(nets, self.acfg, deterministic=cfg.actor.eval_deterministic)
+        self.template = jax.device_put(self.agent.init_params(k, example_obs(state_dim, images), bc=bc))
+        deterministic_eval = cfg.actor.eval_deterministic
+        self.gate_eval = self.agent.eval_gate if deterministic_eval else self.agent.gate
+        self.bc_act_eval = self.agent.bc_mode_act if deterministic_eval else self.agent.bc_act
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
         self._seen_version = -1
@@ -120,9 +119,10 @@ class Actor:
             return
         version, subsets = got
         self._seen_version = version
-        self.pacing = subsets.get("pacing")
-        if "policy" in subsets:
-            self.params = jax.device_put(apply_subsets(self.template, subsets))
+        self.pacing = subsets.get(PACING)
+        params = apply_parameter_set(self.template, subsets)
+        if params is not None:
+            self.params = jax.device_put(params)
             self.version = version
 
     def set_params(self, params, version: int) -> None:
@@ -230,7 +230,7 @@ class Actor:
         self.episode_id += 1
         self._mode = "eval" if evaluate else "train"
         seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
-        obs, _ = self.env.reset(seed=seed)
+        obs = policy_obs(self.env.reset(seed=seed)[0], self.cameras)
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
         next_tick = self.clock()
@@ -250,7 +250,8 @@ class Actor:
                     raise _Quit
                 action, info = self._decide(obs, evaluate)
                 self._note_loop_gap()
-                next_obs, reward, terminated, truncated, env_info = self.env.step(action)
+                raw_next, reward, terminated, truncated, env_info = self.env.step(action)
+                next_obs = policy_obs(raw_next, self.cameras)
                 ending += self._serve_console(stop)
                 reward, terminated, truncated = _apply_operator(ending, float(reward), terminated, truncated)
                 a_bc, a_rl, q_bc, q_rl, use_rl = info
@@ -292,18 +293,19 @@ class Actor:
     def _decide(self, obs, evaluate: bool):
         """The gate's action and record, as numpy (pi_BC alone until parameters arrive)."""
         self.key, k = jax.random.split(self.key)
-        if self.params is None:
-            gate = self.bc_gate_eval if evaluate else self.bc_gate
-            action, info = gate(self.template, obs, k)
+        if self.params is None:  # phase 1: pi_BC alone (sampled; its mode in evaluation)
+            act = self.bc_act_eval if evaluate else self.agent.bc_act
+            action = np.asarray(jax.device_get(act(self.template, obs, k)), np.float32)
+            record = (action, action, 0.0, 0.0, False)
         else:
-            gate = self.gate_eval if evaluate else self.gate
-            action, info = gate(self.params, obs, k)
-        action, info = jax.device_get((action, info))
-        action = np.asarray(action, np.float32)
+            gate = self.gate_eval if evaluate else self.agent.gate
+            action, info = jax.device_get(gate(self.params, obs, k))
+            action = np.asarray(action, np.float32)
+            record = (np.asarray(info.a_bc, np.float32), np.asarray(info.a_rl, np.float32),
+                      float(info.q_bc), float(info.q_rl), bool(info.use_rl))
         if not np.all(np.isfinite(action)):
             raise FloatingPointError(f"the gate produced a non-finite action {action} (parameter version {self.version})")
-        return action, (np.asarray(info.a_bc, np.float32), np.asarray(info.a_rl, np.float32),
-                        info.q_bc, info.q_rl, bool(info.use_rl))
+        return action, record
 
     def _report(self, report: EpisodeReport) -> None:
         if self.sink is not None:

@@ -47,11 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def open_console(cfg):
     """The operator console the config asks for (auto: when stdin is a terminal); None when off."""
-    if cfg.actor.console == "off":
+    if cfg.actor.console == "none":
         return None
     from q2rl.robot.console import OperatorConsole
 
-    require = cfg.actor.console == "on" or cfg.env.backend == "franka"
+    require = cfg.actor.console == "require" or cfg.env.backend == "franka"
     return OperatorConsole.open(require_terminal=require)
 
 

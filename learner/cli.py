@@ -194,7 +194,7 @@ class _Driver:
         """Count connected actors; an actor gone longer than actor_lost_after_s has its open episode cut."""
         from q2rl import wire
 
-        reply = self.service.Status(wire.pb.StatusRequest(), None)
+        reply = self.service.Status(wire.pb.StatusRequest(), _InProcessCall(self.cfg.learner.token))
         self.connected = sum(a.connected for a in reply.actors)
         for a in reply.actors:
             if a.connected:
@@ -211,3 +211,18 @@ class _Driver:
         status.message = message
         self._write_status(self.run_dir, status)
         self.last_status = time.monotonic()
+
+
+class _InProcessCall:
+    """The minimal gRPC call context for asking our own service's Status handler in-process (with the token)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def invocation_metadata(self):
+        from q2rl import wire
+
+        return ((wire.TOKEN_METADATA_KEY, self.token),)
+
+    def abort(self, code, details):
+        raise RuntimeError(f"status refused: {details}")

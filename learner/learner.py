@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from q2rl.core.agents import make_agent, publishable, with_subsets
 from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
-from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import ReplayBuffer, RewardShaping, stack_batches
-from q2rl.core.sac import AgentParams, SacState, init_params, init_state, make_networks, make_optimizers, make_update
+from q2rl.core.sac import AgentParams, SacState
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
 from q2rl.learner.progress import EvalPoint, LearnerStatus
 
@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint/learner.ckpt"
 CHECKPOINT_KIND = "learner_state"
 UNLIMITED = 2**62  # a pacing grant that never binds
-WITH_Q_ESTIMATION = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")
-IBRL = ("ibrl", "ibrl_soft")
+PACING = "pacing"  # the parameter subset that carries the sim pacing grants
 
 
 def camera_shapes(env_cfg) -> dict[str, tuple[int, int, int]]:
@@ -54,33 +53,32 @@ def camera_shapes(env_cfg) -> dict[str, tuple[int, int, int]]:
     return {c.name: (c.height, c.width, 3) for c in getattr(env_cfg.franka, "cameras", ())}
 
 
-def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]], batch: int = 1) -> dict:
-    """A zero observation batch with the contract's layout (shapes only; initialises the networks)."""
-    obs: dict[str, Any] = {"state": np.zeros((batch, state_dim), np.float32)}
+def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]]) -> dict:
+    """One zero observation with the contract's layout (shapes only; initialises the networks)."""
+    obs: dict[str, Any] = {"state": np.zeros((state_dim,), np.float32)}
     if images:
-        obs["images"] = {k: np.zeros((batch, *v), np.uint8) for k, v in images.items()}
+        obs["images"] = {k: np.zeros(v, np.uint8) for k, v in images.items()}
     return obs
 
 
-def published_subsets(params: AgentParams, algo: str) -> dict[str, Any]:
-    """The named parameter subsets the actor's gate needs (the BC policy and normaliser it loads itself)."""
-    critic = {"critic": params.critic, "encoder": params.encoder}
-    if algo in IBRL:  # IBRL scores candidates with the target critic
-        critic.update(critic_target=params.critic_target, encoder_target=params.encoder_target)
-    return {"policy": {"actor": params.actor}, "critic": critic, "value": {"value": params.value}}
+def parameter_set(params: AgentParams, grants: dict[str, int] | None) -> dict[str, Any]:
+    """What the learner publishes: the agent's named subsets (policy, critic, value) and the pacing grants."""
+    subsets: dict[str, Any] = publishable(params) if params is not None else {}
+    if grants is not None:
+        subsets[PACING] = {a: np.asarray(g, np.int64) for a, g in grants.items()}
+    return subsets
 
 
-def apply_subsets(params: AgentParams, subsets: dict[str, Any]) -> AgentParams:
-    """`params` with the received subsets put in (the inverse of `published_subsets`)."""
+def apply_parameter_set(template: AgentParams, subsets: dict[str, Any]) -> AgentParams | None:
+    """The actor's params from a received set (None when it carries no policy yet, only pacing)."""
     from flax.serialization import from_state_dict
 
-    updates: dict[str, Any] = {}
-    for name in ("policy", "critic", "value"):
-        for field, tree in subsets.get(name, {}).items():
-            updates[field] = from_state_dict(getattr(params, field), tree)
-    if "critic" in updates and "critic_target" not in updates:
-        updates["critic_target"], updates["encoder_target"] = updates["critic"], updates.get("encoder", params.encoder)
-    return params.replace(**updates)
+    trees = {k: v for k, v in subsets.items() if k != PACING}
+    if not trees:
+        return None
+    typed = {name: {field: from_state_dict(getattr(template, field), tree) for field, tree in fields.items()}
+             for name, fields in trees.items()}
+    return with_subsets(template, typed)
 
 
 @dataclasses.dataclass
@@ -105,19 +103,19 @@ class Learner:
     def __init__(self, cfg, run_dir: Path, bc, state_dim: int, devices: list | None = None):
         self.cfg, self.acfg, self.run_dir = cfg, cfg.agent, Path(run_dir)
         self.images = camera_shapes(cfg.env)
-        self.nets = make_networks(self.acfg, ACTION_DIM, tuple(self.images))
-        self.opts = make_optimizers(self.acfg)
+        self.agent = make_agent(self.acfg, ACTION_DIM, tuple(self.images))
+        self.spec = self.agent.spec
         self.key = jax.random.PRNGKey(cfg.learner.seed)
         self.rng = np.random.default_rng(cfg.learner.seed)
         self.key, k_init = jax.random.split(self.key)
-        params = init_params(self.nets, self.acfg, k_init, example_obs(state_dim, self.images), bc=bc)
-        self.state: SacState = init_state(params, self.opts)
+        params = self.agent.init_params(k_init, example_obs(state_dim, self.images), bc=bc)
+        self.state: SacState = self.agent.init_state(params)
         self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
         self.book = Bookkeeping(phase="rollout")
         self.mesh = DataParallel(devices, self.acfg.batch_size)
         self.state = self.mesh.replicate(self.state)
-        self.update = make_update(self.nets, self.acfg, self.opts)
+        self.update = self.agent.update
         # per-actor stream bookkeeping
         self.last_seq: dict[str, int] = {}
         self.open_episode: dict[str, int] = {}
@@ -125,6 +123,7 @@ class Learner:
         self.bc_steps: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.pending_eval: list[bool] = []
         self.duplicates = 0
+        self._cut_keys: set[tuple[str, int]] = set()
         self.finished = False  # the env-step budget is spent and every owed update done
         self._rate = RateMeter()
 
@@ -158,10 +157,8 @@ class Learner:
                 self.pending_eval = []
             return
         if r.cut:
-            if self.open_episode.get(r.actor_id) == r.episode_id:
+            if (r.actor_id, r.episode_id) not in self._cut_keys:
                 self._cut(r.actor_id, r.episode_id, r.fault or "cut by the actor")
-            else:
-                self.book.cut_episodes += 1
             return
         self.book.episodes += 1
         self.train_results.append(bool(r.success))
@@ -174,8 +171,11 @@ class Learner:
             self._cut(actor_id, episode, "the actor disconnected mid-episode")
 
     def _cut(self, actor_id: str, episode_id: int, why: str) -> None:
+        """Count an episode that ended without success or time limit once, however many ways we learn of it."""
+        self._cut_keys.add((actor_id, int(episode_id)))
         self.replay.end_episode(actor_id, episode_id)
-        self.open_episode.pop(actor_id, None)
+        if self.open_episode.get(actor_id) == episode_id:
+            self.open_episode.pop(actor_id, None)
         self.book.cut_episodes += 1
         log.info("episode %s/%d cut: %s", actor_id, episode_id, why)
 
@@ -204,16 +204,17 @@ class Learner:
 
     def _start_online_phase(self) -> None:
         """End of rollouts: Q-Estimation (for the Q2RL family), then online updates owed per new env step."""
-        if self.acfg.algo in WITH_Q_ESTIMATION:
+        if self.spec.q_estimation:
             self.book.phase = "q_estimation"
             self.on_phase_change()
             episodes = [self.replay.export_episode(a, e) for a, e in self.book.rollout_keys]
             self.key, k = jax.random.split(self.key)
             started = time.monotonic()
-            params, report = QEstimation(self.nets, self.acfg).fit(
-                self.state.params, episodes, k, init_critic=self.acfg.algo != "q2rl_no_qinit")
+            params, report = self.agent.q_estimation.fit(jax.device_get(self.state.params), episodes, k,
+                                                         init_critic=self.spec.init_critic)
             log.info("Q-Estimation on %d episodes took %.1f s: %s", len(episodes), time.monotonic() - started, report)
-            self.state = self.mesh.replicate(init_state(params, self.opts))
+            self.q_estimation_report = report
+            self.state = self.mesh.replicate(self.agent.init_state(params))
         self.book.phase = "online"
         self.book.online_start_steps = self.book.env_steps
         self.book.param_version += 1
@@ -224,7 +225,7 @@ class Learner:
 
     def owed_updates(self) -> int:
         """Update calls owed to the data: one per online env step (SPEC: UTD against the insert rate)."""
-        if self.book.phase != "online" or self.acfg.algo == "bc":
+        if self.book.phase != "online" or not self.spec.trains:
             return 0
         return self.book.env_steps - self.book.online_start_steps - self.book.updates
 
@@ -255,11 +256,8 @@ class Learner:
 
     def parameters(self) -> tuple[int, dict[str, Any]]:
         """(version, subsets) to publish: the pacing alone before the first parameters exist."""
-        pacing = {a: np.asarray(g, np.int64) for a, g in self.grants().items()}
-        subsets: dict[str, Any] = {"pacing": pacing}
-        if self.book.phase == "online":
-            subsets.update(published_subsets(jax.device_get(self.state.params), self.acfg.algo))
-        return self.book.param_version, subsets
+        params = jax.device_get(self.state.params) if self.book.phase == "online" else None
+        return self.book.param_version, parameter_set(params, self.grants())
 
     def status(self) -> LearnerStatus:
         bc_num = sum(b for b, _ in self.bc_steps)

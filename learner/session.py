@@ -191,10 +191,13 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
                 if proc.poll() is not None:
                     restarts[actor_id] = restarts.get(actor_id, 0) + 1
                     if restarts[actor_id] > cfg.session.actor_restarts:
-                        raise RuntimeError(f"{actor_id} keeps failing (code {proc.returncode}); see {run_dir}/{actor_id}.log")
+                        reason = f"{actor_id} keeps failing (code {proc.returncode}); see {run_dir}/{actor_id}.log"
+                        break
                     display.finish()
                     print(f"session: {actor_id} exited with code {proc.returncode}; restarting it", file=sys.stderr)
                     actors[actor_id] = _start_actor(run_dir, address, int(actor_id.split("-")[-1]))
+            if reason.startswith(tuple(actors)):
+                break
             if status is not None:
                 display.show(format_status_line(status, read_actor_statuses(run_dir), cfg.session.env_steps, time.time()))
             why = stop_reason(status, cfg, started, now)
@@ -233,7 +236,7 @@ def _start_actor(run_dir: Path, address: str, index: int) -> subprocess.Popen:
         f"actor.seed={1000 * (index + 1)}",
         f"actor.status_dir={run_dir}",
         f"actor.spool_dir={run_dir / 'spool' / f'actor-{index}'}",
-        "actor.console=off",
+        "actor.console=none",
     )
     return spawn(argv, run_dir / f"actor-{index}.log")
 
@@ -322,4 +325,5 @@ def main(argv: list[str]) -> int:
     summary["config"] = to_dict(cfg)
     write_json(Path(result.run_dir) / SUMMARY_FILE, summary)
     print(format_summary(result))
-    return 0 if not result.reason.startswith("the learner exited") else 1
+    failed = result.reason.startswith(("the learner exited", "actor-"))
+    return 1 if failed else 0

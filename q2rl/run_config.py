@@ -113,7 +113,8 @@ class ActorConfig:
     status_dir: str = doc("", "Directory for actors/<id>.json live status (empty: none; the session sets it).")
     eval_every_episodes: int = doc(5, "Run one evaluation episode after this many training episodes (0: only on key e).")
     eval_deterministic: bool = doc(True, "Evaluation episodes act with the policies' modes instead of samples.")
-    console: Literal["auto", "on", "off"] = doc("auto", "Operator keyboard console: auto = on when stdin is a terminal.")
+    console: Literal["auto", "require", "none"] = doc(
+        "auto", "Operator keyboard console: auto = when stdin is a terminal; require = refuse to start without one; none.")
     max_episodes: int = doc(0, "Stop after this many training episodes (0: until stopped).")
     flush_timeout_s: float = doc(10.0, "At shutdown, wait this long for the learner to acknowledge the spool.")
 
