@@ -24,10 +24,12 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def load_bc_config(path: str | None, overrides: list[str]) -> BCConfig:
-    """BCConfig from a YAML file (a whole run config's `bc:` section, or a bare BC config) plus overrides."""
+    """BCConfig from a YAML file (a run config's `bc.train:` section, or a bare BC config) plus overrides."""
     data = read_yaml(path) if path else {}
-    if "bc" in data:
+    if "bc" in data:  # a whole run config: its bc.train section (or a bare bc: section)
         data = data["bc"] or {}
+        if isinstance(data.get("train"), dict):
+            data = data["train"]
     for text in overrides:
         key, value = parse_override(text)
         key = key[3:] if key.startswith("bc.") else key
@@ -57,7 +59,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=_csv, help="Comma-separated cameras to train on, e.g. wrist,front.")
     p.add_argument("--max-demos", type=int, help="Use only the first N demos (bc.max_demos).")
     p.add_argument("--state-keys", type=_csv, help="Real robomimic files: low-dim obs keys concatenated into state.")
-    p.add_argument("--config", help="YAML run config (its bc: section) or a bare BC config.")
+    p.add_argument("--config", help="YAML run config (its bc.train: section) or a bare BC config.")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Override a config field.")
     p.add_argument("--force", action="store_true", help="Write into an existing, non-empty output directory.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")

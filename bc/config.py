@@ -14,7 +14,7 @@ class BCConfig:
     """Behaviour cloning: minibatch negative log-likelihood of demonstrated actions with Adam."""
 
     policy: PolicyConfig = doc(PolicyConfig(), "Policy network architecture.")
-    steps: int = doc(2000, "Gradient steps.")
+    steps: int = doc(4000, "Gradient steps.")
     batch_size: int = doc(256, "Minibatch size (state-action pairs).")
     learning_rate: float = doc(1e-3, "Adam learning rate (cosine-decayed to 10% over the run).")
     weight_decay: float = doc(0.0, "Decoupled weight decay (AdamW) when > 0.")

@@ -127,22 +127,27 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
             lambda p: nll_loss(module, p, normalizer, batch, dropout_key))(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"nll": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"nll": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return jax.jit(train_step)
 
 
-def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 2048):
-    """Mean NLL over a whole BCBatch, evaluated in jitted chunks (images would not fit in one)."""
-    summed = jax.jit(lambda params, batch: -jnp.sum(
-        module.apply(params, normalizer.normalize(batch.obs), module.initial_carry(len(batch.actions)))[0]
-        .log_prob(batch.actions)))
+def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 512):
+    """Mean NLL over a whole BCBatch, in fixed-size jitted chunks (one compilation for any dataset size)."""
+
+    @jax.jit
+    def chunk_nll(params: Any, batch: BCBatch, mask: jax.Array) -> jax.Array:
+        carry = module.initial_carry(chunk)
+        dist, _ = module.apply(params, normalizer.normalize(batch.obs), carry)
+        return -jnp.sum(dist.log_prob(batch.actions) * mask)
 
     def eval_nll(params: Any, data: BCBatch) -> float:
         total = 0.0
         for start in range(0, data.size, chunk):
-            total += float(summed(params, data.take(np.arange(start, min(start + chunk, data.size)))))
+            index = np.arange(start, start + chunk)
+            mask = index < data.size
+            total += float(chunk_nll(params, data.take(np.where(mask, index, 0)), mask.astype(np.float32)))
         return total / max(1, data.size)
 
     return eval_nll

@@ -24,7 +24,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, image: jax.Array) -> jax.Array:
         x = image.astype(jnp.float32) / 255.0 - 0.5
         for width, stride in zip(self.channels, self.strides):
-            x = nn.relu(nn.Conv(width, (3, 3), strides=(stride, stride), padding="VALID")(x))
+            x = nn.relu(nn.Conv(width, (3, 3), strides=(stride, stride), padding="SAME")(x))
         x = x.reshape(*x.shape[:-3], -1)
         x = nn.Dense(self.feature_dim)(x)
         return jnp.tanh(nn.LayerNorm()(x))
