@@ -103,6 +103,11 @@ class Bench:
         assert reply[:2] == ["PUBLISHED", str(version)], reply
         return float(reply[2])
 
+    def learner_cpu_s(self) -> float:
+        """CPU seconds (user + system) the learner process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.link.close(5)
         self.proc.stdin.write("quit\n")
@@ -115,7 +120,7 @@ def ingest_rate(bench: Bench, n: int, images: bool) -> dict:
     rng = np.random.default_rng(0)
     ts = chained_transitions("bench", bench.link.next_seq, n, 100, images, rng)
     add_times = []
-    start = time.perf_counter()
+    start, cpu_actor, cpu_learner = time.perf_counter(), time.process_time(), bench.learner_cpu_s()
     for t in ts:
         t0 = time.perf_counter()
         bench.link.add(t)
@@ -125,8 +130,11 @@ def ingest_rate(bench: Bench, n: int, images: bool) -> dict:
     if not bench.link.flush(300):
         raise RuntimeError("ingest did not finish")
     elapsed = time.perf_counter() - start
+    # CPU per transition does not depend on what else the machine runs; the rate does
     return {"per_s": n / elapsed, "add_us_median": 1e6 * statistics.median(add_times),
-            "add_us_max": 1e6 * max(add_times)}
+            "add_us_max": 1e6 * max(add_times),
+            "actor_cpu_us": 1e6 * (time.process_time() - cpu_actor) / n,
+            "learner_cpu_us": 1e6 * (bench.learner_cpu_s() - cpu_learner) / n}
 
 
 def param_latency_ms(bench: Bench, megabytes: float, repeats: int, version0: int) -> float:
@@ -220,10 +228,12 @@ def main(argv: list[str]) -> int:
         try:
             state = ingest_rate(bench, n_state, images=False)
             print(f"state transitions: {state['per_s']:.0f}/s (add median {state['add_us_median']:.0f} us, "
-                  f"max {state['add_us_max']:.0f} us)", flush=True)
+                  f"max {state['add_us_max']:.0f} us; CPU per transition: actor {state['actor_cpu_us']:.0f} us, "
+                  f"learner {state['learner_cpu_us']:.0f} us)", flush=True)
             image = ingest_rate(bench, n_image, images=True)
             print(f"2x128x128 image transitions: {image['per_s']:.0f}/s (add median {image['add_us_median']:.0f} us, "
-                  f"max {image['add_us_max']:.0f} us)", flush=True)
+                  f"max {image['add_us_max']:.0f} us; CPU per transition: actor {image['actor_cpu_us']:.0f} us, "
+                  f"learner {image['learner_cpu_us']:.0f} us)", flush=True)
             param_latency_ms(bench, 0.01, 1, version0=1)  # warm-up: the first publish imports flax on both ends
             params = {}
             for i, mb in enumerate((1, 10, 20)):
@@ -242,6 +252,10 @@ def main(argv: list[str]) -> int:
         "image_transitions_per_s": round(image["per_s"]),
         "add_us_median_state": round(state["add_us_median"], 1),
         "add_us_median_image": round(image["add_us_median"], 1),
+        "cpu_us_per_state_transition": {"actor": round(state["actor_cpu_us"], 1),
+                                        "learner": round(state["learner_cpu_us"], 1)},
+        "cpu_us_per_image_transition": {"actor": round(image["actor_cpu_us"], 1),
+                                        "learner": round(image["learner_cpu_us"], 1)},
         "param_apply_ms_1mb": round(params[1], 1),
         "param_apply_ms_10mb": round(params[10], 1),
         "param_apply_ms_20mb": round(params[20], 1),

@@ -94,6 +94,8 @@ def test_unknown_observation_key_is_rejected_with_the_contract():
 
 def test_batch_framing_is_the_protobuf_encoding():
     rng = np.random.default_rng(6)
+    t = make_episode("a0", 0, 0, 1, rng)[0]
+    assert wire.encode_item_transition(t) == pb.Item(transition=wire.encode_transition(t)).SerializeToString()
     items = [wire.encode_item_transition(t) for t in make_episode("a0", 0, 0, 3, rng, images=True)]
     items.append(b"")  # an empty item still frames (length 0)
     data = wire.frame_batch(items)
