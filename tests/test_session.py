@@ -1,0 +1,110 @@
+"""The real `q2rl session` entry point as a subprocess: BC preparation from scripted demos, learner and actor
+processes over loopback gRPC, the phases, the summary, and the files a run leaves behind."""
+
+import json
+import subprocess
+
+import pytest
+from process_util import REPO, child_env, q2rl, read_json, tiny_run_config
+
+from q2rl.learner.episode_store import EpisodeStore
+
+
+@pytest.mark.slow
+def test_a_short_session_trains_and_leaves_a_complete_run_directory(tmp_path):
+    env_steps = 240
+    config = tiny_run_config(tmp_path, session={"env_steps": env_steps})
+    proc = subprocess.run(
+        q2rl("session", "--config", str(config), "--env-steps", str(env_steps), "learner.run_name=smoke"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=400,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+
+    # The BC policy was prepared from scripted demos and cached for the next session.
+    cache = list((tmp_path / "bc-cache").glob("pick_cube-*/bc/policy.ckpt"))
+    assert len(cache) == 1, out[-2000:]
+    run = tmp_path / "runs" / "smoke"
+    assert f"session finished: reached {env_steps} env steps" in out
+    assert f"run files in {run}/" in out
+    assert "final eval" in out
+
+    # Every file the summary points at exists and agrees with the others.
+    summary = read_json(run / "summary.json")
+    status = read_json(run / "status.json")
+    assert summary["env_steps"] == status["env_steps"] >= env_steps
+    assert status["phase"] in ("online", "done")  # Q-Estimation ran, then online updates
+    assert status["updates"] > 0
+    # UTD against the insert rate: one update call per online env step, never ahead of the data.
+    online_steps = status["env_steps"] - read_checkpoint_book(run)["online_start_steps"]
+    assert 0 < status["updates"] <= online_steps
+    assert (run / "checkpoint" / "learner.ckpt").is_file()
+    final = read_json(run / "final_eval.json")
+    assert final["episodes"] == 2 and 0.0 <= final["success_rate"] <= 1.0
+    assert summary["final_eval_success"] == final["success_rate"]
+    config_text = (run / "config.yaml").read_text()
+    assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
+
+    # The episode store holds exactly the transitions the learner counted, seq 0..N-1 without gaps.
+    store = EpisodeStore(run)
+    seqs = sorted(t.seq for t in store.transitions())
+    assert seqs == list(range(len(seqs)))
+    assert len(seqs) == status["env_steps"] == status["replay_size"]
+    reports = [ep.report for ep in store.episodes() if ep.report is not None]
+    assert any(r.eval for r in reports), "eval episodes are reported to the learner"
+    assert sum(not r.eval and not r.cut for r in reports) == status["episodes"]
+
+
+def read_checkpoint_book(run):
+    from q2rl.core.checkpoint import read_metadata
+
+    return read_metadata(run / "checkpoint" / "learner.ckpt")["book"]
+
+
+def test_a_session_refuses_to_overwrite_an_existing_run(tmp_path):
+    config = tiny_run_config(tmp_path, bc={"checkpoint": str(tmp_path / "missing-bc")})
+    run = tmp_path / "runs" / "taken"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("env: {}\n")
+    proc = subprocess.run(
+        q2rl("learner", "--config", str(config), "learner.run_name=taken"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "already exists" in proc.stdout and "--resume" in proc.stdout
+    assert (run / "config.yaml").read_text() == "env: {}\n"  # untouched
+
+
+def test_session_help_lists_every_config_field():
+    proc = subprocess.run(q2rl("session", "--help"), stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
+                          timeout=60)
+    assert proc.returncode == 0
+    for field in ("session.env_steps", "learner.address", "actor.pace", "agent.q_estimation.rollout_episodes",
+                  "env.sim.task", "bc.train.steps"):
+        assert field in proc.stdout, field
+
+
+def test_a_malformed_override_is_a_config_error_naming_the_field(tmp_path):
+    config = tiny_run_config(tmp_path)
+    proc = subprocess.run(q2rl("session", "--config", str(config), "session.actors=0"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=60)
+    assert proc.returncode == 2
+    assert "session.actors" in proc.stdout and ">= 1" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_summary_json_is_plain_json(tmp_path):
+    """The summary is for humans and scripts: JSON (never pickle), readable without q2rl."""
+    from q2rl.learner.progress import EvalPoint
+    from q2rl.learner.session import SessionResult, format_summary
+
+    result = SessionResult(run_dir=str(tmp_path), reason="reached 10 env steps", wall_s=61.0, env_steps=10,
+                           episodes=2, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2)],
+                           final_eval_success=0.75, final_eval_episodes=4)
+    text = format_summary(result)
+    assert "1.0 min" in text and "75% success over 4 episodes" in text
+    rows = [line for line in text.splitlines() if line.strip().startswith(("5 ", "10 "))]
+    assert len(rows) == 2 and rows[1].count("#") == 2 * rows[0].count("#")
+    import dataclasses
+
+    json.dumps(dataclasses.asdict(result))
