@@ -299,3 +299,32 @@ def test_mutual_tls_carries_the_stream_and_keeps_out_clients_without_a_certifica
         assert store.stored_seq("intruder") == -1
     finally:
         server.stop(0)
+
+
+def test_store_log_spans_segments_and_reloads_intact(tmp_path):
+    rng = np.random.default_rng(10)
+    episodes = [make_episode("a0", e, 10 * e, 10, rng) for e in range(4)]
+    store = EpisodeStore(tmp_path / "run", segment_bytes=1024)  # a few transitions per segment
+
+    def append(episode, with_report=True):
+        raws = [wire.encode_item_transition(t) for t in episode]
+        if with_report:
+            raws.append(wire.encode_item_report(report_for(episode), episode[-1].seq))
+        for i in range(0, len(raws), 2):  # batches of two; a segment fills up after a few batches
+            store.append("a0", [(raw, wire.parse_item(raw)) for raw in raws[i : i + 2]])
+
+    for episode in episodes[:2]:
+        append(episode)
+    store.close()
+    store = EpisodeStore(tmp_path / "run", segment_bytes=1024)  # reopened: appends continue after what is there
+    for episode in episodes[2:]:
+        append(episode, with_report=False)
+    assert len(list((tmp_path / "run" / "episodes" / "a0").glob("seg-*.rec"))) > 4
+    assert (store.stored_seq("a0"), store.reported_episode("a0"), store.num_transitions) == (39, 1, 40)
+    summary = store.last_episode_summary("a0")
+    assert (summary.episode_id, summary.length, summary.terminated, summary.reported) == (3, 10, True, False)
+    stored = list(EpisodeStore(tmp_path / "run").episodes())
+    assert [(e.episode_id, e.complete, e.report is not None) for e in stored] == [
+        (0, True, True), (1, True, True), (2, True, False), (3, True, False)]
+    for sent, got in zip([t for ep in episodes for t in ep], [t for e in stored for t in e.transitions]):
+        assert_transition_equal(sent, got)
