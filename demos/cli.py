@@ -26,7 +26,8 @@ def _scripted_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="q2rl demos scripted", description="Record scripted-expert demonstrations.")
     p.add_argument("--task", default="pick_cube", help="Sim task, e.g. pick_cube, peg_insert, kitting, *_shifted.")
     p.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="Demos to write.")
-    p.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="Expert imperfection (0 = clean).")
+    p.add_argument("--noise", type=float, help="Expert imperfection (0 = clean; default per task: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_NOISE.items()) + ").")
     p.add_argument("--seed", type=int, default=0, help="Seed of the first reset and of the expert's noise.")
     p.add_argument("--out", required=True, help="Output HDF5 file.")
     p.add_argument("--cameras", type=_csv, default=(), help="Comma-separated cameras to record (wrist,front).")
@@ -42,7 +43,7 @@ def _scripted_parser() -> argparse.ArgumentParser:
 
 def scripted_main(argv: list[str]) -> int:
     args = _scripted_parser().parse_args(argv)
-    from q2rl.demos.scripted import ScriptedDemoSpec, record_scripted_demos
+    from q2rl.demos.scripted import ScriptedDemoSpec, default_noise, record_scripted_demos
     from q2rl.robot.sim.config import SimEnvConfig
 
     env_fields: dict = {"task": args.task, "cameras": list(args.cameras)}
@@ -52,7 +53,8 @@ def scripted_main(argv: list[str]) -> int:
         key, value = parse_override(text)
         env_fields[key.removeprefix("env.sim.").removeprefix("sim.")] = value
     env_cfg = from_dict(SimEnvConfig, env_fields)
-    spec = ScriptedDemoSpec(episodes=args.episodes, noise=args.noise, seed=args.seed, keep=KEEP_CHOICES[args.keep])
+    noise = default_noise(args.task) if args.noise is None else args.noise
+    spec = ScriptedDemoSpec(episodes=args.episodes, noise=noise, seed=args.seed, keep=KEEP_CHOICES[args.keep])
     try:
         spec.validate()
         summary = record_scripted_demos(env_cfg, spec, args.out, overwrite=args.force,
