@@ -10,8 +10,8 @@
     board.publish(version, {"policy": pi_params, "critic": q_params, "value": v_params})   # encoded once
 
 `on_transitions(list[Transition])` / `on_episode(EpisodeReport)` run on gRPC worker threads *after* the data is
-fsync'd and before it is acknowledged, in stream order per actor; they should hand off to the learner's own bounded queue (blocking there is
-backpressure on that actor's stream, which is fine). Transitions reach `on_transitions` linked: next_obs images
+fsync'd and before it is acknowledged, in stream order per actor; they should hand off to the learner's own
+bounded queue (blocking there is backpressure on that actor's stream, which is fine). Transitions reach `on_transitions` linked: next_obs images
 that travelled once per frame are filled in from the successor (the same array objects as its obs images).
 
 An actor that moves on to a new episode without reporting the previous one (it crashed and restarted) gets a
@@ -363,7 +363,7 @@ class LearnerService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The method handlers; SendTransitions takes raw batch bytes (items stored verbatim, no re-encoding)."""
-        identity = None  # bytes in, bytes out
+        raw_bytes = None  # no deserializer: the handler gets the batch bytes as they came
         return grpc.method_handlers_generic_handler(
             wire.SERVICE_NAME,
             {
@@ -371,7 +371,7 @@ class LearnerService:
                     self.Handshake, pb.HandshakeRequest.FromString, pb.HandshakeReply.SerializeToString
                 ),
                 "SendTransitions": grpc.stream_stream_rpc_method_handler(
-                    self.SendTransitions, identity, pb.Ack.SerializeToString
+                    self.SendTransitions, raw_bytes, pb.Ack.SerializeToString
                 ),
                 "Parameters": grpc.unary_stream_rpc_method_handler(
                     self.Parameters, pb.ParameterRequest.FromString, pb.ParameterChunk.SerializeToString
