@@ -31,7 +31,7 @@ import numpy as np
 from q2rl.core.agents import make_agent
 from q2rl.core.trainer import policy_obs
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, ParameterSource, Transition, TransitionSink
-from q2rl.learner.learner import PACING, apply_parameter_set, camera_shapes, example_obs
+from q2rl.learner.learner import PACING, apply_parameter_set, camera_shapes, example_obs, init_agent_params
 from q2rl.learner.progress import ActorStatus, write_actor_status
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Actor:
         state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
         self.key = jax.random.PRNGKey(cfg.actor.seed)
         self.key, k = jax.random.split(self.key)
-        self.template = jax.device_put(self.agent.init_params(k, example_obs(state_dim, images), bc=bc))
+        self.template = init_agent_params(self.agent, k, example_obs(state_dim, images), bc)
         deterministic_eval = cfg.actor.eval_deterministic
         self.gate_eval = self.agent.eval_gate if deterministic_eval else self.agent.gate
         self.bc_act_eval = self.agent.bc_mode_act if deterministic_eval else self.agent.bc_act

@@ -61,6 +61,12 @@ def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]]) -> dict
     return obs
 
 
+def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
+    """The agent's fresh parameters, initialised in one compiled call (eagerly, every op compiles on its own:
+    several times slower at process start)."""
+    return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
+
+
 def parameter_set(params: AgentParams, grants: dict[str, int] | None) -> dict[str, Any]:
     """What the learner publishes: the agent's named subsets (policy, critic, value) and the pacing grants."""
     subsets: dict[str, Any] = publishable(params) if params is not None else {}
@@ -108,8 +114,8 @@ class Learner:
         self.key = jax.random.PRNGKey(cfg.learner.seed)
         self.rng = np.random.default_rng(cfg.learner.seed)
         self.key, k_init = jax.random.split(self.key)
-        params = self.agent.init_params(k_init, example_obs(state_dim, self.images), bc=bc)
-        self.state: SacState = self.agent.init_state(params)
+        params = init_agent_params(self.agent, k_init, example_obs(state_dim, self.images), bc)
+        self.state: SacState = jax.jit(self.agent.init_state)(params)
         self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
         self.book = Bookkeeping(phase="rollout")

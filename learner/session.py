@@ -56,11 +56,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def spawn(argv: list[str], log_path: Path | None = None) -> subprocess.Popen:
+def child_environment(compile_cache: str) -> dict[str, str]:
+    """The children's environment: headless MuJoCo, quiet JAX, and a shared persistent compilation cache."""
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if compile_cache:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(compile_cache).resolve()))
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    return env
+
+
+def spawn(argv: list[str], log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     """Start a child in its own process group, so Ctrl-C reaches only the session, which orders the shutdown."""
     out = open(log_path, "ab") if log_path is not None else None
     return subprocess.Popen(
         argv,
+        env=env,
         stdout=out or None,
         stderr=subprocess.STDOUT if out else None,
         stdin=subprocess.DEVNULL,
@@ -319,7 +333,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(RunConfig, config_path, overrides)
     if cfg.env.backend != "sim":
         raise ConfigError("env.backend: a session runs simulated actors; for a real robot start `q2rl learner` and `q2rl actor`")
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.update(child_environment(cfg.session.compile_cache))  # inherited by every child process
     result = run_session(cfg, overrides, config_path, args.resume)
     summary = dataclasses.asdict(result)
     summary["config"] = to_dict(cfg)

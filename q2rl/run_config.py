@@ -138,6 +138,8 @@ class SessionConfig:
     shutdown_timeout_s: float = doc(60.0, "How long each process may take to shut down cleanly before it is killed.")
     actor_restarts: int = doc(3, "Restarts of an actor that exits unexpectedly before the session gives up.")
     refresh_s: float = doc(0.5, "Progress display refresh period (seconds).")
+    compile_cache: str = doc("runs/jax-cache", "JAX compilation cache shared by the session's processes, so "
+                             "restarts and later sessions skip recompiling (empty: off).")
 
     def validate(self) -> None:
         if self.actors < 1:
