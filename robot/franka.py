@@ -351,8 +351,10 @@ class FrankaEnv(gym.Env):
         )
 
     def _state_vector(self, m: _Measured) -> np.ndarray:
+        rotation = Rotation.from_quat(m.quat).as_matrix()
         parts = {
             "ee_pos": m.position,
+            "ee_rot6d": np.concatenate([rotation[:, 0], rotation[:, 1]]),  # as the simulator's rot6d
             "ee_quat": m.quat,
             "ee_vel": m.twist,
             "ee_wrench": m.wrench,
@@ -545,6 +547,16 @@ class FrankaEnv(gym.Env):
         }
         return obs, float(success), terminated, truncated, info
 
+    def _finish_motion(self) -> None:
+        """Wait for a running Cartesian motion (bounded), then stop: the connection must not close mid-motion."""
+        robot = self._robot
+        try:
+            timeout = self.cfg.command_timeout_s * 5
+            if not self._call(lambda: robot.join_motion(timeout=timeout), timeout + 1.0, "finishing the motion"):
+                self._call(robot.stop, self.cfg.command_timeout_s, "stopping the robot")
+        except self._franky.ControlException as e:
+            self._record_fault(e)
+
     def _wait_for_tick(self) -> None:
         now = time.monotonic()
         if self._next_tick > now:
@@ -556,6 +568,8 @@ class FrankaEnv(gym.Env):
     def close(self) -> None:
         try:
             self._stop_tracker()
+            if self._robot is not None and not self._call.hung:
+                self._finish_motion()
         finally:
             if self._cameras is not None:
                 self._cameras.close()

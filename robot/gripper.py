@@ -119,7 +119,10 @@ class FrankaHandGripper:
         return float(self._gripper.width)
 
     def close(self) -> None:
-        self._pending = None
+        # Let a running command finish first: the connection's destructor waits for it while holding the GIL.
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.wait(self.cfg.command_timeout_s):
+            self.last_error = f"a gripper command was still running after {self.cfg.command_timeout_s} s at close"
         self._gripper = None  # dropping the last reference disconnects
 
 

@@ -13,8 +13,8 @@ from typing import Literal
 
 from q2rl.config import ConfigError, doc
 
-STATE_KEYS = ("ee_pos", "ee_quat", "gripper_width", "ee_vel", "ee_wrench", "joint_pos")
-_STATE_KEY_SIZES = {"ee_pos": 3, "ee_quat": 4, "gripper_width": 1, "ee_vel": 6, "ee_wrench": 6, "joint_pos": 7}
+STATE_KEYS = ("ee_pos", "ee_rot6d", "ee_quat", "gripper_width", "ee_vel", "ee_wrench", "joint_pos")
+_STATE_KEY_SIZES = {"ee_pos": 3, "ee_rot6d": 6, "ee_quat": 4, "gripper_width": 1, "ee_vel": 6, "ee_wrench": 6, "joint_pos": 7}
 
 
 def state_size(keys: tuple[str, ...]) -> int:
@@ -175,8 +175,9 @@ class FrankaEnvConfig:
     control_hz: float = doc(10.0, "Environment steps per second (the policy's control rate).")
     max_episode_steps: int = doc(100, "Time limit in steps; reaching it truncates the episode.")
     state_keys: tuple[str, ...] = doc(
-        ("ee_pos", "ee_quat", "gripper_width"),
-        f"Parts of obs['state'], in order; any of {', '.join(STATE_KEYS)}.",
+        ("ee_pos", "ee_rot6d", "gripper_width"),
+        f"Parts of obs['state'], in order; any of {', '.join(STATE_KEYS)}. The default matches the simulator's "
+        "proprioception (position, first two rotation-matrix columns, finger gap in m).",
     )
     action_scale_translation: float = doc(0.02, "Metres of end-effector motion per unit action on x, y, z.")
     action_scale_rotation: float = doc(0.1, "Radians of rotation per unit action on roll, pitch, yaw (base frame).")

@@ -174,7 +174,7 @@ def test_config_errors_name_the_field_and_fix():
         from_dict(FrankaEnvConfig, {"state_keys": ["ee_pos", "elbow"]})
     with pytest.raises(ConfigError, match="impedance.translational_stiffness"):
         from_dict(FrankaEnvConfig, {"impedance": {"translational_stiffness": -1}})
-    assert from_dict(FrankaEnvConfig, {}).state_dim == 8  # 3 + 4 + 1
+    assert from_dict(FrankaEnvConfig, {}).state_dim == 10  # 3 + 6 + 1, the simulator's layout
 
 
 @pytest.mark.parametrize("task", ["peg_insertion", "pipe_assembly", "kitting"])
@@ -186,7 +186,7 @@ def test_real_task_configs_load_and_validate(task):
     path = Path(__file__).resolve().parents[1] / "configs" / "real" / f"{task}.yaml"
     cfg = load_franka_env_config(path)
     assert cfg.gripper.kind == "robotiq" and [c.name for c in cfg.cameras] == ["wrist", "front"]
-    assert cfg.control_mode == "impedance" and cfg.state_dim == 8
+    assert cfg.control_mode == "impedance" and cfg.state_dim == 10
     with pytest.raises(ConfigError, match=r"env\.franka\.workspace_low/workspace_high: axis x"):
         load_franka_env_config(path, ["env.franka.workspace_low=[0.9, -0.1, 0.0]"])
 
@@ -415,10 +415,11 @@ def test_impedance_steps_reach_targets_and_box_clips(sim):
     env = make_env(hostname)
     try:
         obs, info = env.reset(seed=0)
-        assert obs["state"].shape == (8,) and obs["state"].dtype == np.float32
+        assert obs["state"].shape == (10,) and obs["state"].dtype == np.float32
         np.testing.assert_allclose(obs["state"][:3], [0.5, 0.0, 0.35], atol=0.005)
-        np.testing.assert_allclose(np.abs(obs["state"][3:7]), DOWN, atol=0.01)
-        assert obs["state"][7] == pytest.approx(0.08, abs=0.002)  # opened at reset
+        # Rx(pi) has columns (1, 0, 0) and (0, -1, 0): rot6d = (1, 0, 0, 0, -1, 0).
+        np.testing.assert_allclose(obs["state"][3:9], [1, 0, 0, 0, -1, 0], atol=0.01)
+        assert obs["state"][9] == pytest.approx(0.08, abs=0.002)  # opened at reset
         # +x at full scale: 2 cm per step from the measured pose; the box stops x at 0.56.
         clipped = []
         for _ in range(10):
