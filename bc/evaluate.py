@@ -70,11 +70,11 @@ def policy_observation(obs: Mapping[str, Any], cameras: tuple[str, ...]) -> dict
 
 
 def make_act_fn(action_mode: ActionMode):
-    """Jitted (policy, obs, key) -> action for a single observation."""
+    """Jitted (policy, obs, key, carry) -> (action, carry) for a single observation."""
     if action_mode not in ("sample", "mode"):
         raise ConfigError(f"eval_action: {action_mode!r} must be 'sample' or 'mode'")
     deterministic = action_mode == "mode"
-    return jax.jit(lambda policy, obs, key: policy.act(obs, key, policy.initial_carry(), deterministic)[0])
+    return jax.jit(lambda policy, obs, key, carry: policy.act(obs, key, carry, deterministic))
 
 
 def evaluate_policy(policy: BCPolicy, env: Any, episodes: int, seed: int, action_mode: ActionMode = "sample",
@@ -87,10 +87,12 @@ def evaluate_policy(policy: BCPolicy, env: Any, episodes: int, seed: int, action
     bar = tqdm(range(episodes), desc="bc eval", unit="ep", disable=not progress)
     for i in bar:
         obs, _ = env.reset(seed=seed + i)
+        carry = policy.initial_carry()  # a recurrent policy's memory starts fresh every episode
         done, total, steps, success = False, 0.0, 0, False
         while not done:
             key, step_key = jax.random.split(key)
-            action = np.clip(np.asarray(act(policy, policy_observation(obs, cameras), step_key)), -1.0, 1.0)
+            action, carry = act(policy, policy_observation(obs, cameras), step_key, carry)
+            action = np.clip(np.asarray(action), -1.0, 1.0)
             obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             steps += 1
