@@ -405,6 +405,15 @@ def make_env(hostname: str, **overrides):
     return FrankaEnv(sim_config(hostname, **overrides))
 
 
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def ee_position(env) -> np.ndarray:
     return env._measure().position
 
@@ -422,12 +431,13 @@ def test_impedance_steps_reach_targets_and_box_clips(sim):
         assert obs["state"][9] == pytest.approx(0.08, abs=0.002)  # opened at reset
         # +x at full scale: 2 cm per step from the measured pose; the box stops x at 0.56.
         clipped = []
-        for _ in range(10):
+        while not any(clipped[-2:]):  # the simulator may run slower than real time on a loaded machine
             obs, reward, terminated, truncated, info = env.step(np.array([1, 0, 0, 0, 0, 0, -1], np.float32))
             assert not info["fault"] and not terminated and not truncated and reward == 0.0
             clipped.append(info["target_clipped"])
-        assert clipped[0] is False and clipped[-1] is True
-        time.sleep(1.0)  # let the impedance controller settle
+            assert env.last_target.position[0] <= 0.56
+        assert clipped[0] is False
+        assert wait_until(lambda: abs(ee_position(env)[0] - 0.56) < 0.01), ee_position(env)
         np.testing.assert_allclose(ee_position(env), [0.56, 0.0, 0.35], atol=0.01)
         assert ee_position(env)[0] < 0.56 + 0.005
         # The operator's success key ends the episode with reward 1.
@@ -451,11 +461,10 @@ def test_cartesian_mode_reaches_target_closes_gripper_and_truncates_at_time_limi
             steps += 1
             assert not terminated and not info["fault"]
         assert steps == 6
-        time.sleep(0.8)
         target = env.last_target.position
-        np.testing.assert_allclose(ee_position(env), target, atol=0.005)
-        assert ee_position(env)[1] > 0.05  # moved +y about 6 x 2 cm
-        assert env._gripper.width() < 0.01  # closed (no object in the simulated hand)
+        assert wait_until(lambda: np.linalg.norm(ee_position(env) - target) < 0.005), (ee_position(env), target)
+        assert target[1] > 0.02 and target[2] < 0.35 - 0.02  # each step moved on from the measured pose (+y, -z)
+        assert wait_until(lambda: env._gripper.width() < 0.01)  # closed (no object in the simulated hand)
     finally:
         env.close()
 
@@ -469,7 +478,7 @@ def test_reflex_truncates_with_errors_and_recovery_happens_before_next_reset(sim
         recoveries = server.recoveries
         env.step(np.array([0.5, 0, 0, 0, 0, 0, 0], np.float32))
         server.fault_requested = True
-        for _ in range(3):
+        for _ in range(15):  # the abort arrives within a few simulator ticks
             _, _, terminated, truncated, info = env.step(np.zeros(7, np.float32))
             if truncated:
                 break
