@@ -423,7 +423,7 @@ class FrankaEnv(gym.Env):
         try:
             self._call(lambda: robot.move(motion, asynchronous=True), self.cfg.command_timeout_s, what)
             finished = self._call(lambda: robot.join_motion(timeout=timeout), timeout + 1.0, what)
-        except self._franky.ControlException as e:
+        except (self._franky.ControlException, self._franky.CommandException) as e:
             raise RobotError(f"{what} failed: {self._record_fault(e)}") from None
         if not finished:
             self._call(robot.stop, self.cfg.command_timeout_s, "stopping the robot")
@@ -511,7 +511,8 @@ class FrankaEnv(gym.Env):
     def step(self, action) -> tuple[dict, float, bool, bool, dict]:
         a = validate_action(action)
         self._step += 1
-        fault = self._poll_fault()
+        # A faulted robot gets no further commands until reset() has recovered it.
+        fault = self._fault or self._poll_fault()
         target = None
         if not fault:
             measured = self._measure()
@@ -519,7 +520,7 @@ class FrankaEnv(gym.Env):
             self.last_target = target
             try:
                 self._send_target(target)
-            except self._franky.ControlException as e:
+            except (self._franky.ControlException, self._franky.CommandException) as e:  # e.g. rejected in reflex
                 fault = self._record_fault(e)
             if self._gripper is not None and not fault:
                 decision = self._gripper_filter.decide(float(a[6]))

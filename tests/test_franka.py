@@ -485,6 +485,9 @@ def test_reflex_truncates_with_errors_and_recovery_happens_before_next_reset(sim
         assert truncated and not terminated and not info["success"]
         assert "cartesian_reflex" in info["fault"]
         assert env.fault and server.recoveries == recoveries  # nothing cleared behind the operator's back
+        last_target = env.last_target
+        _, _, _, truncated, info = env.step(np.ones(7, np.float32))  # no commands to a faulted robot
+        assert truncated and "cartesian_reflex" in info["fault"] and env.last_target is last_target
         obs, info = env.reset(seed=3)
         assert "cartesian_reflex" in info["recovered"] and server.recoveries == recoveries + 1
         assert not env.fault
