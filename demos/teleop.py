@@ -229,7 +229,11 @@ def main(argv: list[str]) -> int:
     if Path(args.out).exists() and not args.force:
         print(f"q2rl demos record: {args.out} exists; choose another --out or pass --force", file=sys.stderr)
         return 2
-    teleop = make_teleop_env(args.config, args.set)
+    try:
+        teleop = make_teleop_env(args.config, args.set)
+    except RuntimeError as e:  # RobotError, CameraError, GripperError: unreachable or misconfigured hardware
+        print(f"q2rl demos record: {e}", file=sys.stderr)
+        return 1
     mouse = SpaceMouseReader() if args.input == "spacemouse" else None
     try:
         with console, DemoWriter(args.out, teleop.env_args, overwrite=args.force) as writer:

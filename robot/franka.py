@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import queue
 import re
 import threading
 import time
@@ -212,16 +213,36 @@ def _import_franky():
 
 
 class _TimedCaller:
-    """Runs robot calls on one worker thread so a hung call returns control to us after its timeout."""
+    """Runs robot calls on one daemon worker thread so a hung call returns control to us after its timeout.
+
+    A daemon thread, not a ThreadPoolExecutor: the interpreter joins pool threads at exit, so a call stuck in
+    libfranka (its own connect timeout is about a minute) would keep the process alive that long.
+    """
 
     def __init__(self, name: str):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
         self.hung = ""  # set once a call timed out: the worker may still be blocked inside it
+
+    def _serve(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            fn, future = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to the caller, raised there
+                    future.set_exception(e)
+            del item, fn, future  # release the robot objects the call referenced
 
     def __call__(self, fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
         if self.hung:
             raise RobotTimeoutError(f"{what}: the robot link is down since '{self.hung}' hung; restart the actor")
-        future = self._pool.submit(fn)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._requests.put((fn, future))
         try:
             return future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError:
@@ -235,7 +256,9 @@ class _TimedCaller:
             del future, fn
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=not self.hung, cancel_futures=True)
+        self._requests.put(None)
+        if not self.hung:
+            self._thread.join(timeout=5.0)
 
 
 def _observation_space(cfg: FrankaEnvConfig) -> gym.spaces.Dict:
