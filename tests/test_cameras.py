@@ -81,7 +81,7 @@ class FakePipeline:
 
 def camera_config(**overrides) -> CameraConfig:
     data = dict(name="wrist", serial="123", capture_width=64, capture_height=48, height=24, width=32,
-                stale_after_s=0.2, wait_timeout_s=0.1)
+                stale_after_s=0.4, wait_timeout_s=0.1)
     data.update(overrides)
     return from_dict(CameraConfig, data)
 
@@ -106,11 +106,12 @@ def test_reader_delivers_fresh_timestamped_rgb_frames():
     camera = RealSenseCamera(camera_config(crop=[0, 0, 32, 24]), device.open)
     try:
         first = camera.wait_for_frame(2.0)
-        time.sleep(0.05)
-        second = camera.latest()
+        deadline = time.monotonic() + 5.0
+        while (second := camera.wait_for_frame(2.0)).number == first.number and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert first.image.shape == (24, 32, 3) and first.image.dtype == np.uint8
         assert second.number > first.number and second.timestamp > first.timestamp
-        assert abs(time.monotonic() - second.timestamp) < 0.2
+        assert 0.0 <= time.monotonic() - second.timestamp < camera.cfg.stale_after_s
         assert second.image[0, 0, 0] == second.number % 256 and second.image[0, 0, 2] == 7  # still RGB
     finally:
         camera.close()
@@ -122,7 +123,7 @@ def test_stalled_camera_is_reported_flagged_and_reopened():
     try:
         camera.wait_for_frame(2.0)
         device.stalled.set()
-        time.sleep(0.4)  # > stale_after_s and > one wait timeout
+        time.sleep(0.8)  # > stale_after_s and > one wait timeout
         with pytest.raises(CameraError, match="old"):
             camera.latest()
         status = camera.status()
@@ -130,7 +131,7 @@ def test_stalled_camera_is_reported_flagged_and_reopened():
         device.stalled.clear()
         frame = camera.wait_for_frame(2.0)
         assert device.opens >= 2 and camera.status().reopens >= 1
-        assert time.monotonic() - frame.timestamp < 0.2
+        assert time.monotonic() - frame.timestamp < camera.cfg.stale_after_s
     finally:
         camera.close()
 
@@ -141,7 +142,7 @@ def test_a_repeated_frame_number_is_not_a_new_frame():
     try:
         camera.wait_for_frame(2.0)
         device.frozen = True
-        time.sleep(0.4)
+        time.sleep(0.8)
         with pytest.raises(CameraError, match="old"):
             camera.latest()
     finally:
@@ -158,7 +159,7 @@ def test_rig_keeps_images_and_names_the_stale_camera():
         assert stale == [] and set(images) == {"wrist", "front"}
         assert images["front"].shape == (24, 32, 3)
         front.stalled.set()
-        time.sleep(0.4)
+        time.sleep(0.8)
         images, stale = rig.latest()
         assert stale == ["front"] and images["front"].shape == (24, 32, 3)
     finally:
