@@ -187,7 +187,7 @@ def make_teleop_env(config_path: str, overrides: list[str], signals: Any = None)
         from q2rl.robot.real_config import load_franka_env_config
 
         cfg = load_franka_env_config(config_path, overrides)
-        env_args = {"env_name": Path(config_path).stem, "type": "q2rl_franka", "env_kwargs": to_dict(cfg),
+        env_args = {"env_name": cfg.task, "type": "q2rl_franka", "env_kwargs": to_dict(cfg),
                     "demo_source": source}
         env = FrankaEnv(cfg, signals=signals)
         return TeleopEnv(env, env_args, tuple(c.name for c in cfg.cameras), cfg.control_hz, True)

@@ -162,6 +162,7 @@ class CollisionConfig:
 class FrankaEnvConfig:
     """The real Franka task: connection, control, safety box, reset, gripper, cameras, episode length."""
 
+    task: str = doc("franka", "Task name for run directories and demo metadata (e.g. peg_insertion).")
     robot_ip: str = doc("172.16.0.2", "FCI address of the robot (Desk > Settings > Network; FCI must be activated).")
     robot_model: Literal["fr3", "panda"] = doc(
         "fr3", "fr3 works with franky-control from PyPI (libfranka 0.21); panda needs the libfranka 0.9 wheel (see docs)."
@@ -218,6 +219,8 @@ class FrankaEnvConfig:
     recover_timeout_s: float = doc(10.0, "Timeout of recover_from_errors.")
 
     def validate(self) -> None:
+        if not self.task or not all(ch.isalnum() or ch in "_-" for ch in self.task):
+            raise ConfigError(f"task: {self.task!r} must be a short name of letters, digits, _ or - (used in paths)")
         _positive("control_hz", self.control_hz)
         if self.control_hz > 50:
             raise ConfigError(f"control_hz: {self.control_hz} is above 50 Hz; policy steps are 10-20 Hz, lower it")

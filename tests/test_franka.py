@@ -185,7 +185,7 @@ def test_real_task_configs_load_and_validate(task):
 
     path = Path(__file__).resolve().parents[1] / "configs" / "real" / f"{task}.yaml"
     cfg = load_franka_env_config(path)
-    assert cfg.gripper.kind == "robotiq" and [c.name for c in cfg.cameras] == ["wrist", "front"]
+    assert cfg.task == task and cfg.gripper.kind == "robotiq" and [c.name for c in cfg.cameras] == ["wrist", "front"]
     assert cfg.control_mode == "impedance" and cfg.state_dim == 10
     with pytest.raises(ConfigError, match=r"env\.franka\.workspace_low/workspace_high: axis x"):
         load_franka_env_config(path, ["env.franka.workspace_low=[0.9, -0.1, 0.0]"])
