@@ -524,3 +524,35 @@ def test_panda_server_version_gets_install_advice():
             server.run_async()
             with pytest.raises(RobotVersionError, match=r"(?s)server version 5 .*by-robot-server-version/5/"):
                 make_env(robot.hostname)
+
+
+@pytest.mark.timeout(120)
+def test_camera_images_in_observations_and_a_stalled_camera_cuts_the_episode(sim):
+    from test_cameras import FakeDevice  # the fake RealSense device of the camera tests
+
+    from q2rl.robot.cameras import CameraRig
+    from q2rl.robot.franka import FrankaEnv
+
+    hostname, _ = sim
+    camera = {"name": "wrist", "serial": "1", "capture_width": 64, "capture_height": 48, "height": 24, "width": 32,
+              "stale_after_s": 0.3, "wait_timeout_s": 0.1}
+    cfg = sim_config(hostname, cameras=[camera])
+    device = FakeDevice()
+    env = FrankaEnv(cfg, cameras=CameraRig(cfg.cameras, device.open))
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs["images"]["wrist"].shape == (24, 32, 3) and obs["images"]["wrist"].dtype == np.uint8
+        assert env.observation_space["images"]["wrist"].shape == (24, 32, 3)
+        _, _, _, truncated, info = env.step(np.zeros(7, np.float32))
+        assert not truncated and info["stale_cameras"] == []
+        device.stalled.set()
+        for _ in range(10):
+            _, _, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+            if truncated:
+                break
+        assert truncated and not terminated and info["stale_cameras"] == ["wrist"]
+        assert "stale camera frames: wrist" in info["fault"]
+        assert not env.fault  # a camera stall needs no robot recovery
+    finally:
+        device.stalled.clear()
+        env.close()
