@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import queue
 import re
 import threading
@@ -32,6 +33,7 @@ from q2rl.robot.gripper import Gripper, GripperCommandFilter, make_gripper
 from q2rl.robot.real_config import FrankaEnvConfig
 
 Outcome = Literal["success", "failure"]
+log = logging.getLogger(__name__)
 
 
 class RobotError(RuntimeError):
@@ -591,9 +593,11 @@ class FrankaEnv(gym.Env):
 
     def close(self) -> None:
         try:
-            self._stop_tracker()
             if self._robot is not None and not self._call.hung:
+                self._stop_tracker()
                 self._finish_motion()
+        except RobotError as e:  # closing must still release the cameras and the gripper
+            log.warning("closing the robot connection: %s", e)
         finally:
             if self._cameras is not None:
                 self._cameras.close()

@@ -86,6 +86,10 @@ class FrankaHandGripper:
         self._gripper = (connect or franky.Gripper)(hostname)
         self._pending = None  # future of the last command
         self.last_error = ""
+        if cfg.home_on_connect:
+            timeout = 3 * cfg.command_timeout_s
+            if not self._gripper.homing_async().wait(timeout):
+                raise GripperError(f"Franka Hand homing did not finish within {timeout} s (gripper.command_timeout_s)")
 
     def _collect(self) -> None:
         """Surface the result of the previous command, if it finished, without waiting."""

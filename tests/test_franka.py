@@ -393,7 +393,7 @@ def sim_config(hostname: str, **overrides) -> FrankaEnvConfig:
         home_position=[0.5, 0.0, 0.35],
         workspace_low=[0.35, -0.2, 0.1],
         workspace_high=[0.56, 0.2, 0.45],
-        gripper={"kind": "franka_hand", "cooldown_s": 0.0, "command_timeout_s": 15.0},
+        gripper={"kind": "franka_hand", "cooldown_s": 0.0, "command_timeout_s": 15.0, "home_on_connect": False},
     )
     data.update(overrides)
     return from_dict(FrankaEnvConfig, data)
@@ -451,7 +451,8 @@ def test_impedance_steps_reach_targets_and_box_clips(sim):
 @pytest.mark.timeout(120)
 def test_cartesian_mode_reaches_target_closes_gripper_and_truncates_at_time_limit(sim):
     hostname, _ = sim
-    env = make_env(hostname, control_mode="cartesian", max_episode_steps=6)
+    env = make_env(hostname, control_mode="cartesian", max_episode_steps=6,
+                   gripper={"cooldown_s": 0.0, "command_timeout_s": 15.0, "home_on_connect": True})
     try:
         env.reset(seed=1)
         truncated = False
