@@ -307,7 +307,9 @@ class FrankaEnv(gym.Env):
         self._robot = self._connect()
         self._configure_robot()
         self._gripper = gripper if gripper is not None else self._call(
-            lambda: make_gripper(cfg.gripper, cfg.robot_ip), cfg.connect_timeout_s, "connecting to the gripper"
+            lambda: make_gripper(cfg.gripper, cfg.robot_ip),
+            cfg.connect_timeout_s + 3 * cfg.gripper.command_timeout_s,  # connect, then homing or activation
+            "connecting to the gripper",
         )
         self._gripper_filter = GripperCommandFilter(cfg.gripper.close_threshold, cfg.gripper.cooldown_s)
         self._cameras = cameras
