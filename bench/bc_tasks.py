@@ -35,11 +35,10 @@ def run_one(task: str, policy: str, demos: int, seed: int, eval_episodes: int, w
     cfg = BCConfig(policy=PolicyConfig(kind=policy), seed=seed)
     result = train_bc(read_demos(record.out), cfg, progress=False)
     t2 = time.perf_counter()
-    env = make_sim_env(env_cfg)
-    try:
-        evaluation = evaluate_policy(result.policy, env, eval_episodes, seed=10_000 + 1000 * seed, progress=False)
-    finally:
-        env.close()
+    evaluation = _evaluate(result.policy, env_cfg, eval_episodes, seed)
+    shifted = None
+    if not task.endswith("_shifted"):  # the distribution-shift experiment: same policy, shifted starts
+        shifted = _evaluate(result.policy, dataclasses.replace(env_cfg, task=f"{task}_shifted"), eval_episodes, seed)
     t3 = time.perf_counter()
     return {
         "task": task, "policy": policy, "seed": seed, "demos": demos, "noise": spec.noise,
@@ -48,8 +47,17 @@ def run_one(task: str, policy: str, demos: int, seed: int, eval_episodes: int, w
         "final_val_nll": round(result.final_val_nll, 3), "final_train_nll": round(result.final_train_nll, 3),
         "record_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "eval_s": round(t3 - t2, 1),
         "eval_episodes": eval_episodes, "mean_length": round(float(sum(evaluation.lengths)) / eval_episodes, 1),
+        "shifted_success_rate": shifted.success_rate if shifted else None,
         "success_rate": evaluation.success_rate,
     }
+
+
+def _evaluate(policy, env_cfg: SimEnvConfig, episodes: int, seed: int):
+    env = make_sim_env(env_cfg)
+    try:
+        return evaluate_policy(policy, env, episodes, seed=10_000 + 1000 * seed, progress=False)
+    finally:
+        env.close()
 
 
 def main() -> None:
@@ -70,7 +78,7 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(json.dumps({"bench": "bc_tasks", "results": [
-        {k: r[k] for k in ("task", "policy", "seed", "demos", "noise", "success_rate")} for r in rows]}))
+        {k: r[k] for k in ("task", "policy", "seed", "demos", "noise", "shifted_success_rate", "success_rate")} for r in rows]}))
 
 
 if __name__ == "__main__":
