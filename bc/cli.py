@@ -41,8 +41,9 @@ def load_bc_config(path: str | None, overrides: list[str]) -> BCConfig:
     try:
         return from_dict(BCConfig, data)
     except ConfigError as e:
-        message = str(e).replace("BCConfig:", "", 1).strip() if str(e).startswith("BCConfig:") else str(e)
-        raise ConfigError(f"bc.{message}" + (f" in {path}" if path else "")) from None
+        message = str(e)
+        message = "bc:" + message[len("BCConfig:"):] if message.startswith("BCConfig:") else f"bc.{message}"
+        raise ConfigError(message + (f" in {path}" if path else "")) from None
 
 
 def _train_parser() -> argparse.ArgumentParser:
