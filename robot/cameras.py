@@ -59,7 +59,9 @@ def open_realsense_pipeline(cfg: CameraConfig) -> Pipeline:
     try:
         import pyrealsense2 as rs
     except ImportError as e:
-        raise CameraError(f"pyrealsense2 is not installed ({e}); pip install -e '.[robot]' (needs apt libusb-1.0-0)") from None
+        raise CameraError(
+            f"pyrealsense2 is not installed ({e}); pip install -e '.[robot]' (needs apt libusb-1.0-0)"
+        ) from None
     connected = [d.get_info(rs.camera_info.serial_number) for d in rs.context().query_devices()]
     if cfg.serial not in connected:
         raise CameraError(

@@ -64,10 +64,10 @@ class StatusLine:
         def pct(x: float) -> str:
             return "  -" if x != x else f"{100 * x:3.0f}%"
 
+        version = self.learner_version if self.learner_version >= 0 else "-"
         text = (
-            f"[{self.mode}] ep {self.episode} step {self.step} | BC {pct(self.bc_share)} RL "
-            f"{pct(1 - self.bc_share) if self.bc_share == self.bc_share else '  -'} | success {pct(self.success_rate)} | "
-            f"learner v{self.learner_version if self.learner_version >= 0 else '-'} | link {self.link}"
+            f"[{self.mode}] ep {self.episode} step {self.step} | BC {pct(self.bc_share)} RL {pct(1 - self.bc_share)} | "
+            f"success {pct(self.success_rate)} | learner v{version} | link {self.link}"
         )
         if self.message:
             text += f" | {self.message}"

@@ -123,7 +123,9 @@ def validate_action(action) -> np.ndarray:
     """A float64[7] copy of the action clipped to [-1, 1]; NaN/inf or a wrong shape is an error."""
     a = np.asarray(action, dtype=np.float64)
     if a.shape != (ACTION_DIM,):
-        raise ValueError(f"action must have shape ({ACTION_DIM},), got {a.shape}: (dx, dy, dz, droll, dpitch, dyaw, gripper)")
+        raise ValueError(
+            f"action must have shape ({ACTION_DIM},), got {a.shape}: (dx, dy, dz, droll, dpitch, dyaw, gripper)"
+        )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"action contains NaN or inf: {a.tolist()}; the policy produced invalid output")
     return np.clip(a, -1.0, 1.0)
@@ -162,10 +164,13 @@ def clip_orientation(quat: np.ndarray, home_quat: np.ndarray, limit: np.ndarray)
 def compute_target(action: np.ndarray, position: np.ndarray, quat: np.ndarray, limits: SafetyLimits) -> Target:
     """Absolute target = measured pose + scaled delta (rotation applied in the base frame), then clipped."""
     translation, rotation, bounded = action_to_delta(action, limits)
-    target_position, box_clipped = clip_to_workspace(position + translation, limits.workspace_low, limits.workspace_high)
+    target_position, box_clipped = clip_to_workspace(
+        position + translation, limits.workspace_low, limits.workspace_high
+    )
     target_quat = (Rotation.from_rotvec(rotation) * Rotation.from_quat(quat)).as_quat()
     target_quat, orientation_clipped = clip_orientation(target_quat, limits.home_quat, limits.orientation_limit)
-    return Target(target_position, align_quat(target_quat, limits.home_quat), bounded or box_clipped or orientation_clipped)
+    clipped = bounded or box_clipped or orientation_clipped
+    return Target(target_position, align_quat(target_quat, limits.home_quat), clipped)
 
 
 def align_quat(quat: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -207,7 +212,9 @@ def _import_franky():
     try:
         import franky
     except ImportError as e:
-        raise RobotError(f"franky-control is not installed ({e}); pip install -e '.[robot]' (docs/real_robot.md)") from None
+        raise RobotError(
+            f"franky-control is not installed ({e}); pip install -e '.[robot]' (docs/real_robot.md)"
+        ) from None
     return franky
 
 
@@ -492,7 +499,9 @@ class FrankaEnv(gym.Env):
                 pose, franky.ReferenceType.Absolute, relative_dynamics_factor=franky.RelativeDynamicsFactor(1.0)
             )
             # Asynchronous: the new motion takes over from the running one.
-            self._call(lambda: self._robot.move(motion, asynchronous=True), self.cfg.command_timeout_s, "sending the target")
+            self._call(
+                lambda: self._robot.move(motion, asynchronous=True), self.cfg.command_timeout_s, "sending the target"
+            )
 
     def home_target(self) -> tuple[np.ndarray, np.ndarray]:
         """Home pose with the configured uniform random offsets, drawn from the env's RNG."""

@@ -115,7 +115,9 @@ class FrankaHandGripper:
     def open_blocking(self) -> None:
         future = self._gripper.move_async(self.cfg.open_width, self.cfg.speed)
         if not future.wait(self.cfg.command_timeout_s):
-            raise GripperError(f"Franka Hand did not open within {self.cfg.command_timeout_s} s (gripper.command_timeout_s)")
+            raise GripperError(
+                f"Franka Hand did not open within {self.cfg.command_timeout_s} s (gripper.command_timeout_s)"
+            )
         future.get()
         self._pending = None
 
@@ -288,7 +290,9 @@ class RobotiqGripper:
             if abs(position - target) <= 3 or (status >> 6) == 3:  # gOBJ 3: reached the requested position
                 return
             if time.monotonic() > deadline:
-                raise GripperError(f"Robotiq did not open within {self.cfg.command_timeout_s} s (gripper.command_timeout_s)")
+                raise GripperError(
+                    f"Robotiq did not open within {self.cfg.command_timeout_s} s (gripper.command_timeout_s)"
+                )
             time.sleep(0.02)
 
     def width(self) -> float:

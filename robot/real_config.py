@@ -14,7 +14,9 @@ from typing import Literal
 from q2rl.config import ConfigError, doc
 
 STATE_KEYS = ("ee_pos", "ee_rot6d", "ee_quat", "gripper_width", "ee_vel", "ee_wrench", "joint_pos")
-_STATE_KEY_SIZES = {"ee_pos": 3, "ee_rot6d": 6, "ee_quat": 4, "gripper_width": 1, "ee_vel": 6, "ee_wrench": 6, "joint_pos": 7}
+_STATE_KEY_SIZES = {
+    "ee_pos": 3, "ee_rot6d": 6, "ee_quat": 4, "gripper_width": 1, "ee_vel": 6, "ee_wrench": 6, "joint_pos": 7,
+}
 
 
 def state_size(keys: tuple[str, ...]) -> int:
@@ -31,7 +33,7 @@ def _positive(name: str, value: float, hint: str = "") -> None:
 class CameraConfig:
     """One RealSense colour stream, cropped and resized to the policy's image size."""
 
-    name: str = doc("wrist", "Image key in obs['images'] (the policy's encoder expects these names, e.g. wrist, front).")
+    name: str = doc("wrist", "Image key in obs['images'] (the names the policy was trained with: wrist, front).")
     serial: str = doc("", "RealSense serial number (printed on the camera; `rs-enumerate-devices -s` lists them).")
     capture_width: int = doc(640, "Colour stream width requested from the camera (a mode the camera supports).")
     capture_height: int = doc(480, "Colour stream height requested from the camera.")
@@ -42,7 +44,7 @@ class CameraConfig:
     height: int = doc(128, "Output image height after resize (obs['images'][name] is uint8[height, width, 3]).")
     width: int = doc(128, "Output image width after resize.")
     stale_after_s: float = doc(0.5, "A frame older than this is stale: the episode is cut and the camera reopened.")
-    wait_timeout_s: float = doc(1.0, "Timeout of one wait_for_frames call; a stall longer than this reopens the camera.")
+    wait_timeout_s: float = doc(1.0, "Timeout of one wait_for_frames call; a longer stall reopens the camera.")
 
     def validate(self) -> None:
         if not self.name.isidentifier():
@@ -93,7 +95,9 @@ class GripperConfig:
         if not 0.0 < self.open_width <= limit + 1e-9:
             raise ConfigError(f"open_width: must be in (0, {limit}] m for {self.kind}, got {self.open_width}")
         if self.kind == "franka_hand" and (self.speed > 0.1 or self.force > 70.0):
-            raise ConfigError(f"speed/force: the Franka Hand allows at most 0.1 m/s and 70 N, got {self.speed}, {self.force}")
+            raise ConfigError(
+                f"speed/force: the Franka Hand allows at most 0.1 m/s and 70 N, got {self.speed}, {self.force}"
+            )
         if not 1 <= self.robotiq_slave_id <= 247:
             raise ConfigError(f"robotiq_slave_id: Modbus ids are 1..247, got {self.robotiq_slave_id}")
 
@@ -102,14 +106,14 @@ class GripperConfig:
 class ImpedanceConfig:
     """Gains of franky's CartesianImpedanceTracker (the default control mode)."""
 
-    translational_stiffness: float = doc(1000.0, "Cartesian translational stiffness in N/m (FR3: 200..3000 is sensible).")
+    translational_stiffness: float = doc(1000.0, "Cartesian translational stiffness in N/m (200..3000 is sensible).")
     rotational_stiffness: float = doc(50.0, "Cartesian rotational stiffness in Nm/rad (10..150 is sensible).")
     translational_error_clip: float = doc(
         0.03, "Per-axis clip of the position error fed to the spring law in m (bounds the force on contact)."
     )
     rotational_error_clip: float = doc(0.2, "Per-axis clip of the orientation error fed to the spring law in rad.")
     posture_stiffness: float = doc(5.0, "Null-space stiffness pulling the elbow toward home_joints (0 = off).")
-    max_delta_tau: float = doc(0.5, "Largest torque change per 1 ms control cycle in Nm (avoids discontinuity reflexes).")
+    max_delta_tau: float = doc(0.5, "Largest torque change per 1 ms cycle in Nm (avoids discontinuity reflexes).")
 
     def validate(self) -> None:
         for name in ("translational_stiffness", "rotational_stiffness", "translational_error_clip",
@@ -166,7 +170,7 @@ class FrankaEnvConfig:
     task: str = doc("franka", "Task name for run directories and demo metadata (e.g. peg_insertion).")
     robot_ip: str = doc("172.16.0.2", "FCI address of the robot (Desk > Settings > Network; FCI must be activated).")
     robot_model: Literal["fr3", "panda"] = doc(
-        "fr3", "fr3 works with franky-control from PyPI (libfranka 0.21); panda needs the libfranka 0.9 wheel (see docs)."
+        "fr3", "fr3: franky-control from PyPI (libfranka 0.21); panda: the libfranka 0.9 wheel (docs/real_robot.md)."
     )
     realtime: Literal["enforce", "ignore"] = doc(
         "enforce", "libfranka realtime check; 'ignore' only for simulation (franky-sim) or debugging."
@@ -257,7 +261,8 @@ class FrankaEnvConfig:
                 )
         if min(self.orientation_limit) < 0 or max(self.orientation_limit) >= math.pi:
             raise ConfigError(f"orientation_limit: each value must be in [0, pi), got {self.orientation_limit}")
-        if min(self.reset_rpy_noise) < 0 or any(n > lim for n, lim in zip(self.reset_rpy_noise, self.orientation_limit)):
+        too_large = any(n > lim for n, lim in zip(self.reset_rpy_noise, self.orientation_limit))
+        if min(self.reset_rpy_noise) < 0 or too_large:
             raise ConfigError("reset_rpy_noise: must be >= 0 and within orientation_limit per axis")
         if len(self.home_joints) != 7:
             raise ConfigError(f"home_joints: expected 7 joint angles, got {len(self.home_joints)}")

@@ -348,7 +348,8 @@ def _sim_servers():
         def handle(self, server, command_type_struct="I"):
             header = MessageHeader(self.command_type, self.command_id, 8)
             # status kIncompatibleLibraryVersion (1) and server version 5, as a Panda on system 4.2 answers
-            self.client_socket.sendall(header.to_bytes(command_type_struct=command_type_struct) + struct.pack("<BH5x", 1, 5))
+            reply = header.to_bytes(command_type_struct=command_type_struct) + struct.pack("<BH5x", 1, 5)
+            self.client_socket.sendall(reply)
 
     class PandaRobotServer(FrankaRobotServer):
         def __init__(self, *args, **kwargs):
