@@ -96,6 +96,24 @@ def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
     return trainer.run()
 
 
+def load_curves(paths: list[str], algos: list[str]) -> dict:
+    """{algo: [curve per seed]} from *_curves.jsonl files written by earlier runs of this script."""
+    from q2rl.core.trainer import EvalPoint
+
+    runs: dict[tuple[str, int], list] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            if row["algo"] in algos:
+                runs[(row["algo"], row["seed"])] = [EvalPoint(**p) for p in row["curve"]]
+    curves: dict[str, list] = {}
+    for algo in algos:
+        seeds = sorted(s for a, s in runs if a == algo)
+        if seeds:
+            curves[algo] = [runs[(algo, s)] for s in seeds]
+    return curves
+
+
 def summarise(curves: dict, bc_success: float) -> dict:
     """Mean curves over seeds and the two headline numbers per algorithm."""
     results = {}
@@ -166,27 +184,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-noise", type=float, default=0.2)
     p.add_argument("--bc-steps", type=int, default=2000)
     p.add_argument("--out", default="runs/bench/sample_efficiency")
+    p.add_argument("--report-from", default="",
+                   help="comma-separated *_curves.jsonl files: only write the report from saved runs "
+                        "(the last run per algo and seed wins)")
     args = p.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)
 
-    bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     curves: dict[str, list] = {}
-    bc_success = None
     t0 = time.time()
+    if args.report_from:
+        curves = load_curves(args.report_from.split(","), algos)
+        algos = []
+    else:
+        bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
     for algo in algos:
         for seed in range(args.seeds):
             result = run_one(args.task, algo, seed, bc, dataset, args, log)
             curves.setdefault(algo, []).append(result.curve)
-            if result.curve and bc_success is None and algo != "rlpd":
-                bc_success = result.curve[0].success_rate  # every BC-based run evaluates pi_BC first
             with open(out / f"{args.task}_curves.jsonl", "a") as f:
                 f.write(json.dumps({"algo": algo, "seed": seed, "curve": [p._asdict() for p in result.curve],
                                     "q_estimation": result.q_estimation._asdict() if result.q_estimation else None})
                         + "\n")
+    # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
     bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
     results = summarise(curves, bc_success)
     meta = {"env_steps": args.env_steps, "seeds": args.seeds, "preset": args.preset,

@@ -42,7 +42,13 @@ class QEstimationConfig:
     actor_updates: int = doc(3000, "Gradient steps of NLL pre-training of pi_RL on the rollout's BC actions.")
     init_actor: Literal["bc", "random"] = doc("bc", "Initialise pi_RL by NLL on the rollouts (bc) or not (random).")
     batch_size: int = doc(256, "Minibatch size of the Q-Estimation regressions.")
-    learning_rate: float = doc(3e-4, "Adam learning rate of the Q-Estimation regressions.")
+    learning_rate: float = doc(3e-4, "Adam learning rate of the V_phi and critic regressions.")
+    actor_learning_rate: float = doc(1e-3, "Adam learning rate of pi_RL's NLL pre-training (its log std must "
+                                           "travel far from init to match pi_BC's).")
+    critic_support: Literal["data", "data_policy_uniform"] = doc(
+        "data_policy_uniform", "Actions Q_RL regresses onto Qhat_BC at: the rollout's only, or also fresh pi_RL "
+        "samples and uniform actions (Qhat_BC is defined everywhere; without them Q_RL extrapolates ~V(s) to "
+        "off-BC actions and the gate runs them).")
 
     def validate(self) -> None:
         if self.rollout_episodes < 1:
@@ -74,7 +80,8 @@ class AgentConfig:
     tau: float = doc(0.005, "Polyak rate of the target critic.")
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
-    bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-mean Q) + w NLL_piRL(a_bc|s).")
+    bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s).")
+    actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
     target_entropy: float | None = doc(None, "Target entropy of the auto temperature (None: -action_dim/2).")

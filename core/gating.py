@@ -58,7 +58,8 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     ibrl = cfg.algo in ("ibrl", "ibrl_soft")
     q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
     if cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
-        q_bc = qhat_bc(nets, params, batched, a_bc_raw, cfg.q_estimation, k_entropy)[0]
+        # score the action that runs (clipped to the box), as phase 1 scored its executed actions
+        q_bc = qhat_bc(nets, params, batched, a_bc, cfg.q_estimation, k_entropy)[0]
     else:
         q_bc = jnp.min(critic_values(nets, params, batched, a_bc, target=ibrl), axis=0)[0]
     if cfg.algo in ALWAYS_RL:

@@ -21,7 +21,7 @@ import optax
 
 from q2rl.core.agent_config import AgentConfig, QEstimationConfig
 from q2rl.core.replay import Episode
-from q2rl.core.sac import AgentParams, Networks, bc_dist, features, value
+from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, features, value
 
 
 # ------------------------------------------------------------------------------------------------ math
@@ -89,9 +89,9 @@ def rollout_data(episodes: Sequence[Episode], cfg: AgentConfig) -> RolloutData:
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-def regress(loss_fn: Callable[[Any, Any], jax.Array], init: Any, data: Any, steps: int, batch_size: int,
+def regress(loss_fn: Callable[[Any, Any, jax.Array], jax.Array], init: Any, data: Any, steps: int, batch_size: int,
             learning_rate: float, key: jax.Array, chunk: int = 500) -> tuple[Any, np.ndarray]:
-    """Adam on `loss_fn(params, minibatch)` for `steps` steps of random minibatches of `data` (a pytree of
+    """Adam on `loss_fn(params, minibatch, key)` for `steps` steps of random minibatches of `data` (a pytree of
     [N, ...] arrays). Runs as jitted lax.scan chunks; returns the params and the per-chunk mean losses."""
     if steps <= 0:
         return init, np.zeros(0)
@@ -102,9 +102,10 @@ def regress(loss_fn: Callable[[Any, Any], jax.Array], init: Any, data: Any, step
     def run(params, opt_state, data, key, num):
         def body(carry, k):
             params, opt_state = carry
-            idx = jax.random.randint(k, (batch_size,), 0, n)
+            k_idx, k_loss = jax.random.split(k)
+            idx = jax.random.randint(k_idx, (batch_size,), 0, n)
             batch = jax.tree_util.tree_map(lambda x: x[idx], data)
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, k_loss)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -150,7 +151,7 @@ class QEstimation:
         nets, norm = self.nets, params.normalizer
         stats = np.asarray([data.returns.mean(), max(float(data.returns.std()), 1e-3)], np.float32)
 
-        def loss(v_params, batch):
+        def loss(v_params, batch, key):
             obs, g = batch
             return jnp.mean((nets.value.apply(v_params, norm.normalize(obs)) - (g - stats[0]) / stats[1]) ** 2)
 
@@ -172,31 +173,51 @@ class QEstimation:
 
     def fit_critic(self, params: AgentParams, data: RolloutData, targets: np.ndarray, key: jax.Array
                    ) -> tuple[AgentParams, np.ndarray]:
-        """Every head of Q_RL (and the shared encoder) regresses onto Qhat_BC; targets copy the result."""
-        nets, norm = self.nets, params.normalizer
+        """Every head of Q_RL (and the shared encoder) regresses onto Qhat_BC; targets copy the result.
 
-        def loss(critic_and_encoder, batch):
+        Support: the rollout's (s, a) with precomputed targets, and with `critic_support=data_policy_uniform`
+        also a ~ pi_RL(s) and a ~ U[-1, 1]^d at the same states, scored by Qhat_BC on the fly.
+        """
+        nets, qcfg = self.nets, self.qcfg
+        norm = params.normalizer
+        wide = qcfg.critic_support == "data_policy_uniform"
+
+        def loss(critic_and_encoder, batch, key):
             critic, encoder = critic_and_encoder
             obs, a, q = batch
             feats = nets.encoder.apply(encoder, norm.normalize(obs))
-            return jnp.mean((nets.critic.apply(critic, feats, a) - q[None]) ** 2)
+            err = jnp.mean((nets.critic.apply(critic, feats, a) - q[None]) ** 2)
+            if not wide:
+                return err
+            k_pi, k_uniform, k_h1, k_h2 = jax.random.split(key, 4)
+            a_pi = jax.lax.stop_gradient(actor_dist(nets, params, obs).sample(k_pi))
+            a_uniform = jax.random.uniform(k_uniform, a.shape, minval=-1.0, maxval=1.0)
+            for extra, k_h in ((a_pi, k_h1), (a_uniform, k_h2)):
+                target = jax.lax.stop_gradient(qhat_bc(nets, params, obs, extra, qcfg, k_h))
+                err = err + jnp.mean((nets.critic.apply(critic, feats, extra) - target[None]) ** 2)
+            return err / 3.0
 
         (critic, encoder), losses = regress(loss, (params.critic, params.encoder),
-                                            (data.obs, data.actions, targets), self.qcfg.critic_updates,
-                                            self.qcfg.batch_size, self.qcfg.learning_rate, key)
+                                            (data.obs, data.actions, targets), qcfg.critic_updates,
+                                            qcfg.batch_size, qcfg.learning_rate, key)
         return params.replace(critic=critic, encoder=encoder, critic_target=critic, encoder_target=encoder), losses
 
     def fit_actor(self, params: AgentParams, data: RolloutData, key: jax.Array) -> tuple[AgentParams, np.ndarray]:
-        """pi_RL <- argmax log pi_RL(a_bc|s) on the rollout's BC actions."""
+        """pi_RL <- argmax E_{a~pi_BC(s)} log pi_RL(a|s) at the rollout states.
+
+        Every minibatch draws fresh BC actions: fitting the one executed action per state instead memorises
+        it and leaves pi_RL far narrower than pi_BC; then E_{a~pi_RL}[log pi_BC(a|s) + H] > 0, and the TD
+        backup from the Qhat_BC-initialised critic integrates that bonus over the horizon (Q_RL drifts up).
+        """
         nets = self.nets
 
-        def loss(actor, batch):
-            obs, a = batch
+        def loss(actor, obs, key):
             feats = jax.lax.stop_gradient(features(nets, params, obs))
-            return -jnp.mean(nets.actor.apply(actor, feats).log_prob(a))
+            bc_actions = jnp.clip(bc_dist(params, obs).sample(key), -1.0, 1.0)
+            return -jnp.mean(nets.actor.apply(actor, feats).log_prob(jax.lax.stop_gradient(bc_actions)))
 
-        actor, losses = regress(loss, params.actor, (data.obs, np.clip(data.actions, -1, 1)),
-                                self.qcfg.actor_updates, self.qcfg.batch_size, self.qcfg.learning_rate, key)
+        actor, losses = regress(loss, params.actor, data.obs, self.qcfg.actor_updates, self.qcfg.batch_size,
+                                self.qcfg.actor_learning_rate, key)
         return params.replace(actor=actor), losses
 
     def fit(self, params: AgentParams, episodes: Sequence[Episode], key: jax.Array,
@@ -207,13 +228,13 @@ class QEstimation:
         data = rollout_data(episodes, self.cfg)
         k_value, k_targets, k_critic, k_actor = jax.random.split(key, 4)
         params, value_losses = self.fit_value(params, data, k_value)
+        actor_losses = np.zeros(0)
+        if self.qcfg.init_actor == "bc":  # before the critic: its regression support includes pi_RL samples
+            params, actor_losses = self.fit_actor(params, data, k_actor)
         critic_losses = np.zeros(0)
         if init_critic:
             targets = self.critic_targets(params, data, k_targets)
             params, critic_losses = self.fit_critic(params, data, targets, k_critic)
-        actor_losses = np.zeros(0)
-        if self.qcfg.init_actor == "bc":
-            params, actor_losses = self.fit_actor(params, data, k_actor)
         report = QEstimationReport(
             num_steps=len(data.actions), num_episodes=len(episodes),
             success_rate=float(np.mean([ep.success for ep in episodes])), mean_return=float(np.mean(data.returns)),

@@ -273,11 +273,12 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
 
 def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any, batch: Batch, key: jax.Array
                ) -> tuple[jax.Array, ActorMetrics]:
-    """(1 - w)(-mean_heads Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]."""
+    """(1 - w)(-Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]; Q = mean (or min) of heads."""
     feats = jax.lax.stop_gradient(features(nets, params, batch.obs))
     dist = nets.actor.apply(actor, feats)
     action, log_prob = dist.sample_and_log_prob(key)
-    q = jnp.mean(nets.critic.apply(params.critic, feats, action), axis=0)
+    q_heads = nets.critic.apply(params.critic, feats, action)
+    q = jnp.min(q_heads, axis=0) if cfg.actor_q == "min" else jnp.mean(q_heads, axis=0)
     q_term = -jnp.mean(q)
     bc_nll = -jnp.mean(dist.log_prob(batch.a_bc))
     temperature = jnp.exp(params.log_temperature)

@@ -1,5 +1,7 @@
 """Q-Gating: the rule and its ties, the recorded values against independent computations, the baselines."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ STATE_DIM = 5
 TINY = {"hidden_dims": [16, 16], "value_hidden_dims": [16], "ensemble_size": 3, "batch_size": 8, "utd": 1}
 
 
+@functools.lru_cache(maxsize=None)
 def setup(algo: str):
     cfg = from_dict(AgentConfig, {**TINY, "algo": algo})
     net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [16]}), 7)
@@ -44,7 +47,7 @@ def test_q2rl_gate_values_and_choice():
     dist, _ = bc.distribution(batched)
     expected_q_bc = float(value(agent.nets, params, batched)[0]) + float(
         dist.log_prob(info.a_bc[None])[0] + dist.entropy()[0])
-    np.testing.assert_allclose(info.q_bc, expected_q_bc, rtol=1e-4, atol=1e-4)  # a_bc is inside [-1, 1] here
+    np.testing.assert_allclose(info.q_bc, expected_q_bc, rtol=1e-4, atol=1e-4)
     chosen = info.a_rl if info.q_rl >= info.q_bc else info.a_bc
     np.testing.assert_array_equal(action, chosen)
     assert bool(info.use_rl) == bool(info.q_rl >= info.q_bc)

@@ -130,7 +130,7 @@ def test_rollout_data_stacks_returns_per_episode():
 
 def test_fit_regresses_value_critic_and_actor():
     """On a tiny problem whose returns depend on the state, all three regressions get close."""
-    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 600, "critic_updates": 600, "actor_updates": 300,
+    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 400, "critic_updates": 400, "actor_updates": 300,
                                                "batch_size": 64, "learning_rate": 3e-3})
     bc = random_bc()
     agent, params = _params(cfg, bc)
@@ -149,6 +149,10 @@ def test_fit_regresses_value_critic_and_actor():
     from q2rl.core.sac import critic_values
     q = np.asarray(critic_values(agent.nets, fitted, data.obs, jnp.asarray(data.actions)))
     assert np.mean((q - targets[None]) ** 2) < 0.2 * np.var(targets)
+    # regressed at uniform actions too: Q_RL knows that off-BC actions are worse (Qhat_BC's log-prob term)
+    uniform = jax.random.uniform(jax.random.PRNGKey(4), data.actions.shape, minval=-1, maxval=1)
+    q_uniform = np.asarray(critic_values(agent.nets, fitted, data.obs, uniform))
+    assert q_uniform.mean() < q.mean() - 10.0
     from q2rl.core.sac import actor_dist
     nll = lambda p: -float(jnp.mean(actor_dist(agent.nets, p, data.obs).log_prob(jnp.asarray(data.actions))))
     assert nll(fitted) < nll(params) - 1.0

@@ -1,6 +1,8 @@
 """SAC pieces against numpy: TD target and masks, critic/actor/temperature losses, Polyak, subtree-only
 optimizers, UTD scan == sequential updates, and one compilation per update function."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,12 @@ B = 6
 
 
 def agent_and_params(**over):
+    return _agent_and_params(tuple(sorted(over.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _agent_and_params(over: tuple):
+    over = dict(over)
     cfg = from_dict(AgentConfig, {"hidden_dims": [8, 8], "value_hidden_dims": [8], "ensemble_size": 3,
                                   "critic_subsample": 2, "batch_size": B, "utd": 3, **over})
     net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [8]}), 7)
