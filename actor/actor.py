@@ -94,6 +94,7 @@ class Actor:
         deterministic_eval = cfg.actor.eval_deterministic
         self.gate_eval = self.agent.eval_gate if deterministic_eval else self.agent.gate
         self.bc_act_eval = self.agent.bc_mode_act if deterministic_eval else self.agent.bc_act
+        self._warm_up(example_obs(state_dim, images))
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
         self._seen_version = -1
@@ -108,6 +109,13 @@ class Actor:
         self._last_step_time: float | None = None
         self._last_status = 0.0
         self._mode = "train"
+
+    def _warm_up(self, obs) -> None:
+        """Compile every decision function now: the first gated step must not stall the control loop."""
+        for fn in (self.agent.bc_act, self.bc_act_eval):
+            jax.block_until_ready(fn(self.template, obs, self.key))
+        for gate in (self.agent.gate, self.gate_eval):
+            jax.block_until_ready(gate(self.template, obs, self.key))
 
     # -------------------------------------------------------------------------------------- parameters
     def refresh(self) -> None:

@@ -1,0 +1,306 @@
+"""Learner and actor: the phase driver, UTD against the insert rate, sim pacing, cut episodes, checkpoints,
+data-parallel updates, and — over real loopback gRPC between real processes — SIGKILL of an actor and of the
+learner (then --resume) without losing or duplicating a transition."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from process_util import REPO, child_env, free_port, q2rl, read_json, start, tiny_bc_policy, tiny_run_config, wait_for
+
+from q2rl.config import load_config
+from q2rl.interfaces import EpisodeReport, Transition
+
+
+@pytest.fixture(scope="module")
+def bc_checkpoint(tmp_path_factory):
+    return tiny_bc_policy(tmp_path_factory.getbasetemp() / "q2rl-tiny-bc")
+
+
+def run_config(tmp_path, bc_checkpoint, **sections):
+    from q2rl.run_config import RunConfig
+
+    return load_config(RunConfig, tiny_run_config(tmp_path, bc_checkpoint, **sections))
+
+
+class InProcessLink:
+    """TransitionSink + ParameterSource wired straight into a Learner (what gRPC does between processes)."""
+
+    def __init__(self, learner):
+        self.learner = learner
+        self.published = None
+        self.max_seq_over_grant = -(10**9)
+
+    def publish(self):
+        from q2rl.wire import params_from_bytes, params_to_bytes
+
+        self.learner.book.param_version += 1
+        version, subsets = self.learner.parameters()
+        # exactly what the wire does to a parameter set: flax msgpack per subset, decoded into nested dicts
+        self.published = version, {name: params_from_bytes(params_to_bytes(tree)) for name, tree in subsets.items()}
+
+    def add(self, t: Transition) -> None:
+        grants = self.published[1]["pacing"]
+        grant = int(grants.get(t.actor_id, grants["*"]))
+        self.max_seq_over_grant = max(self.max_seq_over_grant, t.seq - grant)
+        self.learner.ingest_transition(t)
+
+    def end_episode(self, report: EpisodeReport) -> None:
+        self.learner.ingest_report(report)
+
+    def latest(self):
+        return self.published
+
+
+def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_checkpoint):
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+    from q2rl.robot.envs import make_env
+
+    cfg = run_config(tmp_path, bc_checkpoint, session={"env_steps": 150}, learner={"eval_window": 2})
+    bc = load_bc_policy(bc_checkpoint)
+    learner = Learner(cfg, tmp_path, bc, int(bc.normalizer.state_mean.shape[-1]))
+    link = InProcessLink(learner)
+    phases = []
+    learner.on_phase_change = lambda: (phases.append(learner.book.phase), link.publish())
+    link.publish()
+
+    def learner_turn(_seconds):  # the actor's pacing hold lets the learner work (one thread, deterministic)
+        learner.work()
+        link.publish()
+
+    env = make_env(cfg.env)
+    actor = Actor(cfg, env, bc, sink=link, source=link, sleep=learner_turn)
+    assert actor.paced_by_learner  # sim + pace auto
+    while not learner.finished:
+        actor.run(max_episodes=actor.summary.episodes + 1)
+        learner_turn(0)
+    env.close()
+
+    book = learner.book
+    assert phases == ["q_estimation", "online"]
+    assert len(book.rollout_keys) >= cfg.agent.q_estimation.rollout_episodes
+    # UTD against the insert rate: exactly one update call per online env step, none ahead of the data.
+    assert book.updates == book.env_steps - book.online_start_steps > 0
+    # Pacing: the actor never sent a seq beyond its grant, and it did have to wait for the learner.
+    assert link.max_seq_over_grant <= 0
+    assert actor.summary.paced_s > 0
+    assert book.env_steps == actor.summary.env_steps == len(learner.replay)
+    # Parameters reached the actor and its steps record the version they were decided with.
+    assert actor.params is not None and actor.version > 0
+    # Eval episodes are reported (not trained on) and make the curve.
+    assert actor.summary.eval_episodes >= 2 and book.eval_episodes == actor.summary.eval_episodes
+    assert len(book.eval_curve) == book.eval_episodes // 2
+    status = learner.status()
+    assert status.phase == "done" and status.env_steps >= 150
+    assert 0.0 <= status.bc_share <= 1.0
+
+
+def test_cut_episodes_are_counted_once_however_they_are_learned_of(tmp_path, bc_checkpoint):
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+
+    cfg = run_config(tmp_path, bc_checkpoint)
+    bc = load_bc_policy(bc_checkpoint)
+    learner = Learner(cfg, tmp_path, bc, int(bc.normalizer.state_mean.shape[-1]))
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    seq = iter(range(100))
+
+    def step(episode, k, done=False):
+        s = np.full(dim, k, np.float32)
+        a = np.zeros(7, np.float32)
+        learner.ingest_transition(Transition("a", episode, k, next(seq), {"state": s}, a, 0.0, done, False,
+                                             {"state": s + 1}, a, a, 0.0, 0.0, "bc", 0))
+
+    step(0, 0), step(0, 1)
+    learner.ingest_report(EpisodeReport("a", 0, 2, False, 0.0, 1.0, cut=True, fault="actor restarted"))  # service
+    step(1, 0)  # ... and the actor moved on: still one cut
+    assert learner.book.cut_episodes == 1
+    learner.actor_lost("a")  # the actor's connection is gone mid-episode 1
+    learner.ingest_report(EpisodeReport("a", 1, 1, False, 0.0, 1.0, cut=True))  # and later the service says so
+    step(2, 0)
+    assert learner.book.cut_episodes == 2
+    step(2, 1, done=True)
+    learner.ingest_report(EpisodeReport("a", 2, 2, True, 1.0, 1.0))
+    assert (learner.book.cut_episodes, learner.book.episodes, learner.book.env_steps) == (2, 1, 5)
+    assert learner.status().train_success_rate == 1.0
+
+
+def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_checkpoint):
+    import jax
+
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+
+    cfg = run_config(tmp_path, bc_checkpoint)
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    a = Learner(cfg, tmp_path, bc, dim)
+    a.book.phase, a.book.updates, a.book.online_start_steps, a.book.param_version = "online", 17, 40, 9
+    a.book.eval_curve = [{"env_steps": 50, "success_rate": 0.5, "episodes": 10}]
+    a.state = a.state.replace(step=a.state.step + 5)
+    a.save()
+    b = Learner(dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, seed=123)), tmp_path, bc, dim)
+    assert b.restore_checkpoint()
+    assert b.saved_book == a.book
+    assert int(b.state.step) == int(a.state.step) == 5
+    for x, y in zip(jax.tree_util.tree_leaves(a.state.params.critic), jax.tree_util.tree_leaves(b.state.params.critic)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.array_equal(np.asarray(b.key), np.asarray(a.key))  # the RNG continues, not restarts
+    assert b.rng.integers(1 << 30) == a.rng.integers(1 << 30)
+
+
+def test_update_is_data_parallel_over_local_devices(tmp_path):
+    """With two (forced) CPU devices the batch is split on its batch axis and the result equals one device's."""
+    script = tmp_path / "dp.py"
+    script.write_text(textwrap.dedent("""
+        import json
+        import jax, numpy as np
+        from q2rl.config import from_dict
+        from q2rl.core.agent_config import AgentConfig
+        from q2rl.core.agents import make_agent
+        from q2rl.core.normalization import ObsNormalizer
+        from q2rl.core.replay import Batch
+        from q2rl.learner.learner import DataParallel
+
+        cfg = from_dict(AgentConfig, {"algo": "rlpd", "hidden_dims": [32, 32], "value_hidden_dims": [32],
+                                       "ensemble_size": 2, "batch_size": 8, "utd": 2})
+        agent = make_agent(cfg, 7, ())
+        params = agent.init_params(jax.random.PRNGKey(0), {"state": np.zeros(5, np.float32)})
+        state = agent.init_state(params)
+        rng = np.random.default_rng(0)
+        u, b = 2, 8
+        batch = Batch(obs={"state": rng.normal(size=(u, b, 5)).astype(np.float32)},
+                      actions=rng.uniform(-1, 1, (u, b, 7)).astype(np.float32),
+                      rewards=rng.normal(size=(u, b)).astype(np.float32),
+                      discounts=np.full((u, b), 0.99, np.float32),
+                      next_obs={"state": rng.normal(size=(u, b, 5)).astype(np.float32)},
+                      a_bc=rng.uniform(-1, 1, (u, b, 7)).astype(np.float32), is_demo=np.zeros((u, b), bool))
+        key = jax.random.PRNGKey(1)
+        single, _ = agent.update(state, batch, key)
+        dp = DataParallel(jax.local_devices(), b)
+        sharded = dp.shard_batch(batch)
+        multi, _ = agent.update(dp.replicate(state), sharded, key)
+        diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                   for x, y in zip(jax.tree_util.tree_leaves(single.params.critic),
+                                   jax.tree_util.tree_leaves(multi.params.critic)))
+        leaf = jax.tree_util.tree_leaves(multi.params.critic)[0]
+        print(json.dumps({"devices": len(jax.local_devices()), "max_diff": diff,
+                          "batch_shards": len(sharded.actions.sharding.device_set),
+                          "batch_spec": str(sharded.actions.sharding.spec),
+                          "result_devices": len(leaf.sharding.device_set)}))
+        """))
+    env = child_env()
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2
+    assert result["batch_shards"] == 2 and "batch" in result["batch_spec"]
+    assert result["result_devices"] == 2  # the state stays replicated on both devices
+    assert result["max_diff"] < 1e-4  # same update as on one device (up to float reassociation)
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_a_clear_error():
+    from q2rl.learner.learner import DataParallel
+
+    class Fake:
+        pass
+
+    with pytest.raises(ValueError, match="batch_size 10 does not split over 3 devices"):
+        DataParallel([Fake(), Fake(), Fake()], 10)
+
+
+# ------------------------------------------------------------------------------------------ real processes
+def store_seqs(run: Path, actor_id: str) -> list[int]:
+    from q2rl.learner.episode_store import EpisodeStore
+
+    return [t.seq for ep in EpisodeStore(run).episodes(actor_id) for t in ep.transitions]
+
+
+@pytest.mark.slow
+def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp_path, bc_checkpoint):
+    """Two actors at a 20 Hz control rate (a real robot's pacing). SIGKILL one actor: the learner keeps training
+    on the other and counts the cut episode. SIGKILL the learner: the live actor never stalls longer than one
+    control period, and after `q2rl learner --resume` the episode store and the replay hold every transition
+    exactly once (counted by seq)."""
+    port = free_port()
+    hz = 20.0
+    config = tiny_run_config(
+        tmp_path, bc_checkpoint,
+        env={"sim": {"control_hz": hz}},
+        learner={"address": f"127.0.0.1:{port}", "run_name": "faults", "checkpoint_every_s": 1.0},
+        actor={"pace": "control_rate", "eval_every_episodes": 0},
+        session={"env_steps": 100000},
+    )
+    run = tmp_path / "runs" / "faults"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    learner = start(q2rl("learner", "--config", str(config)), logs / "learner.log")
+    procs = [learner]
+    try:
+        wait_for(lambda: (run / "learner.addr").is_file(), 180, "the learner to serve", (learner,))
+
+        def actor(name):
+            return start(q2rl("actor", "--config", str(run / "config.yaml"), "--learner", f"127.0.0.1:{port}",
+                              f"actor.actor_id={name}", f"actor.status_dir={run}",
+                              f"actor.spool_dir={tmp_path / 'spool' / name}", "actor.console=none"),
+                         logs / f"{name}.log")
+
+        steady, doomed = actor("steady"), actor("doomed")
+        procs += [steady, doomed]
+        status = lambda: read_json(run / "status.json") or {}
+        wait_for(lambda: status().get("phase") == "online" and status().get("updates", 0) > 20, 240,
+                 "online updates", (learner, steady, doomed))
+
+        # 1. SIGKILL an actor mid-episode: training goes on with the other; the cut episode is accounted.
+        doomed.kill()
+        doomed.wait()
+        killed_at = status()["updates"]
+        wait_for(lambda: status().get("cut_episodes", 0) >= 1, 60, "the cut episode to be counted", (learner,))
+        wait_for(lambda: status()["updates"] > killed_at + 20, 60, "updates after the actor died", (learner, steady))
+
+        # 2. SIGKILL the learner; the actor keeps stepping (spooling), then the learner resumes on the same port.
+        before = status()["env_steps"]
+        learner.kill()
+        learner.wait()
+        time.sleep(3.0)
+        learner = start(q2rl("learner", "--resume", str(run)), logs / "learner-resumed.log")
+        procs.append(learner)
+        wait_for(lambda: status().get("env_steps", 0) > before + 60 and status().get("updates", 0) > 0, 240,
+                 "the resumed learner to ingest the spooled and new steps", (learner, steady))
+
+        # 3. Clean shutdown: the actor flushes its spool, then the learner checkpoints.
+        steady.send_signal(signal.SIGINT)
+        assert steady.wait(60) == 0
+        learner.send_signal(signal.SIGINT)
+        assert learner.wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+    final = read_json(run / "status.json")
+    steady_status = read_json(run / "actors" / "steady.json")
+    sent = steady_status["env_steps"]
+    seqs = store_seqs(run, "steady")
+    assert seqs == list(range(sent)), "every transition the actor made is stored exactly once, in seq order"
+    doomed_seqs = store_seqs(run, "doomed")
+    assert doomed_seqs == list(range(len(doomed_seqs))) and doomed_seqs
+    assert final["replay_size"] == final["env_steps"] == len(seqs) + len(doomed_seqs)
+    assert final["duplicates_dropped"] == 0
+    assert final["cut_episodes"] >= 1
+    # The control loop never stalled while the learner was gone: no gap beyond one extra control period.
+    assert steady_status["max_loop_gap_ms"] < 2 * 1000.0 / hz, steady_status
+    assert "resumed" in (logs / "learner-resumed.log").read_text()
