@@ -1,6 +1,8 @@
 """Q-Estimation: MC returns and the failure convention by hand, Qhat_BC terms against scipy,
 E_{a~pi_BC}[Qhat_BC] = V by Monte Carlo, and the three regressions on tiny problems."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +56,13 @@ def test_qhat_terms_and_floor():
     np.testing.assert_allclose(q, [2 + 0.5 * (-1.5 + 3), 2 + 0.5 * (-100 + 3)])
 
 
+@functools.lru_cache(maxsize=None)
+def _agent(cfg):
+    return make_agent(cfg)
+
+
 def _params(cfg, bc, value_mean=0.0, value_std=1.0):
-    agent = make_agent(cfg)
+    agent = _agent(cfg)
     params = agent.init_params(jax.random.PRNGKey(1), {"state": np.zeros(STATE_DIM, np.float32)}, bc)
     return agent, params.replace(value_stats=jnp.array([value_mean, value_std], jnp.float32))
 
@@ -128,6 +135,7 @@ def test_rollout_data_stacks_returns_per_episode():
     assert data.obs["state"].shape == (5, STATE_DIM)
 
 
+@pytest.mark.slow
 def test_fit_regresses_value_critic_and_actor():
     """On a tiny problem whose returns depend on the state, all three regressions get close."""
     cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 400, "critic_updates": 400, "actor_updates": 300,

@@ -152,6 +152,7 @@ def test_utd_scan_equals_sequential_updates_and_compiles_once():
     assert np.isfinite(float(metrics.critic.critic_loss))
 
 
+@pytest.mark.slow
 def test_image_encoder_is_trained_by_the_critic_only():
     """Shared encoder: the critic loss moves it; the actor reads it through stop_gradient."""
     cfg = from_dict(AgentConfig, {"hidden_dims": [8], "value_hidden_dims": [8], "ensemble_size": 2, "batch_size": 2,

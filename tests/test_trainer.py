@@ -34,6 +34,7 @@ def sim():
     return make_env, bc
 
 
+@pytest.mark.slow
 def test_q2rl_phase1_then_online(sim):
     make_env, bc = sim
     agent = make_agent(from_dict(AgentConfig, {**TINY, "algo": "q2rl"}))
