@@ -142,10 +142,11 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for algo, r in results.items():
-        ax1.plot(r["env_steps"], r["success"], marker="o", ms=3, label=algo)
+    for i, (algo, r) in enumerate(results.items()):
+        color = f"C{i}"  # the same colour for an algorithm in both panels
+        ax1.plot(r["env_steps"], r["success"], marker="o", ms=3, label=algo, color=color)
         if algo != "bc":
-            ax2.plot(r["env_steps"], r["bc_share"], marker="o", ms=3, label=algo)
+            ax2.plot(r["env_steps"], r["bc_share"], marker="o", ms=3, label=algo, color=color)
     ax1.axhline(bc_success, color="gray", ls=":", lw=1)
     ax1.axhline(min(bc_success + 0.2, 1.0), color="gray", ls="--", lw=1)
     ax1.set(xlabel="env steps", ylabel="eval success", title=f"{task}: eval success", ylim=(-0.02, 1.02))
