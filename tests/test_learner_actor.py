@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,10 @@ class InProcessLink:
 
     def end_episode(self, report: EpisodeReport) -> None:
         self.learner.ingest_report(report)
+        self.after_episode()
+
+    def after_episode(self) -> None:
+        """Overridden by a test to give the learner a turn (in its own process it runs concurrently)."""
 
     def latest(self):
         return self.published
@@ -74,17 +79,21 @@ def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_ch
     learner.on_phase_change = lambda: (phases.append(learner.book.phase), link.publish())
     link.publish()
 
+    done = threading.Event()
+
     def learner_turn(_seconds):  # the actor's pacing hold lets the learner work (one thread, deterministic)
         learner.work()
         link.publish()
+        if learner.finished:
+            done.set()  # what the session does once the env-step budget is spent: stop the actor
 
+    link.after_episode = lambda: learner_turn(0)
     env = make_env(cfg.env)
     actor = Actor(cfg, env, bc, sink=link, source=link, sleep=learner_turn)
     assert actor.paced_by_learner  # sim + pace auto
-    while not learner.finished:
-        actor.run(max_episodes=actor.summary.episodes + 1)
-        learner_turn(0)
+    summary = actor.run(done)
     env.close()
+    assert summary.quit and summary.cut_episodes == 1  # stopped while held mid-episode: that episode is cut
 
     book = learner.book
     assert phases == ["q_estimation", "online"]
