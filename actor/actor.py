@@ -32,7 +32,7 @@ from q2rl.core.agents import make_agent
 from q2rl.core.trainer import policy_obs
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, ParameterSource, Transition, TransitionSink
 from q2rl.learner.learner import PACING, apply_parameter_set, camera_shapes, example_obs, init_agent_params
-from q2rl.learner.progress import ActorStatus, write_actor_status
+from q2rl.learner.progress import ActorStatus, StatusWriter, write_actor_status
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class ActorSummary:
     cut_episodes: int = 0
     paced_s: float = 0.0
     max_loop_gap_s: float = 0.0
+    max_loop_gap_at: str = ""  # "episode/step" where the longest gap between two control steps happened
     quit: bool = False
 
 
@@ -83,6 +84,8 @@ class Actor:
         self.paced_by_learner = paced_by_learner
         self.period_s = 1.0 / cfg.env.control_hz
         self.status_dir = Path(status_dir) if status_dir else None
+        self._status_writer = (StatusWriter(lambda st: write_actor_status(self.status_dir, st))
+                               if self.status_dir is not None else None)
         self.clock, self.sleep = clock, sleep
         images = camera_shapes(cfg.env)
         self.cameras = tuple(images)
@@ -109,6 +112,8 @@ class Actor:
         self._last_step_time: float | None = None
         self._last_status = 0.0
         self._mode = "train"
+        self._step = 0
+        self._recent_max_gap = 0.0  # longest gap between control steps since the last status snapshot
 
     def _warm_up(self, obs) -> None:
         """Compile every decision function now: the first gated step must not stall the control loop."""
@@ -220,6 +225,8 @@ class Actor:
         except _Quit:
             self.summary.quit = True
         self._publish_status(force=True)
+        if self._status_writer is not None:
+            self._status_writer.close()
         return self.summary
 
     def evaluate(self, episodes: int, stop: threading.Event | None = None) -> float:
@@ -256,6 +263,7 @@ class Actor:
                     ending += self._serve_console(stop)
                 if stop.is_set():
                     raise _Quit
+                self._step = step
                 action, info = self._decide(obs, evaluate)
                 self._note_loop_gap()
                 raw_next, reward, terminated, truncated, env_info = self.env.step(action)
@@ -330,7 +338,11 @@ class Actor:
     def _note_loop_gap(self) -> None:
         now = self.clock()
         if self._last_step_time is not None:
-            self.summary.max_loop_gap_s = max(self.summary.max_loop_gap_s, now - self._last_step_time)
+            gap = now - self._last_step_time
+            self._recent_max_gap = max(self._recent_max_gap, gap)
+            if gap > self.summary.max_loop_gap_s:
+                self.summary.max_loop_gap_s = gap
+                self.summary.max_loop_gap_at = f"{self.episode_id - 1}/{self._step}"
         self._last_step_time = now
 
     # -------------------------------------------------------------------------------------- status
@@ -351,11 +363,13 @@ class Actor:
                 learner_version=self.version if self.params is not None else -1,
                 link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
                 mode="paused" if self.paused else self._mode, message="waiting for the learner" if waiting else ""))
-        if self.status_dir is not None:
-            write_actor_status(self.status_dir, ActorStatus(
+        if self._status_writer is not None:
+            self._status_writer.update(ActorStatus(
                 actor_id=self.actor_id, episode=self.episode_id, env_steps=self.summary.env_steps,
                 param_version=self.version, link=link, spooled=0 if h is None else int(h.unacked),
-                waiting_for_learner_s=self.summary.paced_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s))
+                waiting_for_learner_s=self.summary.paced_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
+                max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))
+            self._recent_max_gap = 0.0
 
 
 def _apply_operator(commands: list, reward: float, terminated: bool, truncated: bool) -> tuple[float, bool, bool]:

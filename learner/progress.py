@@ -8,6 +8,7 @@ humans and the session, never for restoring state.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class ActorStatus:
     waiting_for_learner_s: float = 0.0  # time spent paced (sim) — the learner is the bottleneck
     steps_per_s: float = 0.0
     max_loop_gap_ms: float = 0.0
+    max_loop_gap_at: str = ""
+    recent_max_loop_gap_ms: float = 0.0  # the longest gap since the previous snapshot (about a second)
     updated_at: float = 0.0
 
     def to_json(self) -> dict:
@@ -87,7 +90,7 @@ class ActorStatus:
 
 def write_learner_status(run_dir: Path, status: LearnerStatus) -> None:
     status.updated_at = time.time()
-    write_json(run_dir / STATUS_FILE, status.to_json())
+    write_json(run_dir / STATUS_FILE, status.to_json(), durable=False)
 
 
 def read_learner_status(run_dir: Path) -> LearnerStatus | None:
@@ -101,7 +104,44 @@ def actor_status_path(run_dir: Path, actor_id: str) -> Path:
 
 def write_actor_status(run_dir: Path, status: ActorStatus) -> None:
     status.updated_at = time.time()
-    write_json(actor_status_path(run_dir, status.actor_id), status.to_json())
+    write_json(actor_status_path(run_dir, status.actor_id), status.to_json(), durable=False)
+
+
+class StatusWriter:
+    """Writes the newest status snapshot from a background thread, so file I/O never runs in a control loop.
+
+        writer = StatusWriter(lambda s: write_actor_status(run_dir, s)); writer.update(status); ...; writer.close()
+    """
+
+    def __init__(self, write, interval_s: float = 1.0):
+        self._write, self._interval_s = write, interval_s
+        self._latest = None
+        self._written = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="q2rl-status", daemon=True)
+        self._thread.start()
+
+    def update(self, status) -> None:
+        self._latest = status  # one reference swap; the writer thread picks it up
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._flush()
+
+    def _flush(self) -> None:
+        latest = self._latest
+        if latest is not None and latest is not self._written:
+            try:
+                self._write(latest)
+            except OSError:
+                pass  # status is best effort; the next snapshot tries again
+            self._written = latest
+
+    def close(self) -> None:
+        """Stop the thread and write the last snapshot."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self._flush()
 
 
 def read_actor_statuses(run_dir: Path) -> list[ActorStatus]:

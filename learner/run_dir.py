@@ -32,8 +32,10 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists already, missing, or not a run)."""
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Replace `path` with `data` so that readers see either the old or the new file, never a torn one."""
+def atomic_write(path: str | Path, data: bytes | str, durable: bool = True) -> None:
+    """Replace `path` with `data` so that readers see either the old or the new file, never a torn one.
+    `durable=False` skips the fsyncs (live status files: a crash may lose the last one, which is fine, and an
+    fsync can stall for seconds on a busy disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -42,11 +44,14 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -54,8 +59,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         os.close(dir_fd)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
+def write_json(path: str | Path, obj: Any, durable: bool = True) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True), durable)
 
 
 def read_json(path: str | Path) -> Any | None:

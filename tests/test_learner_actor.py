@@ -282,13 +282,21 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
 
         # 2. SIGKILL the learner; the actor keeps stepping (spooling), then the learner resumes on the same port.
         before = status()["env_steps"]
+        gaps = []  # the actor's longest control-step gap per status snapshot, while the learner is away
+
+        def sample_gaps():
+            snapshot = read_json(run / "actors" / "steady.json") or {}
+            gaps.append((snapshot.get("updated_at"), snapshot.get("recent_max_loop_gap_ms", 0.0)))
+
         learner.kill()
         learner.wait()
-        time.sleep(3.0)
+        for _ in range(12):
+            time.sleep(0.25)
+            sample_gaps()
         learner = start(q2rl("learner", "--resume", str(run)), logs / "learner-resumed.log")
         procs.append(learner)
-        wait_for(lambda: status().get("env_steps", 0) > before + 60 and status().get("updates", 0) > 0, 240,
-                 "the resumed learner to ingest the spooled and new steps", (learner, steady))
+        wait_for(lambda: sample_gaps() or (status().get("env_steps", 0) > before + 60 and status().get("updates", 0) > 0),
+                 240, "the resumed learner to ingest the spooled and new steps", (learner, steady), poll_s=0.25)
 
         # 3. Clean shutdown: the actor flushes its spool, then the learner checkpoints.
         steady.send_signal(signal.SIGINT)
@@ -310,6 +318,9 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     assert final["replay_size"] == final["env_steps"] == len(seqs) + len(doomed_seqs)
     assert final["duplicates_dropped"] == 0
     assert final["cut_episodes"] >= 1
-    # The control loop never stalled while the learner was gone: no gap beyond one extra control period.
-    assert steady_status["max_loop_gap_ms"] < 2 * 1000.0 / hz, steady_status
+    # The control loop never stalled while the learner was gone or restarting: between two control steps there
+    # was never more than one control period on top of the schedule.
+    snapshots = {t: g for t, g in gaps if t is not None}
+    assert len(snapshots) >= 3, gaps
+    assert max(snapshots.values()) < 2 * 1000.0 / hz, sorted(snapshots.values())
     assert "resumed" in (logs / "learner-resumed.log").read_text()
