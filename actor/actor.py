@@ -251,11 +251,11 @@ class Actor:
         next_tick = self.clock()
         try:
             while True:
-                if not self.paced_by_learner:
-                    next_tick = self._hold_control_rate(next_tick)
-                elif not evaluate:
-                    self._hold_for_learner(stop)
+                if self.paced_by_learner and not evaluate:
+                    self._hold_for_learner(stop)  # refreshes while it holds
                 else:
+                    if not self.paced_by_learner:
+                        next_tick = self._hold_control_rate(next_tick)
                     self.refresh()
                 ending = self._serve_console(stop)
                 while self.paused and not stop.is_set():

@@ -318,6 +318,7 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     assert final["replay_size"] == final["env_steps"] == len(seqs) + len(doomed_seqs)
     assert final["duplicates_dropped"] == 0
     assert final["cut_episodes"] >= 1
+    assert steady_status["param_version"] > 0, "the control-rate actor adopted the learner's parameters"
     # The control loop never stalled while the learner was gone or restarting: between two control steps there
     # was never more than one control period on top of the schedule.
     snapshots = {t: g for t, g in gaps if t is not None}
