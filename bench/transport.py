@@ -208,9 +208,14 @@ def bare_loop_jitter(seconds: float, hz: float = 10.0) -> dict:
 
 
 def learner_live_share() -> float | None:
-    """Hook: learner updates/s in a live session as a share of the bare jitted loop. Measured by the session
-    benchmark (it needs the learner and agent); None here."""
-    return None
+    """Learner updates/s in a live session as a share of the bare jitted loop, measured by bench/live_share.py
+    (it needs the learner, the agent and an actor); None when that measurement fails."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("live_share.py"))], stdout=subprocess.PIPE,
+                          text=True)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])["learner_live_share"]
+    except (IndexError, KeyError, json.JSONDecodeError):
+        return None
 
 
 def main(argv: list[str]) -> int:
