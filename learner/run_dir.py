@@ -6,7 +6,6 @@
         episodes/            append-only episode files (learner.episode_store)
         status.json          the learner's live status (rewritten atomically about once a second)
         actors/<id>.json     each actor's live status (link health, spool)
-        episodes.jsonl       one line per finished episode report
         learner.addr         host:port the learner actually bound (written once it serves)
 
 Every write that replaces a file goes through `atomic_write`: a crash mid-write leaves the old file intact.

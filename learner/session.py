@@ -295,8 +295,8 @@ def format_summary(result: SessionResult) -> str:
     lines += [
         "",
         f"run files in {run}/",
-        f"  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition)",
-        f"  episodes.jsonl (episode log)    status.json   {SUMMARY_FILE}   *.log (process logs)",
+        f"  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
+        f"  status.json   {SUMMARY_FILE}   {FINAL_EVAL_FILE}   actors/ (actor status)   *.log (process logs)",
         f"continue it: q2rl session --resume {run}",
         "=" * 72,
     ]
