@@ -160,7 +160,10 @@ def test_fit_regresses_value_critic_and_actor():
     # regressed at uniform actions too: Q_RL knows that off-BC actions are worse (Qhat_BC's log-prob term)
     uniform = jax.random.uniform(jax.random.PRNGKey(4), data.actions.shape, minval=-1, maxval=1)
     q_uniform = np.asarray(critic_values(agent.nets, fitted, data.obs, uniform))
-    assert q_uniform.mean() < q.mean() - 10.0
+    qhat_uniform = np.asarray(qhat_bc(agent.nets, fitted, data.obs, uniform, cfg.q_estimation, jax.random.PRNGKey(5)))
+    true_gap = targets.mean() - qhat_uniform.mean()
+    assert true_gap > 5.0  # the BC log-prob makes off-BC actions much worse under Qhat_BC
+    assert q.mean() - q_uniform.mean() > 0.5 * true_gap, (q.mean(), q_uniform.mean(), true_gap)
     from q2rl.core.sac import actor_dist
     nll = lambda p: -float(jnp.mean(actor_dist(agent.nets, p, data.obs).log_prob(jnp.asarray(data.actions))))
     assert nll(fitted) < nll(params) - 1.0
