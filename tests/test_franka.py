@@ -504,7 +504,9 @@ def test_reflex_truncates_with_errors_and_recovery_happens_before_next_reset(sim
 @pytest.mark.timeout(120)
 def test_joint_reset_runs_periodically(sim):
     hostname, _ = sim
-    env = make_env(hostname, joint_reset_every=2, max_episode_steps=1)
+    # Cartesian mode: after reset the arm holds the home motion's end point; an impedance tracker started on
+    # a loaded machine lets franky-sim's arm sag a few mm, which is not what this test is about.
+    env = make_env(hostname, joint_reset_every=2, max_episode_steps=1, control_mode="cartesian")
     try:
         flags = [env.reset(seed=i)[1]["joint_reset"] for i in range(3)]
         assert flags == [True, False, True]
