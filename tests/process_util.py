@@ -75,9 +75,11 @@ def child_env() -> dict:
     return env
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen:
+def start(argv: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
+    """A q2rl process writing to `log`; `niceness` > 0 lowers its CPU priority."""
+    lower_priority = (lambda: os.nice(niceness)) if niceness else None
     return subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=child_env(), cwd=REPO)
+                            env=child_env(), cwd=REPO, preexec_fn=lower_priority)
 
 
 def free_port() -> int:

@@ -256,7 +256,9 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     run = tmp_path / "runs" / "faults"
     logs = tmp_path / "logs"
     logs.mkdir()
-    learner = start(q2rl("learner", "--config", str(config)), logs / "learner.log")
+    # In a deployment the learner has a box of its own; here it shares two cores with the actors, so it runs at
+    # lower CPU priority, as if on another machine, while the control loop's timing is measured.
+    learner = start(q2rl("learner", "--config", str(config)), logs / "learner.log", niceness=10)
     procs = [learner]
     try:
         wait_for(lambda: (run / "learner.addr").is_file(), 180, "the learner to serve", (learner,))
@@ -293,7 +295,7 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
         for _ in range(12):
             time.sleep(0.25)
             sample_gaps()
-        learner = start(q2rl("learner", "--resume", str(run)), logs / "learner-resumed.log")
+        learner = start(q2rl("learner", "--resume", str(run)), logs / "learner-resumed.log", niceness=10)
         procs.append(learner)
         wait_for(lambda: sample_gaps() or (status().get("env_steps", 0) > before + 60 and status().get("updates", 0) > 0),
                  240, "the resumed learner to ingest the spooled and new steps", (learner, steady), poll_s=0.25)
