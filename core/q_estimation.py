@@ -21,7 +21,7 @@ import optax
 
 from q2rl.core.agent_config import AgentConfig, QEstimationConfig
 from q2rl.core.replay import Episode
-from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, features, value
+from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, bc_nll_target, features, value
 
 
 # ------------------------------------------------------------------------------------------------ math
@@ -213,7 +213,7 @@ class QEstimation:
 
         def loss(actor, obs, key):
             feats = jax.lax.stop_gradient(features(nets, params, obs))
-            bc_actions = jnp.clip(bc_dist(params, obs).sample(key), -1.0, 1.0)
+            bc_actions = bc_nll_target(bc_dist(params, obs).sample(key))
             return -jnp.mean(nets.actor.apply(actor, feats).log_prob(jax.lax.stop_gradient(bc_actions)))
 
         actor, losses = regress(loss, params.actor, data.obs, self.qcfg.actor_updates, self.qcfg.batch_size,

@@ -221,6 +221,17 @@ def subsample_min(key: jax.Array, q_heads: jax.Array, subsample: int) -> jax.Arr
 
 
 # ------------------------------------------------------------------------------------------------ losses
+# pi_RL scores BC actions for its NLL inside +-BC_NLL_LIMIT (as the authors' release does, 0.99). A BC action
+# clipped to the box edge (pick_cube: the gripper in ~half of the sampled BC actions) otherwise sits at
+# atanh(1 - 1e-6) = 7.25 pre-tanh, where its NLL is hundreds to thousands of nats and swamps the Q term.
+BC_NLL_LIMIT = 0.99
+
+
+def bc_nll_target(a_bc: jax.Array) -> jax.Array:
+    """The BC action pi_RL's NLL scores: clipped to +-BC_NLL_LIMIT (see above)."""
+    return jnp.clip(a_bc, -BC_NLL_LIMIT, BC_NLL_LIMIT)
+
+
 class CriticMetrics(NamedTuple):
     critic_loss: jax.Array
     q_mean: jax.Array
@@ -280,7 +291,7 @@ def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any
     q_heads = nets.critic.apply(params.critic, feats, action)
     q = jnp.min(q_heads, axis=0) if cfg.actor_q == "min" else jnp.mean(q_heads, axis=0)
     q_term = -jnp.mean(q)
-    bc_nll = -jnp.mean(dist.log_prob(batch.a_bc))
+    bc_nll = -jnp.mean(dist.log_prob(bc_nll_target(batch.a_bc)))
     temperature = jnp.exp(params.log_temperature)
     loss = (1.0 - cfg.bc_weight) * q_term + cfg.bc_weight * bc_nll
     if cfg.entropy:

@@ -178,3 +178,21 @@ def test_image_encoder_is_trained_by_the_critic_only():
     assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(critic_grad))
     action, info = agent.gate(params, one, jax.random.PRNGKey(3))
     assert action.shape == (7,) and bool(info.use_rl)
+
+
+def test_actor_nll_scores_box_edge_bc_actions_at_0_99():
+    """A BC action clipped to the box edge (a saturated gripper) is scored at +-0.99, not at atanh(1 - 1e-6)."""
+    agent, params = agent_and_params(bc_weight=0.3)
+    b = batch(2)
+    a_bc = np.array(b.a_bc)
+    a_bc[:, 6] = np.where(np.arange(B) % 2 == 0, 1.0, -1.0)
+    b = b._replace(a_bc=a_bc)
+    _, m = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, jax.random.PRNGKey(5))
+    dist = sac.actor_dist(agent.nets, params, b.obs)
+    mean, log_std = np.asarray(dist.mean, np.float64), np.asarray(dist.log_std, np.float64)
+    scored = np.clip(a_bc.astype(np.float64), -0.99, 0.99)
+    u = np.arctanh(scored)
+    log_prob = np.sum(-0.5 * ((u - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * np.log(2 * np.pi)
+                      - np.log(1.0 - scored ** 2), axis=-1)
+    assert float(m.bc_nll) == pytest.approx(-log_prob.mean(), rel=1e-4)
+    assert float(m.bc_nll) < -float(np.asarray(dist.log_prob(jnp.asarray(a_bc))).mean())  # the edge costs far more
