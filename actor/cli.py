@@ -19,21 +19,16 @@ import sys
 import threading
 from pathlib import Path
 
-from q2rl.config import ConfigError, describe, load_config
+from q2rl.config import ConfigError, load_config
 
 log = logging.getLogger("q2rl.actor")
 FINAL_EVAL_FILE = "final_eval.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import RunConfig
+    from q2rl.run_config import command_parser
 
-    parser = argparse.ArgumentParser(
-        prog="q2rl actor",
-        description="Run an actor: environment loop with Q-Gating, streaming transitions to a learner.",
-        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.")
     parser.add_argument("--config", required=True, help="run config YAML (use the learner's runs/<run>/config.yaml)")
     parser.add_argument("--learner", help="host:port of the learner")
     parser.add_argument("--evaluate", metavar="RUN", help="evaluate the final checkpoint of run directory RUN instead")

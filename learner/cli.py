@@ -24,21 +24,16 @@ import threading
 import time
 from pathlib import Path
 
-from q2rl.config import ConfigError, describe, dump_yaml, load_config
+from q2rl.config import ConfigError, dump_yaml, load_config
 from q2rl.learner.run_dir import ADDRESS_FILE, CONFIG_FILE, atomic_write, create_run_dir, default_run_name, open_run_dir
 
 log = logging.getLogger("q2rl.learner")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import RunConfig
+    from q2rl.run_config import command_parser
 
-    parser = argparse.ArgumentParser(
-        prog="q2rl learner",
-        description="Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.",
-        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("q2rl learner", "Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="run config YAML (starts a new run directory)")
     source.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with all its data")

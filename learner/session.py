@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from q2rl.config import ConfigError, describe, load_config, to_dict
+from q2rl.config import ConfigError, load_config, to_dict
 from q2rl.learner.progress import (
     EvalPoint,
     LearnerStatus,
@@ -304,14 +304,9 @@ def format_summary(result: SessionResult) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import RunConfig
+    from q2rl.run_config import command_parser
 
-    parser = argparse.ArgumentParser(
-        prog="q2rl session",
-        description="Run a whole Q2RL training session: the learner and N actors as processes on loopback.",
-        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("q2rl session", "Run a whole Q2RL training session: the learner and N actors as processes on loopback.")
     parser.add_argument("--config", default="configs/sim/pick_cube.yaml", help="run config YAML")
     parser.add_argument("--actors", type=int, help="number of simulated actors (session.actors)")
     parser.add_argument("--env-steps", type=int, help="end after this many training env steps (session.env_steps)")

@@ -172,3 +172,17 @@ def compatibility_hash(cfg: RunConfig, bc_digest: str = "") -> str:
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes (short), e.g. of the BC checkpoint for `compatibility_hash`."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def command_parser(prog: str, description: str) -> "argparse.ArgumentParser":
+    """An argument parser whose --help lists every RunConfig field with its help text."""
+    import argparse
+
+    from q2rl.config import describe
+
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
