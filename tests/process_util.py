@@ -77,9 +77,10 @@ def child_env() -> dict:
 
 def start(argv: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
     """A q2rl process writing to `log`; `niceness` > 0 lowers its CPU priority."""
-    lower_priority = (lambda: os.nice(niceness)) if niceness else None
-    return subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=child_env(), cwd=REPO, preexec_fn=lower_priority)
+    # `nice` rather than a preexec_fn: running Python code between fork and exec can deadlock under JAX threads.
+    prefix = ["nice", "-n", str(niceness)] if niceness else []
+    return subprocess.Popen(prefix + argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=child_env(), cwd=REPO)
 
 
 def free_port() -> int:
