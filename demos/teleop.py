@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from q2rl.config import ConfigError, from_dict, parse_override, read_yaml, to_dict
+from q2rl.config import ConfigError, from_dict, read_yaml_with_overrides, to_dict
 from q2rl.interfaces import ACTION_DIM
 
 # key -> (action index, sign)
@@ -162,14 +162,7 @@ class TeleopEnv(NamedTuple):
 
 def make_teleop_env(config_path: str, overrides: list[str], signals: Any = None) -> TeleopEnv:
     """The env named by a run config's `env` section (backend sim or franka)."""
-    data = read_yaml(config_path)
-    for text in overrides:
-        key, value = parse_override(text)
-        node = data
-        *parents, last = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = value
+    data = read_yaml_with_overrides(config_path, overrides)
     env_section = data.get("env") or {}
     backend = env_section.get("backend", "sim")
     source = {"kind": "teleop"}

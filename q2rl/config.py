@@ -188,12 +188,18 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Load `cls` from a YAML file (or defaults), apply `a.b=value` overrides, validate."""
+def read_yaml_with_overrides(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> dict:
+    """A YAML mapping from a file (or {}) with `a.b=value` overrides applied (not yet validated)."""
     data = read_yaml(path) if path is not None else {}
     for text in overrides:
         key, value = parse_override(text)
         _set_path(data, key, value)
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load `cls` from a YAML file (or defaults), apply `a.b=value` overrides, validate."""
+    data = read_yaml_with_overrides(path, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

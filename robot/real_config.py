@@ -288,18 +288,9 @@ class FrankaEnvConfig:
 
 def load_franka_env_config(path, overrides=()) -> FrankaEnvConfig:
     """The `env.franka` section of a run-config file (other sections are not read), with `a.b=value` overrides."""
-    from q2rl.config import parse_override, read_yaml
+    from q2rl.config import read_yaml_with_overrides
 
-    data = read_yaml(path)
-    for text in overrides:
-        key, value = parse_override(text)
-        node = data
-        *parents, last = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text}: {k} is not a section")
-        node[last] = value
+    data = read_yaml_with_overrides(path, overrides)
     env = data.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"env: expected a mapping in {path}")
