@@ -11,11 +11,12 @@ from q2rl.learner.episode_store import EpisodeStore
 
 
 @pytest.mark.slow
-def test_a_short_session_trains_and_leaves_a_complete_run_directory(tmp_path):
+def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_directory(tmp_path):
     env_steps = 240
     config = tiny_run_config(tmp_path, session={"env_steps": env_steps})
     proc = subprocess.run(
-        q2rl("session", "--config", str(config), "--env-steps", str(env_steps), "learner.run_name=smoke"),
+        q2rl("session", "--config", str(config), "--env-steps", str(env_steps), "--actors", "2",
+             "learner.run_name=smoke"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=400,
     )
     out = proc.stdout
@@ -45,11 +46,16 @@ def test_a_short_session_trains_and_leaves_a_complete_run_directory(tmp_path):
     config_text = (run / "config.yaml").read_text()
     assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
 
-    # The episode store holds exactly the transitions the learner counted, seq 0..N-1 without gaps.
+    # The episode store holds exactly the transitions the learner counted: per actor, seq 0..N-1 without gaps,
+    # and both actors fed the one learner.
     store = EpisodeStore(run)
-    seqs = sorted(t.seq for t in store.transitions())
-    assert seqs == list(range(len(seqs)))
-    assert len(seqs) == status["env_steps"] == status["replay_size"]
+    seqs_by_actor: dict[str, list[int]] = {}
+    for t in store.transitions():
+        seqs_by_actor.setdefault(t.actor_id, []).append(t.seq)
+    assert sorted(seqs_by_actor) == ["actor-0", "actor-1"]
+    for seqs in seqs_by_actor.values():
+        assert sorted(seqs) == list(range(len(seqs)))
+    assert sum(map(len, seqs_by_actor.values())) == status["env_steps"] == status["replay_size"]
     reports = [ep.report for ep in store.episodes() if ep.report is not None]
     assert any(r.eval for r in reports), "eval episodes are reported to the learner"
     assert sum(not r.eval and not r.cut for r in reports) == status["episodes"]
