@@ -255,7 +255,9 @@ class Learner:
         paid = self.book.online_start_steps + self.book.updates + self.cfg.learner.ahead_steps
         paid = min(paid, self.cfg.session.env_steps)
         headroom = max(0, paid - self.book.env_steps)
-        share = headroom // max(1, len(self.last_seq) or 1)
+        # Rounded up: with N actors and fewer than N steps of headroom a floor would grant nobody anything and
+        # stall the session just short of its budget; at most N-1 steps of overshoot is harmless.
+        share = -(-headroom // max(1, len(self.last_seq)))
         grants = {a: s + share for a, s in self.last_seq.items()}
         grants["*"] = share - 1
         return grants

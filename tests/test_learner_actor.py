@@ -144,6 +144,26 @@ def test_cut_episodes_are_counted_once_however_they_are_learned_of(tmp_path, bc_
     assert learner.status().train_success_rate == 1.0
 
 
+def test_pacing_grants_leave_no_actor_stuck_short_of_the_budget(tmp_path, bc_checkpoint):
+    """Two actors, one step of headroom left before the session's budget: someone must get it (a floor split of
+    1 // 2 = 0 stalled a two-actor session at 239 of 240 steps)."""
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+
+    cfg = run_config(tmp_path, bc_checkpoint, session={"env_steps": 240}, learner={"ahead_steps": 50})
+    bc = load_bc_policy(bc_checkpoint)
+    learner = Learner(cfg, tmp_path, bc, int(bc.normalizer.state_mean.shape[-1]))
+    learner.book.phase, learner.book.online_start_steps = "online", 60
+    learner.book.updates, learner.book.env_steps = 179, 239  # paid = min(60 + 179 + 50, 240) = 240
+    learner.last_seq.update({"actor-0": 143, "actor-1": 94})
+    grants = learner.grants()
+    assert grants["actor-0"] >= 144 and grants["actor-1"] >= 95  # each may send its next step
+    assert grants["actor-0"] - 143 + grants["actor-1"] - 94 <= 240 - 239 + 1  # overshoot below one step per actor
+    learner.book.env_steps = 240  # budget spent: nobody may send more
+    grants = learner.grants()
+    assert (grants["actor-0"], grants["actor-1"]) == (143, 94)
+
+
 def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_checkpoint):
     import jax
 
