@@ -33,6 +33,7 @@ from q2rl.learner.progress import (
 )
 from q2rl.learner.run_dir import (
     ADDRESS_FILE,
+    STATUS_FILE,
     SUMMARY_FILE,
     default_run_name,
     open_run_dir,
@@ -175,6 +176,10 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
     overrides = list(overrides)
     if resume:
         run_dir = open_run_dir(resume)
+        # The last run's live files would read as "already serving there" and "budget already spent"; the
+        # resumed learner rewrites both (its durable state is the checkpoint and the episode store).
+        for stale in (ADDRESS_FILE, STATUS_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
         learner_argv = q2rl_command("learner", "--resume", str(run_dir), *overrides)
     else:
         if not cfg.bc.checkpoint:

@@ -60,6 +60,24 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert any(r.eval for r in reports), "eval episodes are reported to the learner"
     assert sum(not r.eval and not r.cut for r in reports) == status["episodes"]
 
+    # `--resume` continues the same run: the learner restores its checkpoint and replay, the actors continue
+    # their sequence numbers, nothing stored before is lost or doubled.
+    more = status["env_steps"] + 120
+    proc = subprocess.run(
+        q2rl("session", "--resume", str(run), "--env-steps", str(more)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    resumed = read_json(run / "status.json")
+    assert resumed["env_steps"] >= more and resumed["updates"] > status["updates"]
+    resumed_seqs: dict[str, list[int]] = {}
+    for t in EpisodeStore(run).transitions():
+        resumed_seqs.setdefault(t.actor_id, []).append(t.seq)
+    for actor_id, seqs in resumed_seqs.items():
+        assert sorted(seqs) == list(range(len(seqs))), actor_id
+        assert len(seqs) >= len(seqs_by_actor[actor_id])
+    assert sum(map(len, resumed_seqs.values())) == resumed["env_steps"] == resumed["replay_size"]
+
 
 def read_checkpoint_book(run):
     from q2rl.core.checkpoint import read_metadata
