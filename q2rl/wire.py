@@ -50,7 +50,7 @@ class Keepalive:
     timeout_ms: int = 5_000
     handshake_timeout_ms: int = 10_000  # a connection that never completes the HTTP/2/TLS handshake is closed
 
-    def server_options(self) -> list[tuple[str, int]]:
+    def client_options(self) -> list[tuple[str, int]]:
         return [
             ("grpc.keepalive_time_ms", self.time_ms),
             ("grpc.keepalive_timeout_ms", self.timeout_ms),
@@ -58,19 +58,15 @@ class Keepalive:
             ("grpc.http2.ping_timeout_ms", self.timeout_ms),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """The client's keepalive settings plus the server's tolerance of client pings and its handshake limit."""
+        return self.client_options() + [
             ("grpc.http2.min_recv_ping_interval_without_data_ms", max(100, self.time_ms // 2)),
             ("grpc.http2.min_ping_interval_without_data_ms", max(100, self.time_ms // 2)),
             ("grpc.http2.max_ping_strikes", 0),
             ("grpc.server_handshake_timeout_ms", self.handshake_timeout_ms),
-        ]
-
-    def client_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.keepalive_time_ms", self.time_ms),
-            ("grpc.keepalive_timeout_ms", self.timeout_ms),
-            ("grpc.http2.ping_timeout_ms", self.timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
         ]
 
 
