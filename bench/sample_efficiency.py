@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="pick_cube")
     p.add_argument("--algos", default="bc,q2rl,ibrl,sac_bc")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1 "
+                   "(to split one comparison over parallel processes; merge with --report-from)")
     p.add_argument("--env-steps", type=int, default=6000, help="online env steps per run (the budget)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
     for algo in algos:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             result = run_one(args.task, algo, seed, bc, dataset, args, log)
             curves.setdefault(algo, []).append(result.curve)
             with open(out / f"{args.task}_curves.jsonl", "a") as f:

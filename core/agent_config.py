@@ -88,6 +88,9 @@ class AgentConfig:
     actor_log_std_min: float = doc(-5.0, "Lower bound of pi_RL's log std.")
     actor_log_std_max: float = doc(2.0, "Upper bound of pi_RL's log std.")
     rl_action: Literal["sample", "mode"] = doc("sample", "a_rl on the robot: sampled from pi_RL or its mode.")
+    bc_action: Literal["sample", "mode"] = doc(
+        "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (SPEC) or its mode "
+                  "(as ibrl always does).")
     ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
     demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
     use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")

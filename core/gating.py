@@ -46,7 +46,8 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     k_bc, k_rl, k_entropy, k_soft = jax.random.split(key, 4)
     if params.bc is not None:
         dist = bc_dist(params, batched)
-        a_bc_raw = dist.mode() if (deterministic or cfg.algo in ("ibrl", "ibrl_soft")) else dist.sample(k_bc)
+        use_mode = deterministic or cfg.algo in ("ibrl", "ibrl_soft") or cfg.bc_action == "mode"
+        a_bc_raw = dist.mode() if use_mode else dist.sample(k_bc)
     else:
         a_bc_raw = jnp.zeros((1, nets.action_dim), jnp.float32)
     a_bc = jnp.clip(a_bc_raw, -1.0, 1.0)

@@ -1,5 +1,6 @@
 """Q-Gating: the rule and its ties, the recorded values against independent computations, the baselines."""
 
+import dataclasses
 import functools
 
 import jax
@@ -69,6 +70,18 @@ def test_eval_gate_uses_modes():
     np.testing.assert_array_equal(info1.a_rl, info2.a_rl)
     dist, _ = bc.distribution({"state": obs["state"][None]})
     np.testing.assert_allclose(info1.a_bc, np.clip(dist.mode()[0], -1, 1))
+
+
+def test_bc_action_mode_proposes_the_bc_mode_in_training():
+    agent, params, obs, bc = setup("q2rl")
+    mode_agent = make_agent(dataclasses.replace(agent.cfg, bc_action="mode"))
+    dist, _ = bc.distribution({"state": obs["state"][None]})
+    infos = [mode_agent.gate(params, obs, jax.random.PRNGKey(k))[1] for k in (1, 2)]
+    for info in infos:
+        np.testing.assert_allclose(info.a_bc, np.clip(dist.mode()[0], -1, 1), rtol=1e-6)
+    # the default samples: two keys give two different BC proposals
+    sampled = [agent.gate(params, obs, jax.random.PRNGKey(k))[1].a_bc for k in (1, 2)]
+    assert not np.allclose(sampled[0], sampled[1])
 
 
 def test_baselines_choose_by_their_rules():
