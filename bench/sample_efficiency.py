@@ -255,8 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
     bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
     results = summarise(curves, bc_success)
-    meta = {"env_steps": args.env_steps, "seeds": args.seeds, "preset": args.preset,
-            "overrides": json.loads(args.agent_overrides), "demos": args.demos, "wall_s": round(time.time() - t0)}
+    if args.report_from:  # the run settings are those of the merged files, not this invocation's defaults
+        meta = {"merged_from": args.report_from.split(","),
+                "seeds": {a: len(c) for a, c in curves.items()}}
+    else:
+        meta = {"env_steps": args.env_steps, "seeds": args.seeds, "first_seed": args.first_seed,
+                "preset": args.preset, "overrides": json.loads(args.agent_overrides), "demos": args.demos,
+                "wall_s": round(time.time() - t0)}
     write_report(args.task, results, bc_success, out, meta, bc_mode)
     print((out / f"{args.task}.md").read_text())
     headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
