@@ -87,9 +87,6 @@ class AgentConfig:
     target_entropy: float | None = doc(None, "Target entropy of the auto temperature (None: -action_dim/2).")
     actor_log_std_min: float = doc(-5.0, "Lower bound of pi_RL's log std.")
     actor_log_std_max: float = doc(2.0, "Upper bound of pi_RL's log std.")
-    gate_bc_value: Literal["frozen", "max_live"] = doc(
-        "frozen", "q_bc in the Q2RL gate: the frozen Qhat_BC (SPEC) or the larger of Qhat_BC and min_heads "
-                  "Q_RL(s, a_bc), so that what Q_RL learns online also counts for the BC action.")
     rl_action: Literal["sample", "mode"] = doc("sample", "a_rl on the robot: sampled from pi_RL or its mode.")
     bc_action: Literal["sample", "mode"] = doc(
         "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (SPEC) or its mode "

@@ -61,8 +61,6 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     if cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
         # score the action that runs (clipped to the box), as phase 1 scored its executed actions
         q_bc = qhat_bc(nets, params, batched, a_bc, cfg.q_estimation, k_entropy)[0]
-        if cfg.gate_bc_value == "max_live":
-            q_bc = jnp.maximum(q_bc, jnp.min(critic_values(nets, params, batched, a_bc), axis=0)[0])
     else:
         q_bc = jnp.min(critic_values(nets, params, batched, a_bc, target=ibrl), axis=0)[0]
     if cfg.algo in ALWAYS_RL:

@@ -84,23 +84,6 @@ def test_bc_action_mode_proposes_the_bc_mode_in_training():
     assert not np.allclose(sampled[0], sampled[1])
 
 
-def test_gate_bc_value_max_live_takes_the_larger_of_qhat_and_live_q():
-    agent, params, obs, bc = setup("q2rl")
-    live = make_agent(dataclasses.replace(agent.cfg, gate_bc_value="max_live"))
-    key = jax.random.PRNGKey(7)
-    _, frozen_info = agent.gate(params, obs, key)
-    batched = {"state": obs["state"][None]}
-    live_q = lambda p: float(np.asarray(critic_values(agent.nets, p, batched, frozen_info.a_bc[None])).min())
-    # V shifted far down: Qhat_BC < Q_RL(s, a_bc), so q_bc is the live critic's; shifted far up: Qhat_BC wins
-    for shift in (-1e3, 1e3):
-        shifted = params.replace(value_stats=params.value_stats.at[0].add(shift))
-        _, f = agent.gate(shifted, obs, key)
-        _, m = live.gate(shifted, obs, key)
-        np.testing.assert_array_equal(m.a_bc, f.a_bc)
-        np.testing.assert_allclose(m.q_bc, max(float(f.q_bc), live_q(shifted)), rtol=1e-5, atol=1e-4)
-    assert m.q_bc == f.q_bc  # the last shift: the frozen value is the larger
-
-
 def test_baselines_choose_by_their_rules():
     for algo, expect in (("sac_bc", True), ("rlpd", True), ("q2rl_no_gate", True), ("bc", False)):
         agent, params, obs, _ = setup(algo) if algo != "rlpd" else setup("rlpd")
