@@ -61,6 +61,8 @@ def bare_updates_per_s(cfg, bc, updates: int) -> float:
 
 def live_updates_per_s(config: str, bc_path: str, seconds: float, tmp: Path) -> dict:
     """Updates/s of a live learner fed by one unpaced actor, from its status file."""
+    from q2rl.learner.run_dir import ADDRESS_FILE, STATUS_FILE, read_json
+
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     q2rl = [sys.executable, "-m", "q2rl.cli"]
     run = tmp / "runs" / "live"
@@ -72,21 +74,18 @@ def live_updates_per_s(config: str, bc_path: str, seconds: float, tmp: Path) -> 
                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
     procs = [learner]
     try:
-        while not (run / "learner.addr").is_file():
+        while not (run / ADDRESS_FILE).is_file():
             if learner.poll() is not None:
                 raise RuntimeError(f"learner exited; see {tmp / 'learner.log'}")
             time.sleep(0.2)
         actor = subprocess.Popen(q2rl + ["actor", "--config", str(run / "config.yaml"), "--learner",
-                                         (run / "learner.addr").read_text().strip(), f"actor.spool_dir={tmp / 'spool'}",
+                                         (run / ADDRESS_FILE).read_text().strip(), f"actor.spool_dir={tmp / 'spool'}",
                                          "actor.console=none", "actor.eval_every_episodes=0"],
                                  stdout=open(tmp / "actor.log", "wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
         procs.append(actor)
 
         def status() -> dict:
-            try:
-                return json.loads((run / "status.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return {}
+            return read_json(run / STATUS_FILE) or {}  # written atomically: absent or whole
 
         while not (status().get("phase") == "online" and status().get("updates", 0) > 300):
             time.sleep(0.5)

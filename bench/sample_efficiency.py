@@ -70,15 +70,24 @@ def prepare_bc(task: str, out: Path, demos: int, noise: float, bc_steps: int, lo
     return result.policy, dataset
 
 
+def bc_mode_cache(out: Path, task: str) -> Path:
+    """Where `bc_mode_success` keeps its figure for an output dir."""
+    return out / f"{task}_bc_mode.json"
+
+
+def read_bc_mode(cache: Path) -> float:
+    return float(json.loads(cache.read_text())["bc_mode_success"])
+
+
 def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
     """pi_BC's success with its mode (no sampling) on the evaluation resets, cached in <out>/<task>_bc_mode.json.
 
     The curves evaluate every policy exactly as it acts in training (sampled actions); ibrl always proposes the BC
     mode, so this is the number its early curve should be read against.
     """
-    cache = out / f"{task}_bc_mode.json"
+    cache = bc_mode_cache(out, task)
     if cache.exists():
-        return float(json.loads(cache.read_text())["bc_mode_success"])
+        return read_bc_mode(cache)
     import jax
 
     from q2rl.config import from_dict
@@ -234,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, list] = {}
     t0 = time.time()
     bc_mode = None
-    if args.report_from:
-        curves = load_curves(args.report_from.split(","), algos)
+    merged = [p for p in args.report_from.split(",") if p]
+    if merged:
+        curves = load_curves(merged, algos)
         algos = []
-        cached = [Path(p).parent / f"{args.task}_bc_mode.json" for p in args.report_from.split(",")]
-        cached = [c for c in cached if c.exists()]
+        cached = [c for c in (bc_mode_cache(Path(p).parent, args.task) for p in merged) if c.exists()]
         if cached:
-            bc_mode = float(json.loads(cached[0].read_text())["bc_mode_success"])
+            bc_mode = read_bc_mode(cached[0])
     else:
         bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
         bc_mode = bc_mode_success(args.task, bc, max(args.eval_episodes, 40), out)
@@ -255,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
     bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
     results = summarise(curves, bc_success)
-    if args.report_from:  # the run settings are those of the merged files, not this invocation's defaults
-        meta = {"merged_from": args.report_from.split(","),
+    if merged:  # the run settings are those of the merged files, not this invocation's defaults
+        meta = {"merged_from": merged,
                 "seeds": {a: len(c) for a, c in curves.items()}}
     else:
         meta = {"env_steps": args.env_steps, "seeds": args.seeds, "first_seed": args.first_seed,
