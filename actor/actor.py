@@ -104,6 +104,8 @@ class Actor:
         self.pacing: dict[str, Any] | None = None
         self.seq = first_seq
         self.first_seq = first_seq
+        # agent.random_steps: uniform exploration once parameters arrive; a resumed actor counts what it sent
+        self._random_left = max(0, self.acfg.random_steps - first_seq)
         self.episode_id = first_episode_id
         self.summary = ActorSummary()
         self.paused = False
@@ -121,6 +123,8 @@ class Actor:
             jax.block_until_ready(fn(self.template, obs, self.key))
         for gate in (self.agent.gate, self.gate_eval):
             jax.block_until_ready(gate(self.template, obs, self.key))
+        if self.acfg.random_steps:
+            jax.block_until_ready(self.agent.random_act(self.key))
 
     # -------------------------------------------------------------------------------------- parameters
     def refresh(self) -> None:
@@ -313,6 +317,10 @@ class Actor:
             act = self.bc_act_eval if evaluate else self.agent.bc_act
             action = np.asarray(jax.device_get(act(self.template, obs, k)), np.float32)
             record = (action, action, 0.0, 0.0, False)
+        elif self._random_left > 0 and not evaluate:
+            self._random_left -= 1
+            action = np.asarray(jax.device_get(self.agent.random_act(k)), np.float32)
+            record = (action, action, 0.0, 0.0, True)
         else:
             gate = self.gate_eval if evaluate else self.agent.gate
             action, info = jax.device_get(gate(self.params, obs, k))

@@ -94,7 +94,9 @@ class AgentConfig:
     ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
     demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
     use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")
-    random_steps: int = doc(0, "Uniform-random actions before the first update (algorithms without BC prior).")
+    random_steps: int = doc(0, "Uniform-random actions for the first online (post-phase-1) training steps of each "
+                               "actor, recorded as RL steps; for algorithms without a BC prior (rlpd). Never in "
+                               "evaluation episodes.")
     image_feature_dim: int = doc(64, "Feature size of each camera's conv encoder (image observations).")
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
@@ -118,6 +120,8 @@ class AgentConfig:
         if self.ensemble_size < 1 or not 1 <= self.critic_subsample <= self.ensemble_size:
             raise ConfigError(f"critic_subsample: {self.critic_subsample} must be in [1, ensemble_size="
                               f"{self.ensemble_size}]")
+        if self.random_steps < 0:
+            raise ConfigError(f"random_steps: {self.random_steps} must be >= 0")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

@@ -98,6 +98,7 @@ class Agent:
     eval_gate: Callable[[AgentParams, Any, jax.Array], tuple[jax.Array, GateInfo]]
     bc_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
     bc_mode_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
+    random_act: Callable[[jax.Array], jax.Array]  # uniform in the action box (cfg.random_steps)
 
     def init_params(self, key: jax.Array, example_obs: Any, bc: Any = None) -> AgentParams:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
@@ -127,4 +128,5 @@ def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str
         cfg=cfg, spec=algo_spec(cfg), nets=nets, opts=opts, q_estimation=QEstimation(nets, cfg),
         update=make_update(nets, cfg, opts), gate=make_gate(nets, cfg), eval_gate=make_gate(nets, cfg, True),
         bc_act=jax.jit(_bc_action), bc_mode_act=jax.jit(lambda p, o, k: _bc_action(p, o, k, True)),
+        random_act=jax.jit(lambda k: jax.random.uniform(k, (action_dim,), jnp.float32, -1.0, 1.0)),
     )

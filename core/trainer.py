@@ -141,27 +141,30 @@ class Trainer:
         obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
         return obs
 
-    def collect_step(self, params: AgentParams, key: jax.Array, version: int, bc_only: bool = False) -> bool:
-        """One env step with the gate (or pure BC), added to replay; True when the episode ended."""
+    def collect_step(self, params: AgentParams, key: jax.Array, version: int, bc_only: bool = False,
+                     random: bool = False) -> bool:
+        """One env step with the gate (or pure BC, or a uniform action), added to replay; True when the episode
+        ended."""
         if self._obs is None:
             self._obs = self._reset()
         o = policy_obs(self._obs, self.cameras)
         if bc_only:
             action = np.asarray(self.agent.bc_act(params, o, key))
             a_bc, a_rl, q_bc, q_rl, use_rl = action, action, 0.0, 0.0, False
+        elif random:
+            action = np.asarray(self.agent.random_act(key))
+            a_bc, a_rl, q_bc, q_rl, use_rl = action, action, 0.0, 0.0, True
         else:
             action, info = self.agent.gate(params, o, key)
             action = np.asarray(action)
             a_bc, a_rl = np.asarray(info.a_bc), np.asarray(info.a_rl)
             q_bc, q_rl, use_rl = float(info.q_bc), float(info.q_rl), bool(info.use_rl)
-        next_obs, reward, terminated, truncated, env_info = self.env.step(action)
-        success = bool(env_info.get("success", False))
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
         self.replay.add(Transition(
             actor_id="local", episode_id=self.episode_id, step=0, seq=self.env_steps, obs=o, action=action,
             reward=float(reward), terminated=bool(terminated), truncated=bool(truncated),
             next_obs=policy_obs(next_obs, self.cameras), a_bc=a_bc, a_rl=a_rl, q_bc=q_bc, q_rl=q_rl,
             source="rl" if use_rl else "bc", param_version=version))
-        del success
         self.env_steps += 1
         self._bc_since_eval[0] += not use_rl
         self._bc_since_eval[1] += 1
@@ -235,7 +238,7 @@ class Trainer:
         updates = 0
         for i in range(cfg.online_steps):
             key, k_act, k_update = jax.random.split(key, 3)
-            self.collect_step(state.params, k_act, updates)
+            self.collect_step(state.params, k_act, updates, random=i < self.agent.cfg.random_steps)
             if len(self.replay) >= cfg.learning_starts and i % cfg.updates_every == 0:
                 state, self.last_metrics = agent.update(state, self.sample_batches(), k_update)
                 updates += 1

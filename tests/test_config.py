@@ -85,3 +85,20 @@ def test_describe_lists_every_leaf_with_help():
     lines = describe(Run)
     assert any(line.startswith("optim.lr (float, default 0.0003): learning rate") for line in lines)
     assert len(lines) == 6
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("agent: {random_steps: -3}\n", "agent.random_steps: -3 must be >= 0"),
+        ("agent: {algo: td3}\n", "agent.algo: 'td3' is not one of"),
+        ("agent: {critic_subsample: 9, ensemble_size: 4}\n", "critic_subsample: 9 must be in [1, ensemble_size=4]"),
+        ("agent: {q_estimation: {alpha: -1}}\n", "agent.q_estimation.alpha: -1.0 must be >= 0"),
+    ],
+)
+def test_the_run_configs_agent_section_is_validated(tmp_path, text, fragment):
+    from q2rl.run_config import RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, write(tmp_path, text))
+    assert fragment in str(err.value)

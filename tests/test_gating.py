@@ -86,7 +86,7 @@ def test_bc_action_mode_proposes_the_bc_mode_in_training():
 
 def test_baselines_choose_by_their_rules():
     for algo, expect in (("sac_bc", True), ("rlpd", True), ("q2rl_no_gate", True), ("bc", False)):
-        agent, params, obs, _ = setup(algo) if algo != "rlpd" else setup("rlpd")
+        agent, params, obs, _ = setup(algo)
         for seed in range(3):
             action, info = agent.gate(params, obs, jax.random.PRNGKey(seed))
             assert bool(info.use_rl) is expect, algo

@@ -347,3 +347,25 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     assert len(snapshots) >= 3, gaps
     assert max(snapshots.values()) < 2 * 1000.0 / hz, sorted(snapshots.values())
     assert "resumed" in (logs / "learner-resumed.log").read_text()
+
+
+def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation(tmp_path, bc_checkpoint):
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.core.trainer import policy_obs
+    from q2rl.robot.envs import make_env
+
+    cfg = run_config(tmp_path, bc_checkpoint, agent={"random_steps": 5})
+    bc = load_bc_policy(bc_checkpoint)
+    env = make_env(cfg.env)
+    actor = Actor(cfg, env, bc, sink=None, source=None, first_seq=2)  # resumed: 2 of its steps were sent before
+    obs = policy_obs(env.reset(seed=0)[0], actor.cameras)
+    assert actor._decide(obs, evaluate=False)[1][4] is False  # phase 1: pi_BC alone, no random steps yet
+    actor.params = actor.template  # parameters have arrived
+    assert actor._decide(obs, evaluate=True)[1][2:] != (0.0, 0.0, True)  # evaluation: the gate, not a draw
+    records = [actor._decide(obs, evaluate=False)[1] for _ in range(4)]
+    env.close()
+    random_draws = [r for r in records if r[2:] == (0.0, 0.0, True)]  # recorded as RL without values
+    assert len(random_draws) == 3  # 5 - the 2 already sent
+    assert len({tuple(np.round(r[0], 6)) for r in random_draws}) == 3  # fresh draws
+    assert records[3][2:] != (0.0, 0.0, True) and np.isfinite(records[3][3])  # then the gate again

@@ -73,3 +73,21 @@ def test_bc_baseline_runs_without_updates(sim):
     result = trainer.run()
     assert [p.updates for p in result.curve] == [0, 0, 0]
     assert all(p.bc_share == 1.0 for p in result.curve)
+
+
+def test_random_steps_take_uniform_actions_then_the_gate(sim):
+    make_env, bc = sim
+    agent = make_agent(from_dict(AgentConfig, {**TINY, "algo": "rlpd", "random_steps": 30}))
+    cfg = TrainerConfig(online_steps=60, eval_every=60, eval_episodes=0, learning_starts=1000, seed=1)
+    trainer = Trainer(agent, make_env, None, cfg, log=lambda s: None)
+    trainer.run()
+    episodes = [trainer.replay.export_episode("local", i) for i in range(4)]  # 15-step episodes
+    actions = np.concatenate([e.actions for e in episodes])
+    random_part = actions[:30]
+    # uniform on [-1, 1]^7: mean |a| = 0.5, spread over the whole box; recorded as RL steps without values
+    assert np.mean(np.abs(random_part)) == pytest.approx(0.5, abs=0.1)
+    assert random_part.min() < -0.8 and random_part.max() > 0.8
+    assert np.all(np.concatenate([e.source for e in episodes])[:30] == SOURCE_CODES["rl"])
+    assert np.all(np.concatenate([e.q_rl for e in episodes])[:30] == 0.0)
+    # afterwards the gate runs pi_RL: its (untrained) samples are not the uniform draws, and q_rl is scored
+    assert np.any(np.concatenate([e.q_rl for e in episodes])[30:] != 0.0)
