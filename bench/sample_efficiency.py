@@ -130,28 +130,32 @@ def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
     agent_cfg = from_dict(AgentConfig, overrides)
     agent = make_agent(agent_cfg, action_dim=7)
     trainer_cfg = TrainerConfig(online_steps=args.env_steps, eval_every=args.eval_every,
-                                eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts)
+                                eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts,
+                                eval_deterministic=args.eval_deterministic)
     demos = [demo_to_episode(d, i) for i, d in enumerate(dataset.episodes) if d.success]
     trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=demos, log=log)
     return trainer.run()
 
 
-def load_curves(paths: list[str], algos: list[str]) -> dict:
-    """{algo: [curve per seed]} from *_curves.jsonl files written by earlier runs of this script."""
+def load_curves(paths: list[str], algos: list[str]) -> tuple[dict, set[bool]]:
+    """{algo: [curve per seed]} from *_curves.jsonl files written by earlier runs of this script, and the set of
+    their evaluation protocols (eval_deterministic; rows written before the flag existed sampled)."""
     from q2rl.core.trainer import EvalPoint
 
     runs: dict[tuple[str, int], list] = {}
+    protocols: set[bool] = set()
     for path in paths:
         for line in Path(path).read_text().splitlines():
             row = json.loads(line)
             if row["algo"] in algos:
                 runs[(row["algo"], row["seed"])] = [EvalPoint(**p) for p in row["curve"]]
+                protocols.add(bool(row.get("eval_deterministic", False)))
     curves: dict[str, list] = {}
     for algo in algos:
         seeds = sorted(s for a, s in runs if a == algo)
         if seeds:
             curves[algo] = [runs[(algo, s)] for s in seeds]
-    return curves
+    return curves, protocols
 
 
 def summarise(curves: dict, bc_success: float) -> dict:
@@ -164,10 +168,14 @@ def summarise(curves: dict, bc_success: float) -> dict:
         bc_share = np.mean([[p.bc_share for p in r[:n]] for r in runs], axis=0)
         mean_curve = [type(runs[0][0])(steps[i], float(success[i]), float(bc_share[i]), 0, 0.0) for i in range(n)]
         reach = steps_to_reach(mean_curve, min(bc_success + 0.2, 1.0))
+        # training episodes are many more than the eval episodes: the last three windows are a steadier figure
+        late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
+        late_train = [t for t in late_train if np.isfinite(t)]
         results[algo] = {
             "final_success": float(success[-1]),
             "steps_to_bc_plus_20": reach,
             "min_success_after_start": float(np.min(success[1:])) if n > 1 else float(success[0]),
+            "late_train_success": float(np.mean(late_train)) if late_train else None,
             "env_steps": [int(s) for s in steps[:n]],
             "success": [round(float(s), 3) for s in success],
             "bc_share": [round(float(s), 3) for s in bc_share],
@@ -176,7 +184,7 @@ def summarise(curves: dict, bc_success: float) -> dict:
 
 
 def write_report(task: str, results: dict, bc_success: float, out: Path, meta: dict,
-                 bc_mode: float | None = None) -> None:
+                 bc_mode: float | None = None, eval_deterministic: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,14 +206,17 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     fig.tight_layout()
     fig.savefig(out / f"{task}.png", dpi=110)
     lines = [f"# Sample efficiency on `{task}`", "",
-             f"BC success {bc_success:.2f} (sampled, as in training); BC mode (no sampling, what ibrl proposes) "
+             f"Evaluation with {'modes (BC and RL)' if eval_deterministic else 'sampled actions, as in training'}. "
+             f"BC success {bc_success:.2f} (under that protocol); BC mode (no sampling, what ibrl proposes) "
              f"{'n/a' if bc_mode is None else f'{bc_mode:.2f}'}; target BC+20 = {min(bc_success + 0.2, 1.0):.2f}. "
              f"{json.dumps(meta)}", "",
-             "| algo | final success | steps to BC+20 | min success after start | final BC share |",
-             "|---|---|---|---|---|"]
+             "| algo | final success | steps to BC+20 | min success after start | final BC share | "
+             "training success, last 3 windows |",
+             "|---|---|---|---|---|---|"]
     for algo, r in results.items():
+        late = "n/a" if r["late_train_success"] is None else f"{r['late_train_success']:.2f}"
         lines.append(f"| {algo} | {r['final_success']:.2f} | {r['steps_to_bc_plus_20']} | "
-                     f"{r['min_success_after_start']:.2f} | {r['bc_share'][-1]:.2f} |")
+                     f"{r['min_success_after_start']:.2f} | {r['bc_share'][-1]:.2f} | {late} |")
     lines += ["", "Curves (env steps: success / BC share):", ""]
     for algo, r in results.items():
         pts = ", ".join(f"{s}: {a:.2f}/{b:.2f}" for s, a, b in zip(r["env_steps"], r["success"], r["bc_share"]))
@@ -223,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-steps", type=int, default=6000, help="online env steps per run (the budget)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--eval-deterministic", action="store_true",
+                   help="evaluate with modes (BC and RL; the BC reference is then pi_BC's mode too), as the authors' "
+                        "release does; default: the gate exactly as it runs in training (sampled actions)")
     p.add_argument("--learning-starts", type=int, default=500)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
@@ -245,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     bc_mode = None
     merged = [p for p in args.report_from.split(",") if p]
     if merged:
-        curves = load_curves(merged, algos)
+        curves, protocols = load_curves(merged, algos)
+        if len(protocols) > 1:
+            raise SystemExit("--report-from: the files mix evaluation protocols (--eval-deterministic and not); "
+                             "merge runs evaluated the same way")
+        args.eval_deterministic = protocols == {True}
         algos = []
         cached = [c for c in (bc_mode_cache(Path(p).parent, args.task) for p in merged) if c.exists()]
         if cached:
@@ -258,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(args.task, algo, seed, bc, dataset, args, log)
             curves.setdefault(algo, []).append(result.curve)
             with open(out / f"{args.task}_curves.jsonl", "a") as f:
-                f.write(json.dumps({"algo": algo, "seed": seed, "curve": [p._asdict() for p in result.curve],
+                f.write(json.dumps({"algo": algo, "seed": seed, "eval_deterministic": args.eval_deterministic,
+                                    "curve": [p._asdict() for p in result.curve],
                                     "q_estimation": result.q_estimation._asdict() if result.q_estimation else None})
                         + "\n")
     # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
@@ -270,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         meta = {"env_steps": args.env_steps, "seeds": args.seeds, "first_seed": args.first_seed,
                 "preset": args.preset, "overrides": json.loads(args.agent_overrides), "demos": args.demos,
+                "eval_episodes": args.eval_episodes, "eval_deterministic": args.eval_deterministic,
                 "wall_s": round(time.time() - t0)}
-    write_report(args.task, results, bc_success, out, meta, bc_mode)
+    write_report(args.task, results, bc_success, out, meta, bc_mode, args.eval_deterministic)
     print((out / f"{args.task}.md").read_text())
     headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
                 for a, r in results.items()}

@@ -46,13 +46,15 @@ class TrainerConfig:
 
 
 class EvalPoint(NamedTuple):
-    """One evaluation: success rate at `env_steps`, and the share of BC actions executed since the last one."""
+    """One evaluation: success rate at `env_steps`, and the share of BC actions executed and the success rate of the
+    training episodes finished since the last one (NaN when none finished)."""
 
     env_steps: int
     success_rate: float
     bc_share: float
     updates: int
     wall_s: float
+    train_success: float = float("nan")
 
 
 class TrainResult(NamedTuple):
@@ -192,8 +194,8 @@ class Trainer:
         bc, total = self._bc_since_eval
         share = bc / total if total else eval_bc_share
         self._bc_since_eval = [0, 0]
-        curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0))
         train_success = float(np.mean(self._train_outcomes)) if self._train_outcomes else float("nan")
+        curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0, train_success))
         self._train_outcomes = []
         m = self.last_metrics
         extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"
