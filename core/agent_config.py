@@ -81,10 +81,6 @@ class AgentConfig:
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
     bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s).")
-    bootstrap: Literal["rl", "max_bc_value"] = doc(
-        "rl", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or its max with V_phi(s') "
-              "(max_bc_value: the gated policy can always fall back to pi_BC, whose value V_phi estimates; "
-              "Q2RL family only).")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -124,9 +120,6 @@ class AgentConfig:
         if self.ensemble_size < 1 or not 1 <= self.critic_subsample <= self.ensemble_size:
             raise ConfigError(f"critic_subsample: {self.critic_subsample} must be in [1, ensemble_size="
                               f"{self.ensemble_size}]")
-        if self.bootstrap == "max_bc_value" and self.algo not in ("q2rl", "q2rl_no_qinit", "q2rl_no_gate"):
-            raise ConfigError(f"bootstrap: max_bc_value needs V_phi from Q-Estimation (algo q2rl, q2rl_no_qinit or "
-                              f"q2rl_no_gate), not algo {self.algo!r}; use bootstrap: rl")
         if self.random_steps < 0:
             raise ConfigError(f"random_steps: {self.random_steps} must be >= 0")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:

@@ -255,8 +255,7 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
     """r' + discount * min_subset Q_target(s', a') (minus the entropy term when enabled); no gradient.
 
     `batch.discounts` already is gamma^n * (1 - terminated): truncation bootstraps, termination does not.
-    IBRL bootstraps with the better of a'_rl and a'_bc (pi_BC's mode) under the target critic; Q2RL with
-    bootstrap max_bc_value with the better of Q_target(s', a'_rl) and the frozen V_phi(s').
+    IBRL bootstraps with the better of a'_rl and a'_bc (pi_BC's mode) under the target critic.
     """
     k_action, k_heads = jax.random.split(key)
     dist = actor_dist(nets, params, batch.next_obs)
@@ -268,8 +267,6 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
         bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
                              cfg.critic_subsample)
         next_q = jnp.maximum(next_q, bc_q)
-    elif cfg.bootstrap == "max_bc_value":
-        next_q = jnp.maximum(next_q, value(nets, params, batch.next_obs))
     if cfg.entropy:
         next_q = next_q - jnp.exp(params.log_temperature) * next_log_prob
     return jax.lax.stop_gradient(batch.rewards + batch.discounts * next_q)

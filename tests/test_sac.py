@@ -71,31 +71,6 @@ def test_td_target_and_masks_by_hand():
     np.testing.assert_allclose(target[[1, 3]], b.rewards[[1, 3]])  # terminal: no bootstrap
 
 
-def test_td_target_max_bc_value_bootstraps_from_the_better_of_q_rl_and_v_phi():
-    agent, params = agent_and_params(bootstrap="max_bc_value")
-    b = batch(0, discounts=[0.99, 0.0, 0.99, 0.99, 0.5, 0.99])
-    key = jax.random.PRNGKey(3)
-    k_action, k_heads = jax.random.split(key)
-    a_next, _ = sac.actor_dist(agent.nets, params, b.next_obs).sample_and_log_prob(k_action)
-    q_next = np.asarray(sac.critic_values(agent.nets, params, b.next_obs, a_next, target=True))
-    heads = np.asarray(jax.random.choice(k_heads, 3, (2,), replace=False))
-    q_rl = q_next[heads].min(axis=0)
-    # centre V_phi on Q_RL's values so that each side wins somewhere
-    params = params.replace(value_stats=jnp.array([np.median(q_rl), 10.0], jnp.float32))
-    v = np.asarray(sac.value(agent.nets, params, b.next_obs))
-    assert np.any(v > q_rl) and np.any(v < q_rl)
-    target = np.asarray(sac.td_target(agent.nets, agent.cfg, params, b, key))
-    np.testing.assert_allclose(target, b.rewards + b.discounts * np.maximum(q_rl, v), rtol=1e-5, atol=1e-5)
-    assert target[1] == pytest.approx(b.rewards[1])  # terminal: no bootstrap either way
-
-
-def test_max_bc_value_bootstrap_needs_q_estimation():
-    from q2rl.config import ConfigError
-
-    with pytest.raises(ConfigError, match="bootstrap: max_bc_value needs V_phi"):
-        from_dict(AgentConfig, {"algo": "ibrl", "bootstrap": "max_bc_value"}).validate()
-
-
 def test_critic_loss_by_numpy():
     agent, params = agent_and_params()
     b = batch(1)
