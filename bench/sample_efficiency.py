@@ -145,8 +145,14 @@ def load_curves(paths: list[str], algos: list[str]) -> tuple[dict, set[bool]]:
     runs: dict[tuple[str, int], list] = {}
     protocols: set[bool] = set()
     for path in paths:
-        for line in Path(path).read_text().splitlines():
-            row = json.loads(line)
+        if not Path(path).is_file():
+            raise SystemExit(f"--report-from: {path} does not exist (a *_curves.jsonl written by this script)")
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"--report-from: {path} line {number} is not JSON ({e}); a run killed while "
+                                 f"writing leaves a partial last line: delete it") from None
             if row["algo"] in algos:
                 runs[(row["algo"], row["seed"])] = [EvalPoint(**p) for p in row["curve"]]
                 protocols.add(bool(row.get("eval_deterministic", False)))
