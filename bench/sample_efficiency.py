@@ -4,7 +4,9 @@
         --env-steps 6000 --out runs/bench/sample_efficiency
 
 1. Scripted demos (noisy expert) -> a BC policy (cached under --out) whose success sits in the 30-70 % band.
-2. Every algorithm x seed runs in-process (core.trainer): eval success and the share of BC actions vs env steps.
+2. Every algorithm x seed runs in-process (core.trainer): eval success (modes, as the authors evaluate; the BC
+   reference is pi_BC's mode; --no-eval-deterministic samples), the share of BC actions and the success of the
+   training episodes vs env steps.
 3. Writes <out>/<task>.md (table) and <out>/<task>.png (two panels); the last stdout line is JSON:
    {"task": ..., "bc_success": ..., "bc_mode_success": ..., "results": {"<algo>": {"final_success": ...,
     "steps_to_bc_plus_20": ...}}}
@@ -240,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-steps", type=int, default=6000, help="online env steps per run (the budget)")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--eval-deterministic", action="store_true",
+    p.add_argument("--eval-deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate with modes (BC and RL; the BC reference is then pi_BC's mode too), as the authors' "
-                        "release does; default: the gate exactly as it runs in training (sampled actions)")
+                        "release and the actor's evaluation episodes do (default); --no-eval-deterministic: the gate "
+                        "exactly as it runs in training (sampled actions)")
     p.add_argument("--learning-starts", type=int, default=500)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
