@@ -84,8 +84,9 @@ def read_bc_mode(cache: Path) -> float:
 def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
     """pi_BC's success with its mode (no sampling) on the evaluation resets, cached in <out>/<task>_bc_mode.json.
 
-    The curves evaluate every policy exactly as it acts in training (sampled actions); ibrl always proposes the BC
-    mode, so this is the number its early curve should be read against.
+    Needed with --no-eval-deterministic, where the curves evaluate every policy as it acts in training (sampled
+    actions): ibrl always proposes the BC mode, so this is the number its early curve should be read against. With
+    modes, every curve's first point already is pi_BC's mode on the same resets.
     """
     cache = bc_mode_cache(out, task)
     if cache.exists():
@@ -265,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     curves: dict[str, list] = {}
     t0 = time.time()
-    bc_mode = None
     merged = [p for p in args.report_from.split(",") if p]
     if merged:
         curves, protocols = load_curves(merged, algos)
@@ -274,12 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                              "merge runs evaluated the same way")
         args.eval_deterministic = protocols == {True}
         algos = []
-        cached = [c for c in (bc_mode_cache(Path(p).parent, args.task) for p in merged) if c.exists()]
-        if cached:
-            bc_mode = read_bc_mode(cached[0])
     else:
         bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
-        bc_mode = bc_mode_success(args.task, bc, max(args.eval_episodes, 40), out)
     for algo in algos:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             result = run_one(args.task, algo, seed, bc, dataset, args, log)
@@ -291,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
                         + "\n")
     # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
     bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
+    if args.eval_deterministic:
+        bc_mode = bc_success  # every curve's first point evaluated pi_BC's mode on the same resets
+    elif merged:
+        cached = [c for c in (bc_mode_cache(Path(p).parent, args.task) for p in merged) if c.exists()]
+        bc_mode = read_bc_mode(cached[0]) if cached else None
+    else:
+        bc_mode = bc_mode_success(args.task, bc, max(args.eval_episodes, 40), out)
     results = summarise(curves, bc_success)
     if merged:  # the run settings are those of the merged files, not this invocation's defaults
         meta = {"merged_from": merged,
