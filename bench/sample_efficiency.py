@@ -124,7 +124,7 @@ def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
     from q2rl.config import from_dict
     from q2rl.core.agent_config import AgentConfig
     from q2rl.core.agents import make_agent
-    from q2rl.core.trainer import Trainer, TrainerConfig, demo_to_episode
+    from q2rl.core.trainer import Trainer, TrainerConfig
     from q2rl.robot.sim import make_sim_env
     from q2rl.robot.sim.config import SimEnvConfig
 
@@ -135,8 +135,8 @@ def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
     trainer_cfg = TrainerConfig(online_steps=args.env_steps, eval_every=args.eval_every,
                                 eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts,
                                 eval_deterministic=args.eval_deterministic)
-    demos = [demo_to_episode(d, i) for i, d in enumerate(dataset.episodes) if d.success]
-    trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=demos, log=log)
+    trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=dataset.episodes,
+                      log=log)
     return trainer.run()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -373,6 +373,37 @@ class ReplayBuffer:
             return float("nan")
         idx = np.arange(lo, hi) % self.capacity
         return float(np.mean(self._source[idx] == SOURCE_CODES[source]))
+
+
+def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> Episode:
+    """A demos.hdf5 Episode (`q2rl.demos.hdf5`) as a replay Episode (a_bc = the demonstrated action, source human)."""
+    n = len(demo.actions)
+    last_state = demo.next_states[-1:] if demo.next_states is not None else demo.states[-1:]
+    obs: dict = {"state": np.concatenate([demo.states, last_state]).astype(np.float32)}
+    if cameras:
+        nxt = demo.next_images or {}
+        obs["images"] = {c: np.concatenate([demo.images[c], (nxt.get(c) if c in nxt else demo.images[c])[-1:]])
+                         for c in cameras}
+    success = bool(demo.success)
+    actions = np.clip(demo.actions, -1, 1).astype(np.float32)
+    return Episode(
+        obs=obs, actions=actions, rewards=np.asarray(demo.rewards, np.float32),
+        terminated=np.r_[np.zeros(n - 1, bool), success], truncated=np.r_[np.zeros(n - 1, bool), not success],
+        a_bc=actions, a_rl=actions, q_bc=np.zeros(n, np.float32), q_rl=np.zeros(n, np.float32),
+        source=np.full(n, SOURCE_CODES["human"], np.int8), param_version=np.zeros(n, np.int64),
+        actor_id="demos", episode_id=episode_id)
+
+
+def demo_buffer(demos: Sequence[Any], action_dim: int, cameras: Sequence[str] = ()) -> ReplayBuffer | None:
+    """The demo buffer of symmetric sampling: the successful demonstrations (a failed recording is usually an
+    aborted attempt, not behaviour to copy), each as one episode; None when none succeeded."""
+    episodes = [demo_to_episode(d, i, cameras) for i, d in enumerate(demos) if d.success]
+    if not episodes:
+        return None
+    buffer = ReplayBuffer(sum(len(e) for e in episodes) + 1, action_dim=action_dim)
+    for episode in episodes:
+        buffer.add_episode(episode)
+    return buffer
 
 
 def sample_mixed(rng: np.random.Generator, online: ReplayBuffer, demos: ReplayBuffer | None, batch_size: int,

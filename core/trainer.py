@@ -20,7 +20,7 @@ import numpy as np
 from q2rl.config import ConfigError, doc
 from q2rl.core.agents import Agent
 from q2rl.core.q_estimation import QEstimationReport
-from q2rl.core.replay import SOURCE_CODES, Episode, ReplayBuffer, RewardShaping, sample_mixed, stack_batches
+from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import AgentParams, SacState
 from q2rl.interfaces import Transition
 
@@ -71,25 +71,6 @@ def policy_obs(obs: dict, cameras: Sequence[str]) -> dict:
     return out
 
 
-def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> Episode:
-    """A demos.hdf5 Episode as a replay Episode (a_bc = the demonstrated action, source human)."""
-    n = len(demo.actions)
-    last_state = demo.next_states[-1:] if demo.next_states is not None else demo.states[-1:]
-    obs: dict = {"state": np.concatenate([demo.states, last_state]).astype(np.float32)}
-    if cameras:
-        nxt = demo.next_images or {}
-        obs["images"] = {c: np.concatenate([demo.images[c], (nxt.get(c) if c in nxt else demo.images[c])[-1:]])
-                         for c in cameras}
-    success = bool(demo.success)
-    actions = np.clip(demo.actions, -1, 1).astype(np.float32)
-    return Episode(
-        obs=obs, actions=actions, rewards=np.asarray(demo.rewards, np.float32),
-        terminated=np.r_[np.zeros(n - 1, bool), success], truncated=np.r_[np.zeros(n - 1, bool), not success],
-        a_bc=actions, a_rl=actions, q_bc=np.zeros(n, np.float32), q_rl=np.zeros(n, np.float32),
-        source=np.full(n, SOURCE_CODES["human"], np.int8), param_version=np.zeros(n, np.int64),
-        actor_id="demos", episode_id=episode_id)
-
-
 def evaluate(agent: Agent, params: AgentParams, env: Any, episodes: int, seed: int, key: jax.Array,
              cameras: Sequence[str] = (), use_bc: bool = False, deterministic: bool = False) -> tuple[float, float]:
     """(success rate, BC share) of episodes with reset seeds seed, seed+1, ... (pi_BC alone when use_bc)."""
@@ -119,15 +100,12 @@ class Trainer:
     """Runs phase 1 (for the Q2RL family) and online RL against `make_env()` envs, all in this process."""
 
     def __init__(self, agent: Agent, make_env: Callable[[], Any], bc: Any, cfg: TrainerConfig = TrainerConfig(),
-                 demos: Sequence[Episode] = (), cameras: Sequence[str] = (), log: Callable[[str], None] = print):
+                 demos: Sequence[Any] = (), cameras: Sequence[str] = (), log: Callable[[str], None] = print):
         self.agent, self.cfg, self.bc, self.cameras, self.log = agent, cfg, bc, tuple(cameras), log
         self.env, self.eval_env = make_env(), make_env()
         self.replay = ReplayBuffer(cfg.replay_capacity, action_dim=agent.nets.action_dim)
-        self.demos: ReplayBuffer | None = None
-        if demos and agent.spec.uses_demos:
-            self.demos = ReplayBuffer(sum(len(d) for d in demos) + 1, action_dim=agent.nets.action_dim)
-            for d in demos:
-                self.demos.add_episode(d)
+        # demos.hdf5 episodes; only algorithms that sample a demo buffer keep one
+        self.demos = demo_buffer(demos, agent.nets.action_dim, cameras) if agent.spec.uses_demos else None
         a = agent.cfg
         self.shaping = RewardShaping(a.reward_scale, a.reward_bias, a.discount)
         self.rng = np.random.default_rng(cfg.seed)

@@ -1,6 +1,7 @@
 """Where a session's pi_BC comes from: the configured checkpoint, or scripted demos + BC training (sim), cached.
 
     path = ensure_bc_policy(cfg)        # runs/bc-cache/<task>-<hash>/bc  (trained once, reused after)
+    cfg = with_bc_source(cfg)           # the same, with bc.checkpoint and bc.demos (the demos.hdf5 beside it) set
 
 The cache key is a hash of everything that shapes the policy: the sim task config, the demo settings and the
 BC training config. Training runs the ordinary commands (`q2rl demos scripted`, `q2rl bc train`,
@@ -11,6 +12,7 @@ renamed into place only after training succeeded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -92,6 +94,16 @@ def ensure_bc_policy(cfg, progress: bool = True) -> str:
         except (json.JSONDecodeError, KeyError):
             pass
     return str(policy_dir)
+
+
+def with_bc_source(cfg):
+    """`cfg` with bc.checkpoint filled (training and caching pi_BC for sim when it is empty) and, for a policy
+    trained here, bc.demos: the demos it was trained on, which a demo buffer (rlpd, use_demos) samples."""
+    if cfg.bc.checkpoint:
+        return cfg
+    checkpoint = ensure_bc_policy(cfg)
+    demos = cfg.bc.demos or str(bc_cache_dir(cfg) / DEMOS_FILE)
+    return dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, checkpoint=checkpoint, demos=demos))
 
 
 def bc_baseline(policy_dir: str | Path) -> float | None:

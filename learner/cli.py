@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def prepare_run(args: argparse.Namespace):
     """(cfg, run_dir, resumed): a new run directory with its resolved config, or the one to resume."""
-    from q2rl.learner.bc_source import ensure_bc_policy
+    from q2rl.learner.bc_source import with_bc_source
     from q2rl.run_config import RunConfig
 
     if args.resume:
@@ -51,8 +51,7 @@ def prepare_run(args: argparse.Namespace):
         cfg = load_config(RunConfig, run_dir / CONFIG_FILE, args.overrides)
         return cfg, run_dir, True
     cfg = load_config(RunConfig, args.config, args.overrides)
-    if not cfg.bc.checkpoint:
-        cfg = dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, checkpoint=ensure_bc_policy(cfg)))
+    cfg = with_bc_source(cfg)
     name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
     cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
     run_dir = create_run_dir(cfg.learner.run_root, name)

@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from q2rl.config import ConfigError
 from q2rl.core.agents import make_agent, publishable, with_subsets
 from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
-from q2rl.core.replay import ReplayBuffer, RewardShaping, stack_batches
+from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import AgentParams, SacState
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
 from q2rl.learner.progress import EvalPoint, LearnerStatus
@@ -59,6 +60,32 @@ def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]]) -> dict
     if images:
         obs["images"] = {k: np.zeros(v, np.uint8) for k, v in images.items()}
     return obs
+
+
+def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...]) -> ReplayBuffer:
+    """The demo buffer of an agent that samples one (rlpd, agent.use_demos): the successful episodes of bc.demos,
+    checked against the observations this run's policies read."""
+    from q2rl.demos.hdf5 import DemoFileError, read_demos
+
+    why = "agent.algo rlpd" if cfg.agent.algo == "rlpd" else "agent.use_demos: true"
+    if not cfg.bc.demos:
+        raise ConfigError(f"bc.demos: {why} samples {cfg.agent.demo_fraction:.0%} of every batch from "
+                          "demonstrations; set bc.demos to a demos.hdf5 (`q2rl demos record`, or the file pi_BC "
+                          "was trained on)")
+    try:
+        dataset = read_demos(cfg.bc.demos, cameras=cameras, load_next_obs=True)
+    except DemoFileError as e:
+        raise ConfigError(f"bc.demos: {e}") from None
+    if dataset.state_dim != state_dim:
+        raise ConfigError(f"bc.demos: {cfg.bc.demos} has states of size {dataset.state_dim}, but pi_BC reads "
+                          f"{state_dim}: record the demos with this task's observations")
+    if dataset.action_dim != ACTION_DIM:
+        raise ConfigError(f"bc.demos: {cfg.bc.demos} has actions of size {dataset.action_dim}, expected {ACTION_DIM}")
+    buffer = demo_buffer(dataset.episodes, ACTION_DIM, cameras)
+    if buffer is None:
+        raise ConfigError(f"bc.demos: none of the {len(dataset)} demos in {cfg.bc.demos} succeeded; a demo buffer "
+                          "holds successful demonstrations")
+    return buffer
 
 
 def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
@@ -117,6 +144,10 @@ class Learner:
         params = init_agent_params(self.agent, k_init, example_obs(state_dim, self.images), bc)
         self.state: SacState = jax.jit(self.agent.init_state)(params)
         self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
+        # Read from bc.demos at every start (resume included): the demos are an input of the run, not its state.
+        self.demos = load_demo_buffer(cfg, state_dim, tuple(self.images)) if self.spec.uses_demos else None
+        if self.demos is not None:
+            log.info("demo buffer: %d transitions from %s", len(self.demos), cfg.bc.demos)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
         self.book = Bookkeeping(phase="rollout")
         self.mesh = DataParallel(devices, self.acfg.batch_size)
@@ -236,9 +267,9 @@ class Learner:
         return self.book.env_steps - self.book.online_start_steps - self.book.updates
 
     def _update_once(self) -> None:
-        batches = stack_batches(
-            [self.replay.sample(self.rng, self.acfg.batch_size, self.shaping, self.acfg.n_step) for _ in range(self.acfg.utd)]
-        )
+        a = self.acfg
+        batches = stack_batches([sample_mixed(self.rng, self.replay, self.demos, a.batch_size, self.shaping, a.n_step,
+                                              a.demo_fraction) for _ in range(a.utd)])
         self.key, k = jax.random.split(self.key)
         self.state, self.metrics = self.update(self.state, self.mesh.shard_batch(batches), k)
         self.book.updates += 1

@@ -149,11 +149,13 @@ class SessionResult:
     final_eval_episodes: int
 
 
-def prepare_bc(cfg, root: Path) -> str:
-    """The BC checkpoint the run uses: the configured one, or one trained from scripted demos (sim), cached."""
-    from q2rl.learner.bc_source import ensure_bc_policy
+def prepare_bc(cfg) -> list[str]:
+    """Overrides naming the BC checkpoint the run uses (one trained from scripted demos for sim, cached) and the
+    demos it was trained on (for a demo buffer)."""
+    from q2rl.learner.bc_source import with_bc_source
 
-    return ensure_bc_policy(cfg)
+    bc = with_bc_source(cfg).bc
+    return [f"bc.checkpoint={bc.checkpoint}"] + ([f"bc.demos={bc.demos}"] if bc.demos else [])
 
 
 def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:
@@ -183,7 +185,7 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
         learner_argv = q2rl_command("learner", "--resume", str(run_dir), *overrides)
     else:
         if not cfg.bc.checkpoint:
-            overrides.append(f"bc.checkpoint={prepare_bc(cfg, root)}")
+            overrides.extend(prepare_bc(cfg))
         name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
         overrides.append(f"learner.run_name={name}")
         run_dir = root / name

@@ -52,6 +52,9 @@ class BCSourceConfig:
     """Where pi_BC comes from: a trained checkpoint, or (sim) scripted demos + BC training, cached."""
 
     checkpoint: str = doc("", "BC checkpoint (directory or policy.ckpt); empty = train one from scripted demos (sim).")
+    demos: str = doc("", "Demonstrations (demos.hdf5) for the learner's demo buffer, which agent.algo rlpd and "
+                         "agent.use_demos sample half of every batch from; when pi_BC is trained here (sim), the "
+                         "demos it was trained on.")
     demo_episodes: int = doc(30, "Scripted demonstrations to record when training pi_BC here (sim).")
     demo_noise: float = doc(-1.0, "Scripted expert's imperfection (-1: the expert's default).")
     demo_seed: int = doc(0, "Seed of the scripted demonstrations.")

@@ -144,6 +144,69 @@ def test_cut_episodes_are_counted_once_however_they_are_learned_of(tmp_path, bc_
     assert learner.status().train_success_rate == 1.0
 
 
+def test_rlpd_learner_samples_half_of_every_batch_from_the_demos_pi_bc_was_trained_on(tmp_path, tmp_path_factory,
+                                                                                     bc_checkpoint):
+    """A sim policy trained here names its demos (bc.demos); an rlpd learner loads the successful ones and mixes
+    them 50/50 into every critic minibatch of the update calls it owes."""
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.demos.hdf5 import read_demos
+    from q2rl.learner.bc_source import with_bc_source
+    from q2rl.learner.learner import Learner
+    from q2rl.run_config import RunConfig
+
+    trained = with_bc_source(load_config(RunConfig, tiny_run_config(tmp_path_factory.getbasetemp() / "q2rl-tiny-bc")))
+    assert trained.bc.checkpoint == bc_checkpoint and Path(trained.bc.demos).is_file()
+    demos = read_demos(trained.bc.demos).episodes
+    cfg = run_config(tmp_path, bc_checkpoint, bc={"demos": trained.bc.demos}, agent={"algo": "rlpd"})
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    learner = Learner(cfg, tmp_path, bc, dim)
+    assert len(learner.demos) == sum(len(d) for d in demos if d.success) > 0
+
+    batches = []
+    update = learner.update
+    learner.update = lambda state, b, key: (batches.append(b), update(state, b, key))[1]
+    learner.book.phase = "online"
+    marker = 1000.0  # online states are all `marker`, the demos' never are
+    for k in range(40):
+        s, a = np.full(dim, marker, np.float32), np.zeros(7, np.float32)
+        learner.ingest_transition(Transition("a", k // 10, k % 10, k, {"state": s}, a, 0.0, False, k % 10 == 9,
+                                             {"state": s}, a, a, 0.0, 0.0, "rl", 1))
+    while learner.work():  # one update call owed per online env step, `updates_per_chunk` at a time
+        pass
+    assert learner.book.updates == len(batches) == 40
+    for b in batches:
+        is_demo = np.asarray(b.is_demo)
+        assert is_demo.mean() == cfg.agent.demo_fraction == 0.5
+        states = np.asarray(b.obs["state"])[..., 0]
+        assert np.all(states[~is_demo] == marker) and not np.any(states[is_demo] == marker)
+
+
+def test_a_demo_buffer_without_usable_demos_is_a_config_error(tmp_path, bc_checkpoint):
+    from q2rl.config import ConfigError
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.demos.hdf5 import Episode as Demo
+    from q2rl.demos.hdf5 import write_demos
+    from q2rl.learner.learner import Learner
+
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    with pytest.raises(ConfigError, match="bc.demos: agent.algo rlpd samples 50% of every batch from demonstrations"):
+        Learner(run_config(tmp_path, bc_checkpoint, agent={"algo": "rlpd"}), tmp_path, bc, dim)
+    wrong = tmp_path / "other_task.hdf5"
+    write_demos(wrong, [Demo(states=np.zeros((3, dim + 2), np.float32), actions=np.zeros((3, 7), np.float32),
+                             rewards=np.r_[0, 0, 1].astype(np.float32), dones=np.r_[0, 0, 1].astype(bool),
+                             success=True)], {"env_name": "other"})
+    cfg = run_config(tmp_path, bc_checkpoint, bc={"demos": str(wrong)}, agent={"algo": "q2rl", "use_demos": True})
+    with pytest.raises(ConfigError, match=f"has states of size {dim + 2}, but pi_BC reads {dim}"):
+        Learner(cfg, tmp_path, bc, dim)
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(wrong.read_bytes()[:300])
+    cfg = run_config(tmp_path, bc_checkpoint, bc={"demos": str(truncated)}, agent={"algo": "rlpd"})
+    with pytest.raises(ConfigError, match="bc.demos: .*truncated.hdf5"):
+        Learner(cfg, tmp_path, bc, dim)
+
+
 def test_pacing_grants_leave_no_actor_stuck_short_of_the_budget(tmp_path, bc_checkpoint):
     """Two actors, one step of headroom left before the session's budget: someone must get it (a floor split of
     1 // 2 = 0 stalled a two-actor session at 239 of 240 steps)."""

@@ -141,3 +141,29 @@ def test_symmetric_sampling_half_from_demos():
     assert batch.is_demo.sum() == 16
     np.testing.assert_array_equal(batch.obs["state"][batch.is_demo, 0], 1)
     np.testing.assert_array_equal(batch.obs["state"][~batch.is_demo, 0], 0)
+
+
+def test_demo_buffer_keeps_the_successful_demos_with_their_transitions():
+    from q2rl.core.replay import demo_buffer
+    from q2rl.demos.hdf5 import Episode as Demo
+
+    def demo(seed: int, length: int, success: bool) -> Demo:
+        states = np.stack([np.array([seed, t, 0.0], np.float32) for t in range(length)])
+        next_states = states + np.array([0, 1, 0], np.float32)  # the frame after the last action is (seed, length)
+        rewards = np.r_[np.zeros(length - 1), float(success)].astype(np.float32)
+        return Demo(states=states, actions=np.full((length, 7), 0.5, np.float32), rewards=rewards,
+                    dones=rewards.astype(bool), next_states=next_states, success=success, seed=seed)
+
+    buffer = demo_buffer([demo(0, 4, True), demo(1, 6, False), demo(2, 3, True)], action_dim=7)
+    assert len(buffer) == 4 + 3  # the failed recording is left out
+    batch = buffer.sample(np.random.default_rng(0), 200, RewardShaping(5.0, -1.0, 0.99))
+    assert set(batch.obs["state"][:, 0]) == {0.0, 2.0}
+    # next_obs is the recorded next state, the last step of each demo included; success terminates (discount 0)
+    np.testing.assert_array_equal(batch.next_obs["state"][:, 1], batch.obs["state"][:, 1] + 1)
+    last = batch.next_obs["state"][:, 1] == np.where(batch.obs["state"][:, 0] == 0, 4, 3)
+    assert last.any() and (~last).any()
+    np.testing.assert_allclose(batch.discounts[last], 0.0)
+    np.testing.assert_allclose(batch.rewards[last], 4.0)  # 5 * 1 - 1
+    np.testing.assert_allclose(batch.discounts[~last], 0.99)
+    np.testing.assert_array_equal(batch.a_bc, batch.actions)  # the demonstrated action is the BC target
+    assert demo_buffer([demo(1, 6, False)], action_dim=7) is None
