@@ -13,7 +13,8 @@ Phases:
 
 UTD against the measured insert rate: the learner owes one update call per online env step and never runs
 ahead of the data; sim actors are paced by the "pacing" subset it publishes — per actor, the highest seq it
-may send — so they run exactly as fast as the updates keep up (`learner.ahead_steps` of slack), while a
+may send — so they run exactly as fast as the updates keep up (`learner.ahead_steps` of slack; before online RL,
+as fast as the learner stores their steps), while a
 real robot ignores the pacing and runs at its control rate (the learner then just falls behind or idles).
 """
 
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint/learner.ckpt"
 CHECKPOINT_KIND = "learner_state"
-UNLIMITED = 2**62  # a pacing grant that never binds
 PACING = "pacing"  # the parameter subset that carries the sim pacing grants
 
 
@@ -278,12 +278,17 @@ class Learner:
     # ------------------------------------------------------------------------------------------ outputs
     def grants(self) -> dict[str, int]:
         """Per actor, the highest seq it may send now (sim pacing); '*' is for actors not heard from yet."""
-        phase = self.book.phase
-        if phase == "rollout":
-            return {"*": UNLIMITED}
-        if phase != "online":
+        phase, ahead = self.book.phase, self.cfg.learner.ahead_steps
+        if phase not in ("rollout", "online"):
             return {**{a: s for a, s in self.last_seq.items()}, "*": -1}
-        paid = self.book.online_start_steps + self.book.updates + self.cfg.learner.ahead_steps
+        if phase == "online" and self.spec.trains:
+            paid = self.book.online_start_steps + self.book.updates + ahead  # UTD: one update call per step
+        else:
+            # No updates to wait for (pi_BC rollouts, or the bc baseline), but still at most `ahead` steps beyond
+            # what the learner has stored: a learner slow to ingest (a loaded machine) would otherwise switch to
+            # online RL long after the actor finished its rollouts, and the actor would run pi_BC past the switch
+            # and past the session's budget.
+            paid = self.book.env_steps + ahead
         paid = min(paid, self.cfg.session.env_steps)
         headroom = max(0, paid - self.book.env_steps)
         # Rounded up: with N actors and fewer than N steps of headroom a floor would grant nobody anything and

@@ -227,6 +227,29 @@ def test_pacing_grants_leave_no_actor_stuck_short_of_the_budget(tmp_path, bc_che
     assert (grants["actor-0"], grants["actor-1"]) == (143, 94)
 
 
+def test_rollout_and_bc_grants_keep_actors_within_ahead_steps_of_what_the_learner_stored(tmp_path, bc_checkpoint):
+    """No updates to wait for is no licence to run free: a learner slow to ingest (a loaded 2-core box) once let a
+    sim actor run 400 pi_BC steps past the switch to online RL and past a 150-step budget."""
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import Learner
+
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    for algo, phase in (("sac_bc", "rollout"), ("q2rl", "rollout"), ("bc", "online")):
+        cfg = run_config(tmp_path, bc_checkpoint, agent={"algo": algo}, session={"env_steps": 500},
+                         learner={"ahead_steps": 50})
+        learner = Learner(cfg, tmp_path, bc, dim)
+        learner.book.phase = phase
+        assert learner.grants() == {"*": 49}  # nobody heard from yet: seqs 0..49
+        learner.last_seq.update({"actor-0": 99, "actor-1": 79})
+        learner.book.env_steps = 180  # stored so far; the two actors share 50 more
+        assert learner.grants() == {"actor-0": 124, "actor-1": 104, "*": 24}
+        learner.book.env_steps = 490  # the budget caps it: 10 more steps, 5 each
+        assert learner.grants() == {"actor-0": 104, "actor-1": 84, "*": 4}
+    learner.book.phase = "q_estimation"  # phase 1's fit: everyone holds
+    assert learner.grants() == {"actor-0": 99, "actor-1": 79, "*": -1}
+
+
 def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_checkpoint):
     import jax
 
