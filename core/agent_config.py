@@ -81,6 +81,9 @@ class AgentConfig:
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
     bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s).")
+    bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
+        "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
+                "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -132,6 +135,13 @@ class AgentConfig:
             raise ConfigError(f"tau: {self.tau} must be in (0, 1]")
         if not 0.0 <= self.demo_fraction < 1.0:
             raise ConfigError(f"demo_fraction: {self.demo_fraction} must be in [0, 1)")
+
+    @property
+    def bootstrap_rule(self) -> str:
+        """The bootstrap `auto` resolves to for this algorithm."""
+        if self.bootstrap != "auto":
+            return self.bootstrap
+        return "max_rl_bc" if self.algo in ("ibrl", "ibrl_soft") else "rl"
 
     @property
     def failure_reward(self) -> float:

@@ -255,14 +255,15 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
     """r' + discount * min_subset Q_target(s', a') (minus the entropy term when enabled); no gradient.
 
     `batch.discounts` already is gamma^n * (1 - terminated): truncation bootstraps, termination does not.
-    IBRL bootstraps with the better of a'_rl and a'_bc (pi_BC's mode) under the target critic.
+    With bootstrap max_rl_bc (IBRL's rule, the default for ibrl) it takes the better of a'_rl and a'_bc (pi_BC's
+    mode) under the target critic.
     """
     k_action, k_heads = jax.random.split(key)
     dist = actor_dist(nets, params, batch.next_obs)
     next_action, next_log_prob = dist.sample_and_log_prob(k_action)
     next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=True),
                            cfg.critic_subsample)
-    if cfg.algo in ("ibrl", "ibrl_soft"):
+    if cfg.bootstrap_rule == "max_rl_bc":
         bc_action = jnp.clip(bc_dist(params, batch.next_obs).mode(), -1.0, 1.0)
         bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
                              cfg.critic_subsample)

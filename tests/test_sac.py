@@ -71,6 +71,25 @@ def test_td_target_and_masks_by_hand():
     np.testing.assert_allclose(target[[1, 3]], b.rewards[[1, 3]])  # terminal: no bootstrap
 
 
+@pytest.mark.parametrize("algo, bootstrap, uses_bc", [("ibrl", "auto", True), ("q2rl", "auto", False),
+                                                     ("q2rl", "max_rl_bc", True), ("ibrl", "rl", False)])
+def test_td_target_bootstrap_rule_by_hand(algo, bootstrap, uses_bc):
+    """max_rl_bc (IBRL's rule, ibrl's default): the better of Q_target(s', a'_rl) and Q_target(s', pi_BC's mode)."""
+    agent, params = agent_and_params(algo=algo, bootstrap=bootstrap)
+    b = batch(0, discounts=[0.99, 0.0, 0.99, 0.99, 0.5, 0.99])
+    key = jax.random.PRNGKey(3)
+    k_action, k_heads = jax.random.split(key)
+    a_next, _ = sac.actor_dist(agent.nets, params, b.next_obs).sample_and_log_prob(k_action)
+    heads = np.asarray(jax.random.choice(k_heads, 3, (2,), replace=False))
+    q_rl = np.asarray(sac.critic_values(agent.nets, params, b.next_obs, a_next, target=True))[heads].min(axis=0)
+    a_bc = np.clip(np.asarray(sac.bc_dist(params, b.next_obs).mode()), -1, 1)
+    q_bc = np.asarray(sac.critic_values(agent.nets, params, b.next_obs, a_bc, target=True))[heads].min(axis=0)
+    assert np.any(q_bc > q_rl) and np.any(q_bc < q_rl)  # both branches are taken somewhere
+    target = np.asarray(sac.td_target(agent.nets, agent.cfg, params, b, key))
+    expected = b.rewards + b.discounts * (np.maximum(q_rl, q_bc) if uses_bc else q_rl)
+    np.testing.assert_allclose(target, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_critic_loss_by_numpy():
     agent, params = agent_and_params()
     b = batch(1)
