@@ -137,13 +137,6 @@ class AgentConfig:
             raise ConfigError(f"demo_fraction: {self.demo_fraction} must be in [0, 1)")
 
     @property
-    def bootstrap_rule(self) -> str:
-        """The bootstrap `auto` resolves to for this algorithm."""
-        if self.bootstrap != "auto":
-            return self.bootstrap
-        return "max_rl_bc" if self.algo in ("ibrl", "ibrl_soft") else "rl"
-
-    @property
     def failure_reward(self) -> float:
         """Shaped reward of a non-success step, r'_neg = reward_bias (reward 0)."""
         return self.reward_bias

@@ -53,7 +53,10 @@ def algo_spec(cfg: AgentConfig) -> AlgoSpec:
 
 
 def effective_config(cfg: AgentConfig) -> AgentConfig:
-    """Settings an algorithm implies: rlpd is plain SAC (entropy on, no BC term, demos 50/50)."""
+    """Settings an algorithm implies: rlpd is plain SAC (entropy on, no BC term, demos 50/50); bootstrap auto is
+    IBRL's rule (max_rl_bc) for the ibrl family and SPEC §1.3's (rl) for the rest."""
+    if cfg.bootstrap == "auto":
+        cfg = dataclasses.replace(cfg, bootstrap="max_rl_bc" if cfg.algo in ("ibrl", "ibrl_soft") else "rl")
     if cfg.algo == "rlpd":
         return dataclasses.replace(cfg, bc_weight=0.0, entropy=True, use_demos=True)
     return cfg

@@ -263,7 +263,7 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
     next_action, next_log_prob = dist.sample_and_log_prob(k_action)
     next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=True),
                            cfg.critic_subsample)
-    if cfg.bootstrap_rule == "max_rl_bc":
+    if cfg.bootstrap == "max_rl_bc":  # `auto` is resolved by agents.effective_config
         bc_action = jnp.clip(bc_dist(params, batch.next_obs).mode(), -1.0, 1.0)
         bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
                              cfg.critic_subsample)
