@@ -80,7 +80,9 @@ class AgentConfig:
     tau: float = doc(0.005, "Polyak rate of the target critic.")
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
-    bc_weight: float = doc(0.3, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s).")
+    bc_weight: float | None = doc(
+        None, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: 0.3 (SPEC §1.3), but 0 for ibrl/ibrl_soft, "
+              "whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone.")
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
@@ -129,7 +131,7 @@ class AgentConfig:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:
             raise ConfigError(f"discount: {self.discount} must be in (0, 1)")
-        if not 0.0 <= self.bc_weight <= 1.0:
+        if self.bc_weight is not None and not 0.0 <= self.bc_weight <= 1.0:
             raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"tau: {self.tau} must be in (0, 1]")

@@ -52,11 +52,19 @@ def algo_spec(cfg: AgentConfig) -> AlgoSpec:
     )
 
 
+IBRL_FAMILY = ("ibrl", "ibrl_soft")
+DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release
+
+
 def effective_config(cfg: AgentConfig) -> AgentConfig:
-    """Settings an algorithm implies: rlpd is plain SAC (entropy on, no BC term, demos 50/50); bootstrap auto is
-    IBRL's rule (max_rl_bc) for the ibrl family and SPEC §1.3's (rl) for the rest."""
+    """Settings an algorithm implies: rlpd is plain SAC (entropy on, no BC term, demos 50/50); the ibrl family
+    bootstraps with IBRL's rule (max_rl_bc) and, as published, trains pi_RL on Q alone (bc_weight 0); the rest
+    bootstrap with SPEC §1.3's rule (rl) and keep the auxiliary BC loss. Explicit values win, except for rlpd."""
+    ibrl = cfg.algo in IBRL_FAMILY
     if cfg.bootstrap == "auto":
-        cfg = dataclasses.replace(cfg, bootstrap="max_rl_bc" if cfg.algo in ("ibrl", "ibrl_soft") else "rl")
+        cfg = dataclasses.replace(cfg, bootstrap="max_rl_bc" if ibrl else "rl")
+    if cfg.bc_weight is None:
+        cfg = dataclasses.replace(cfg, bc_weight=0.0 if ibrl else DEFAULT_BC_WEIGHT)
     if cfg.algo == "rlpd":
         return dataclasses.replace(cfg, bc_weight=0.0, entropy=True, use_demos=True)
     return cfg

@@ -94,6 +94,7 @@ def test_describe_lists_every_leaf_with_help():
         ("agent: {algo: td3}\n", "agent.algo: 'td3' is not one of"),
         ("agent: {critic_subsample: 9, ensemble_size: 4}\n", "critic_subsample: 9 must be in [1, ensemble_size=4]"),
         ("agent: {q_estimation: {alpha: -1}}\n", "agent.q_estimation.alpha: -1.0 must be >= 0"),
+        ("agent: {bc_weight: 1.5}\n", "agent.bc_weight: 1.5 must be in [0, 1]"),
     ],
 )
 def test_the_run_configs_agent_section_is_validated(tmp_path, text, fragment):

@@ -100,21 +100,40 @@ def test_critic_loss_by_numpy():
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
 
 
+def expected_actor_loss(agent, params, b, key, w):
+    dist = sac.actor_dist(agent.nets, params, b.obs)
+    a, logp = dist.sample_and_log_prob(key)
+    q_mean_heads = np.asarray(sac.critic_values(agent.nets, params, b.obs, a)).mean(axis=0)
+    nll = -np.asarray(dist.log_prob(b.a_bc)).mean()
+    expected = (1 - w) * -q_mean_heads.mean() + w * nll
+    if agent.cfg.entropy:
+        expected += agent.cfg.init_temperature * np.asarray(logp).mean()
+    return expected, nll
+
+
 @pytest.mark.parametrize("entropy", [False, True])
 def test_actor_loss_by_numpy(entropy):
     agent, params = agent_and_params(entropy=entropy, bc_weight=0.3)
     b = batch(2)
     key = jax.random.PRNGKey(5)
     loss, m = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, key)
-    dist = sac.actor_dist(agent.nets, params, b.obs)
-    a, logp = dist.sample_and_log_prob(key)
-    q_mean_heads = np.asarray(sac.critic_values(agent.nets, params, b.obs, a)).mean(axis=0)
-    nll = -np.asarray(dist.log_prob(b.a_bc)).mean()
-    expected = 0.7 * -q_mean_heads.mean() + 0.3 * nll
-    if entropy:
-        expected += agent.cfg.init_temperature * np.asarray(logp).mean()
+    expected, nll = expected_actor_loss(agent, params, b, key, 0.3)
     assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert float(m.bc_nll) == pytest.approx(nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("over, w", [({"algo": "q2rl"}, 0.3), ({"algo": "sac_bc"}, 0.3), ({"algo": "ibrl"}, 0.0),
+                                     ({"algo": "ibrl_soft"}, 0.0), ({"algo": "ibrl", "bc_weight": 0.3}, 0.3),
+                                     ({"algo": "q2rl", "bc_weight": 0.0}, 0.0)])
+def test_actor_bc_weight_defaults_by_algorithm(over, w):
+    """IBRL's actor maximises Q alone, as published; the Q2RL family and sac_bc keep the 0.3 BC term; an
+    explicit bc_weight wins."""
+    agent, params = agent_and_params(**over)
+    assert agent.cfg.bc_weight == w
+    b = batch(2)
+    key = jax.random.PRNGKey(5)
+    loss, _ = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, key)
+    assert float(loss) == pytest.approx(expected_actor_loss(agent, params, b, key, w)[0], rel=1e-4, abs=1e-5)
 
 
 def test_temperature_loss_direction():
