@@ -16,6 +16,7 @@ from typing import Literal
 from q2rl.config import ConfigError, doc
 
 ALGOS = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc")
+IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
 Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from q2rl.core.agent_config import AgentConfig
+from q2rl.core.agent_config import IBRL_FAMILY, AgentConfig
 from q2rl.core.q_estimation import qhat_bc
 from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values
 
@@ -46,7 +46,7 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     k_bc, k_rl, k_entropy, k_soft = jax.random.split(key, 4)
     if params.bc is not None:
         dist = bc_dist(params, batched)
-        use_mode = deterministic or cfg.algo in ("ibrl", "ibrl_soft") or cfg.bc_action == "mode"
+        use_mode = deterministic or cfg.algo in IBRL_FAMILY or cfg.bc_action == "mode"
         a_bc_raw = dist.mode() if use_mode else dist.sample(k_bc)
     else:
         a_bc_raw = jnp.zeros((1, nets.action_dim), jnp.float32)
@@ -56,7 +56,7 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
         return a_bc[0], GateInfo(a_bc[0], a_bc[0], zero, zero, jnp.asarray(False))
     rl = actor_dist(nets, params, batched)
     a_rl = rl.mode() if (deterministic or cfg.rl_action == "mode") else rl.sample(k_rl)
-    ibrl = cfg.algo in ("ibrl", "ibrl_soft")
+    ibrl = cfg.algo in IBRL_FAMILY
     q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
     if cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
         # score the action that runs (clipped to the box), as phase 1 scored its executed actions
