@@ -17,6 +17,7 @@ from q2rl.config import ConfigError, doc
 
 ALGOS = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc")
 IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
+DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
 Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
@@ -82,8 +83,8 @@ class AgentConfig:
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
     bc_weight: float | None = doc(
-        None, "w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: 0.3 (SPEC §1.3), but 0 for ibrl/ibrl_soft, "
-              "whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone.")
+        None, f"w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: {DEFAULT_BC_WEIGHT} (SPEC §1.3), but 0 for "
+              "ibrl/ibrl_soft, whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone.")
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")

@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from q2rl.core.agent_config import IBRL_FAMILY, AgentConfig
+from q2rl.core.agent_config import DEFAULT_BC_WEIGHT, IBRL_FAMILY, AgentConfig
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
@@ -50,9 +50,6 @@ def algo_spec(cfg: AgentConfig) -> AlgoSpec:
         trains=algo != "bc",
         uses_demos=cfg.use_demos or algo == "rlpd",
     )
-
-
-DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release
 
 
 def effective_config(cfg: AgentConfig) -> AgentConfig:
