@@ -98,6 +98,11 @@ class AgentConfig:
     bc_action: Literal["sample", "mode"] = doc(
         "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (SPEC) or its mode "
                   "(as ibrl always does).")
+    q2rl_gate: Literal["qhat_bc", "prior_weighted"] = doc(
+        "qhat_bc", "How the Q2RL gate scores its two candidates: min-head Q_RL(s, a_rl) against the frozen "
+                   "Qhat_BC(s, a_bc) (SPEC §1.2), or both by the live critic plus the prior, min-head Q_RL(s, a) + "
+                   "alpha * max(log pi_BC(a|s), floor) (V_phi cancels, so the two estimators' different state "
+                   "values cannot decide the choice).")
     ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
     demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
     use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")

@@ -4,7 +4,8 @@
     action, info = gate(params, obs, key)            # obs is ONE observation (no batch dim)
 
 q2rl: a_bc ~ pi_BC, a_rl ~ pi_RL, q_bc = Qhat_BC(s, a_bc) (frozen), q_rl = min_heads Q_RL(s, a_rl);
-execute a_rl when q_rl >= q_bc (ties go to RL). The baselines reuse the same function (SPEC §1.4):
+execute a_rl when q_rl >= q_bc (ties go to RL). With `q2rl_gate: prior_weighted` both are scored by the live critic
+plus alpha log pi_BC instead (see prior_weighted_scores). The baselines reuse the same function (SPEC §1.4):
 ibrl scores both actions with the target critic (greedy, or softmax with beta for ibrl_soft); sac_bc, rlpd
 and q2rl_no_gate always run a_rl; bc always runs a_bc.
 """
@@ -39,6 +40,20 @@ def gate_rule(q_bc: jax.Array, q_rl: jax.Array) -> jax.Array:
     return q_rl >= q_bc
 
 
+def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, a_bc: jax.Array,
+                          a_rl: jax.Array, q_rl: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(score of a_bc, score of a_rl) = min-head Q_RL(s, a) + alpha * max(log pi_BC(a|s), floor), for one state.
+
+    Both candidates are scored by one estimator, so a state-level offset between Q_RL and V_phi cancels; the
+    prior's log-likelihood keeps a_rl from winning where the critic cannot tell it from a_bc.
+    """
+    qcfg = cfg.q_estimation
+    dist = bc_dist(params, obs)
+    prior = lambda a: qcfg.alpha * jnp.maximum(dist.log_prob(a), qcfg.log_prob_floor)[0]
+    q_bc_critic = jnp.min(critic_values(nets, params, obs, a_bc), axis=0)[0]
+    return q_bc_critic + prior(a_bc), q_rl + prior(a_rl)
+
+
 def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, key: jax.Array,
                   deterministic: bool = False) -> tuple[jax.Array, GateInfo]:
     """The action to execute at one observation, and the gate's record (un-jitted; see `make_gate`)."""
@@ -58,7 +73,9 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     a_rl = rl.mode() if (deterministic or cfg.rl_action == "mode") else rl.sample(k_rl)
     ibrl = cfg.algo in IBRL_FAMILY
     q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
-    if cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
+    if cfg.algo in Q2RL_GATED and cfg.q2rl_gate == "prior_weighted":
+        q_bc, q_rl = prior_weighted_scores(nets, cfg, params, batched, a_bc, a_rl, q_rl)
+    elif cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
         # score the action that runs (clipped to the box), as phase 1 scored its executed actions
         q_bc = qhat_bc(nets, params, batched, a_bc, cfg.q_estimation, k_entropy)[0]
     else:

@@ -62,6 +62,37 @@ def test_q2rl_gate_values_and_choice():
         np.testing.assert_array_equal(a2, info.a_rl if expect_rl else info.a_bc)
 
 
+def test_prior_weighted_gate_scores_both_actions_with_the_critic_and_the_prior():
+    """q2rl_gate prior_weighted: score(a) = min-head Q_RL(s, a) + alpha max(log pi_BC(a|s), floor); V_phi has no say."""
+    agent, params, obs, bc = setup("q2rl")
+    weighted = make_agent(dataclasses.replace(agent.cfg, q2rl_gate="prior_weighted"))
+    key = jax.random.PRNGKey(7)
+    action, info = weighted.gate(params, obs, key)
+    _, plain = agent.gate(params, obs, key)
+    np.testing.assert_array_equal(info.a_bc, plain.a_bc)  # same candidates, scored differently
+    np.testing.assert_array_equal(info.a_rl, plain.a_rl)
+    batched = {"state": obs["state"][None]}
+    dist, _ = bc.distribution(batched)
+    alpha, floor = agent.cfg.q_estimation.alpha, agent.cfg.q_estimation.log_prob_floor
+
+    def score(a):
+        q = np.asarray(critic_values(agent.nets, params, batched, a[None])).min()
+        return q + alpha * max(float(dist.log_prob(a[None])[0]), floor)
+
+    np.testing.assert_allclose([info.q_bc, info.q_rl], [score(info.a_bc), score(info.a_rl)], rtol=1e-5, atol=1e-5)
+    assert bool(info.use_rl) == (score(info.a_rl) >= score(info.a_bc))
+    np.testing.assert_array_equal(action, info.a_rl if info.use_rl else info.a_bc)
+    # V_phi cancels: shifting it by any amount changes neither the scores nor the choice
+    shifted = params.replace(value_stats=params.value_stats.at[0].add(1e3))
+    _, info2 = weighted.gate(shifted, obs, key)
+    np.testing.assert_allclose([info2.q_bc, info2.q_rl], [info.q_bc, info.q_rl], rtol=1e-6)
+    # and the prior decides where the critic is indifferent: a flat critic runs the likelier action under pi_BC
+    flat = params.replace(critic=jax.tree_util.tree_map(jnp.zeros_like, params.critic))
+    _, info3 = weighted.gate(flat, obs, key)
+    lp = lambda a: max(float(dist.log_prob(a[None])[0]), floor)
+    assert bool(info3.use_rl) == (lp(info.a_rl) >= lp(info.a_bc))
+
+
 def test_eval_gate_uses_modes():
     agent, params, obs, bc = setup("q2rl")
     _, info1 = agent.eval_gate(params, obs, jax.random.PRNGKey(1))
