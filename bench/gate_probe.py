@@ -1,0 +1,125 @@
+"""What the Q2RL gate sees and decides after some online training: per-step records of evaluation episodes.
+
+    .venv/bin/python bench/gate_probe.py --task peg_insert --seed 1 --online-steps 2000 \
+        --agent-overrides '{"utd": 4, "ensemble_size": 10}' --out runs/bench/sample_efficiency
+
+1. The BC policy of `bench/sample_efficiency.py` (cached under --out; trained there if missing).
+2. Q-Estimation and `--online-steps` steps of online RL in-process (core.trainer), no evaluations.
+3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
+   candidates are scored four ways: min-head Q_RL(s, a_rl) and Q_RL(s, a_bc), Qhat_BC(s, a_bc) and
+   Qhat_BC(s, a_rl). Averages over the steps where the gate ran pi_RL and where it ran pi_BC say whether a
+   hand-over follows an action the critic prefers, or a difference in state value between Q_RL and V_phi.
+
+The last stdout line is JSON: {"task", "seed", "online_steps", "success", "rl_share", "rl_steps": {...},
+"bc_steps": {...}, "action_gap_rl_steps": [per-dim mean |a_rl - a_bc|], "action_gap_bc_steps": [...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCORES = ("q_rl", "q_rl_at_a_bc", "qhat_bc", "qhat_bc_at_a_rl", "log_pi_bc_a_rl", "log_pi_bc_a_bc")
+
+
+def make_probe(agent):
+    """Jitted (params, obs) -> (a_bc, a_rl, scores) for one observation, with modes as in evaluation."""
+    import jax
+    import jax.numpy as jnp
+
+    from q2rl.core.q_estimation import qhat_bc
+    from q2rl.core.sac import actor_dist, bc_dist, critic_values
+
+    qcfg = agent.cfg.q_estimation
+
+    def probe(params, obs):
+        batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
+        dist = bc_dist(params, batched)
+        a_bc = jnp.clip(dist.mode(), -1.0, 1.0)
+        a_rl = actor_dist(agent.nets, params, batched).mode()
+        q = lambda a: jnp.min(critic_values(agent.nets, params, batched, a), axis=0)[0]
+        qhat = lambda a: qhat_bc(agent.nets, params, batched, a, qcfg, jax.random.PRNGKey(0))[0]
+        scores = jnp.stack([q(a_rl), q(a_bc), qhat(a_bc), qhat(a_rl), dist.log_prob(a_rl)[0], dist.log_prob(a_bc)[0]])
+        return a_bc[0], a_rl[0], scores
+
+    return jax.jit(probe)
+
+
+def probe_episodes(agent, params, env, episodes: int, eval_seed: int) -> dict:
+    """Run the deterministic gate for `episodes` episodes and summarise its per-step records."""
+    import jax
+
+    from q2rl.core.trainer import policy_obs
+
+    probe = make_probe(agent)
+    key = jax.random.PRNGKey(0)  # unused by the deterministic gate
+    successes, used_rl, gaps, scores = [], [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=eval_seed + i)
+        done, success = False, False
+        while not done:
+            o = policy_obs(obs, ())
+            a_bc, a_rl, s = (np.asarray(x) for x in probe(params, o))
+            action, gate_info = agent.eval_gate(params, o, key)  # the configured gate decides, as in evaluation
+            use_rl = bool(gate_info.use_rl)
+            obs, _, terminated, truncated, info = env.step(np.asarray(action))
+            success = success or bool(info.get("success", False))
+            done = terminated or truncated
+            used_rl.append(use_rl)
+            gaps.append(np.abs(a_rl - a_bc))
+            scores.append(s)
+        successes.append(success)
+    used_rl, gaps, scores = np.asarray(used_rl), np.asarray(gaps), np.asarray(scores)
+    mean = lambda rows: {k: round(float(v), 2) for k, v in zip(SCORES, rows.mean(axis=0))} if len(rows) else {}
+    return {
+        "success": float(np.mean(successes)), "rl_share": float(used_rl.mean()),
+        "rl_steps": mean(scores[used_rl]), "bc_steps": mean(scores[~used_rl]),
+        "action_gap_rl_steps": np.round(gaps[used_rl].mean(axis=0), 3).tolist() if used_rl.any() else [],
+        "action_gap_bc_steps": np.round(gaps[~used_rl].mean(axis=0), 3).tolist() if (~used_rl).any() else [],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="peg_insert")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--online-steps", type=int, default=2000, help="online env steps before probing (0: right "
+                                                                   "after Q-Estimation)")
+    p.add_argument("--episodes", type=int, default=40)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
+    p.add_argument("--demos", type=int, default=10)
+    p.add_argument("--demo-noise", type=float, default=0.2)
+    p.add_argument("--bc-steps", type=int, default=2000)
+    p.add_argument("--out", default="runs/bench/sample_efficiency", help="where the BC policy is cached")
+    args = p.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sample_efficiency import prepare_bc
+
+    from q2rl.config import from_dict
+    from q2rl.core.agent_config import AgentConfig
+    from q2rl.core.agents import make_agent
+    from q2rl.core.trainer import Trainer, TrainerConfig
+    from q2rl.robot.sim import make_sim_env
+    from q2rl.robot.sim.config import SimEnvConfig
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bc, _ = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps)
+    cfg = from_dict(AgentConfig, {"algo": "q2rl", "preset": args.preset, **json.loads(args.agent_overrides)})
+    agent = make_agent(cfg, action_dim=7)
+    trainer_cfg = TrainerConfig(online_steps=args.online_steps, eval_every=10**9, eval_episodes=0, seed=args.seed)
+    make_env = lambda: make_sim_env(SimEnvConfig(task=args.task))
+    result = Trainer(agent, make_env, bc, trainer_cfg, log=print).run()
+    summary = probe_episodes(agent, result.params, make_env(), args.episodes, trainer_cfg.eval_seed)
+    print(json.dumps({"task": args.task, "seed": args.seed, "online_steps": args.online_steps, **summary}))
+
+
+if __name__ == "__main__":
+    main()
