@@ -102,7 +102,7 @@ class AgentConfig:
         "qhat_bc", "How the Q2RL gate scores its two candidates: min-head Q_RL(s, a_rl) against the frozen "
                    "Qhat_BC(s, a_bc) (SPEC §1.2), or both by the live critic plus the prior, min-head Q_RL(s, a) + "
                    "alpha * max(log pi_BC(a|s), floor) (V_phi cancels, so the two estimators' different state "
-                   "values cannot decide the choice).")
+                   "values cannot decide the choice; the recorded q_bc and q_rl are then these scores).")
     ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
     demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
     use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")
