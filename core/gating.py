@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from q2rl.core.agent_config import IBRL_FAMILY, AgentConfig
-from q2rl.core.q_estimation import qhat_bc
+from q2rl.core.q_estimation import bc_log_prior, qhat_bc
 from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values
 
 Q2RL_GATED = ("q2rl", "q2rl_no_qinit")
@@ -40,16 +40,16 @@ def gate_rule(q_bc: jax.Array, q_rl: jax.Array) -> jax.Array:
     return q_rl >= q_bc
 
 
-def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, a_bc: jax.Array,
+def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, bc: Any, a_bc: jax.Array,
                           a_rl: jax.Array, q_rl: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(score of a_bc, score of a_rl) = min-head Q_RL(s, a) + alpha * max(log pi_BC(a|s), floor), for one state.
+    """(score of a_bc, score of a_rl) = min-head Q_RL(s, a) + alpha * max(log pi_BC(a|s), floor), for one state;
+    `bc` is pi_BC(.|s), `q_rl` the min-head Q_RL(s, a_rl) the gate already has.
 
     Both candidates are scored by one estimator, so a state-level offset between Q_RL and V_phi cancels; the
     prior's log-likelihood keeps a_rl from winning where the critic cannot tell it from a_bc.
     """
     qcfg = cfg.q_estimation
-    dist = bc_dist(params, obs)
-    prior = lambda a: qcfg.alpha * jnp.maximum(dist.log_prob(a), qcfg.log_prob_floor)[0]
+    prior = lambda a: bc_log_prior(bc.log_prob(a), qcfg.alpha, qcfg.log_prob_floor)[0]
     q_bc_critic = jnp.min(critic_values(nets, params, obs, a_bc), axis=0)[0]
     return q_bc_critic + prior(a_bc), q_rl + prior(a_rl)
 
@@ -74,7 +74,7 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     ibrl = cfg.algo in IBRL_FAMILY
     q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
     if cfg.algo in Q2RL_GATED and cfg.q2rl_gate == "prior_weighted":
-        q_bc, q_rl = prior_weighted_scores(nets, cfg, params, batched, a_bc, a_rl, q_rl)
+        q_bc, q_rl = prior_weighted_scores(nets, cfg, params, batched, dist, a_bc, a_rl, q_rl)
     elif cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
         # score the action that runs (clipped to the box), as phase 1 scored its executed actions
         q_bc = qhat_bc(nets, params, batched, a_bc, cfg.q_estimation, k_entropy)[0]

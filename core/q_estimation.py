@@ -50,10 +50,15 @@ def mc_returns(rewards: np.ndarray, success: bool, discount: float, scale: float
     return returns
 
 
+def bc_log_prior(log_prob: jax.Array, alpha: float, log_prob_floor: float) -> jax.Array:
+    """alpha * max(log pi_BC(a|s), floor): the action-dependent part of Qhat_BC."""
+    return alpha * jnp.maximum(log_prob, log_prob_floor)
+
+
 def qhat_bc_from_terms(v: jax.Array, log_prob: jax.Array, entropy: jax.Array, alpha: float,
                        log_prob_floor: float) -> jax.Array:
     """Qhat_BC = V + alpha * (max(log pi_BC(a|s), floor) + H) (paper Eq. 6, SPEC §1.1 item 4)."""
-    return v + alpha * (jnp.maximum(log_prob, log_prob_floor) + entropy)
+    return v + bc_log_prior(log_prob, alpha, log_prob_floor) + alpha * entropy
 
 
 def qhat_bc(nets: Networks, params: AgentParams, obs: Any, action: jax.Array, cfg: QEstimationConfig,
