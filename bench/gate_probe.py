@@ -28,24 +28,22 @@ SCORES = ("q_rl", "q_rl_at_a_bc", "qhat_bc", "qhat_bc_at_a_rl", "log_pi_bc_a_rl"
 
 
 def make_probe(agent):
-    """Jitted (params, obs) -> (a_bc, a_rl, scores) for one observation, with modes as in evaluation."""
+    """Jitted (params, obs, a_bc, a_rl) -> the SCORES of the gate's two candidates at one observation."""
     import jax
     import jax.numpy as jnp
 
     from q2rl.core.q_estimation import qhat_bc
-    from q2rl.core.sac import actor_dist, bc_dist, critic_values
+    from q2rl.core.sac import bc_dist, critic_values
 
     qcfg = agent.cfg.q_estimation
 
-    def probe(params, obs):
+    def probe(params, obs, a_bc, a_rl):
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
         dist = bc_dist(params, batched)
-        a_bc = jnp.clip(dist.mode(), -1.0, 1.0)
-        a_rl = actor_dist(agent.nets, params, batched).mode()
+        a_bc, a_rl = a_bc[None], a_rl[None]
         q = lambda a: jnp.min(critic_values(agent.nets, params, batched, a), axis=0)[0]
         qhat = lambda a: qhat_bc(agent.nets, params, batched, a, qcfg, jax.random.PRNGKey(0))[0]
-        scores = jnp.stack([q(a_rl), q(a_bc), qhat(a_bc), qhat(a_rl), dist.log_prob(a_rl)[0], dist.log_prob(a_bc)[0]])
-        return a_bc[0], a_rl[0], scores
+        return jnp.stack([q(a_rl), q(a_bc), qhat(a_bc), qhat(a_rl), dist.log_prob(a_rl)[0], dist.log_prob(a_bc)[0]])
 
     return jax.jit(probe)
 
@@ -64,8 +62,9 @@ def probe_episodes(agent, params, env, episodes: int, eval_seed: int) -> dict:
         done, success = False, False
         while not done:
             o = policy_obs(obs, ())
-            a_bc, a_rl, s = (np.asarray(x) for x in probe(params, o))
             action, gate_info = agent.eval_gate(params, o, key)  # the configured gate decides, as in evaluation
+            a_bc, a_rl = np.asarray(gate_info.a_bc), np.asarray(gate_info.a_rl)  # the modes it compared
+            s = np.asarray(probe(params, o, a_bc, a_rl))
             use_rl = bool(gate_info.use_rl)
             obs, _, terminated, truncated, info = env.step(np.asarray(action))
             success = success or bool(info.get("success", False))
