@@ -88,11 +88,6 @@ class AgentConfig:
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
-    truncation: Literal["bootstrap", "failure_return"] = doc(
-        "bootstrap", "TD target after a truncated (failed) episode's last step: bootstrap from Q(s', a') as after any "
-                     "step (SPEC §1.3), or the failure convention's value (q_estimation.failure_return: r'_neg/(1-gamma) "
-                     "for infinite_horizon, 0 for discounted), so that Q_RL estimates the same return as the "
-                     "Monte-Carlo targets of Qhat_BC, which the gate compares it with.")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from q2rl.core.agent_config import DEFAULT_BC_WEIGHT, IBRL_FAMILY, AgentConfig
 from q2rl.core.gating import GateInfo, make_gate
-from q2rl.core.q_estimation import QEstimation, failure_tail_value
-from q2rl.core.replay import Batch, RewardShaping
+from q2rl.core.q_estimation import QEstimation
+from q2rl.core.replay import Batch
 from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, bc_dist, init_params,
                            init_state, make_networks, make_optimizers, make_update)
 
@@ -64,14 +64,6 @@ def effective_config(cfg: AgentConfig) -> AgentConfig:
     if cfg.algo == "rlpd":
         return dataclasses.replace(cfg, bc_weight=0.0, entropy=True, use_demos=True)
     return cfg
-
-
-def reward_shaping(cfg: AgentConfig) -> RewardShaping:
-    """How the replay turns stored rewards into TD targets under this config (trainer and learner alike)."""
-    tail = None
-    if cfg.truncation == "failure_return":
-        tail = failure_tail_value(cfg.q_estimation.failure_return, cfg.reward_bias, cfg.discount)
-    return RewardShaping(cfg.reward_scale, cfg.reward_bias, cfg.discount, tail)
 
 
 # Parameter subsets sent from the learner to the actors (SPEC §2), by name.

@@ -30,18 +30,6 @@ def shape_rewards(rewards: np.ndarray, scale: float, bias: float) -> np.ndarray:
     return scale * np.asarray(rewards, np.float64) + bias
 
 
-def failure_tail_value(failure_return: str, bias: float, discount: float) -> float:
-    """The value a failure convention gives what follows a failed episode's last step.
-
-    `infinite_horizon`: failure goes on forever, r'_neg / (1 - gamma) with r'_neg = bias; `discounted`: nothing.
-    """
-    if failure_return == "infinite_horizon":
-        return bias / (1.0 - discount)
-    if failure_return == "discounted":
-        return 0.0
-    raise ValueError(f"failure_return {failure_return!r}: use 'discounted' or 'infinite_horizon'")
-
-
 def mc_returns(rewards: np.ndarray, success: bool, discount: float, scale: float = 5.0, bias: float = -1.0,
                failure_return: str = "infinite_horizon") -> np.ndarray:
     """Per-step Monte-Carlo returns G_t = sum_k gamma^k r'_{t+k} of one episode (float64 [L]).
@@ -50,9 +38,10 @@ def mc_returns(rewards: np.ndarray, success: bool, discount: float, scale: float
     (the shaped reward of a step without success), as if failure went on forever.
     """
     shaped = shape_rewards(rewards, scale, bias)
-    tail = failure_tail_value(failure_return, bias, discount)  # validates failure_return
     if not success and failure_return == "infinite_horizon":
-        return np.full(len(shaped), tail)
+        return np.full(len(shaped), bias / (1.0 - discount))
+    if failure_return not in ("infinite_horizon", "discounted"):
+        raise ValueError(f"failure_return {failure_return!r}: use 'discounted' or 'infinite_horizon'")
     returns = np.zeros(len(shaped))
     running = 0.0
     for t in range(len(shaped) - 1, -1, -1):

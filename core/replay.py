@@ -27,17 +27,11 @@ SOURCE_NAMES = {v: k for k, v in SOURCE_CODES.items()}
 
 
 class RewardShaping(NamedTuple):
-    """r' = scale * r + bias (SPEC §1.1), the discount used for n-step sums, and what follows a truncation.
-
-    `truncation_value` None bootstraps from Q(s', a') after a truncated (failed) episode's last step, as after any
-    other step (SPEC §1.3). A number ends the target there instead, with that value after the step: the failure
-    convention's value, so that TD learns what the Monte-Carlo returns of Q-Estimation measure.
-    """
+    """r' = scale * r + bias (SPEC §1.1), and the discount used for n-step sums."""
 
     scale: float = 5.0
     bias: float = -1.0
     discount: float = 0.99
-    truncation_value: float | None = None
 
 
 class Batch(NamedTuple):
@@ -337,10 +331,6 @@ class ReplayBuffer:
             alive = alive & ~ended & link_ok
             cur = np.where(alive, link, cur)
         terminal = self._terminated[last]
-        if shaping.truncation_value is not None:
-            failed = self._truncated[last] & ~terminal  # the window reached a failed episode's last step
-            returns = np.where(failed, returns + discount * shaping.truncation_value, returns)
-            terminal = terminal | failed
         discounts = discount * (~terminal)
         return Batch(
             obs=self._frames_at(self._obs_frame[idx]),

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from q2rl.config import ConfigError, doc
-from q2rl.core.agents import Agent, reward_shaping
+from q2rl.core.agents import Agent
 from q2rl.core.q_estimation import QEstimationReport
-from q2rl.core.replay import ReplayBuffer, demo_buffer, sample_mixed, stack_batches
+from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import AgentParams, SacState
 from q2rl.interfaces import Transition
 
@@ -107,7 +107,7 @@ class Trainer:
         # demos.hdf5 episodes; only algorithms that sample a demo buffer keep one
         self.demos = demo_buffer(demos, agent.nets.action_dim, cameras) if agent.spec.uses_demos else None
         a = agent.cfg
-        self.shaping = reward_shaping(a)
+        self.shaping = RewardShaping(a.reward_scale, a.reward_bias, a.discount)
         self.rng = np.random.default_rng(cfg.seed)
         self.env_steps = 0
         self.episode_id = 0

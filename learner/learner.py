@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from q2rl.config import ConfigError
-from q2rl.core.agents import make_agent, publishable, reward_shaping, with_subsets
+from q2rl.core.agents import make_agent, publishable, with_subsets
 from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
-from q2rl.core.replay import ReplayBuffer, demo_buffer, sample_mixed, stack_batches
+from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import AgentParams, SacState
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
 from q2rl.learner.progress import EvalPoint, LearnerStatus
@@ -148,7 +148,7 @@ class Learner:
         self.demos = load_demo_buffer(cfg, state_dim, tuple(self.images)) if self.spec.uses_demos else None
         if self.demos is not None:
             log.info("demo buffer: %d transitions from %s", len(self.demos), cfg.bc.demos)
-        self.shaping = reward_shaping(self.acfg)
+        self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
         self.book = Bookkeeping(phase="rollout")
         self.mesh = DataParallel(devices, self.acfg.batch_size)
         self.state = self.mesh.replicate(self.state)

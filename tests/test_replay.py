@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from q2rl.core.q_estimation import failure_tail_value, mc_returns
 from q2rl.core.replay import (SOURCE_CODES, Episode, ReplayBuffer, RewardShaping, load_episode, sample_mixed,
                               save_episode)
 from q2rl.interfaces import Transition
@@ -74,41 +73,6 @@ def test_n_step_returns_masks_by_hand():
     tail = buffer.gather(np.array([3]), shaping, n_step=5)  # b1 -> b2 (truncated)
     np.testing.assert_allclose(tail.rewards, [-1 - 0.9], rtol=1e-6)
     np.testing.assert_allclose(tail.discounts, [gamma**2], rtol=1e-6)
-
-
-def test_truncation_value_ends_a_failed_episodes_target_and_nothing_else():
-    gamma, tail_value = 0.9, -10.0  # -10 = r'_neg / (1 - gamma), the infinite-horizon failure convention
-    shaping = RewardShaping(5.0, -1.0, gamma, truncation_value=tail_value)
-    buffer = ReplayBuffer(capacity=100)
-    fill(buffer, [("a", 0, 3, True), ("b", 1, 3, False)])  # ids a0 b0 a1 b1 a2 b2
-    one = buffer.gather(np.array([4, 5, 3]), shaping, n_step=1)  # a2 (success), b2 (failed, last), b1
-    np.testing.assert_allclose(one.rewards, [4.0, -1 + gamma * tail_value, -1.0], rtol=1e-6)
-    np.testing.assert_allclose(one.discounts, [0.0, 0.0, gamma], rtol=1e-6)
-    # a window that reaches the failed end: r'_1 + g r'_2 + g^2 * tail, nothing bootstrapped
-    two = buffer.gather(np.array([3]), shaping, n_step=5)
-    np.testing.assert_allclose(two.rewards, [-1 - 0.9 + 0.81 * tail_value], rtol=1e-6)
-    np.testing.assert_allclose(two.discounts, [0.0])
-    # a window that stops short of the end still bootstraps
-    short = buffer.gather(np.array([1]), shaping, n_step=2)
-    np.testing.assert_allclose(short.rewards, [-1 - 0.9], rtol=1e-6)
-    np.testing.assert_allclose(short.discounts, [gamma**2], rtol=1e-6)
-
-
-@pytest.mark.parametrize("failure_return", ["infinite_horizon", "discounted"])
-@pytest.mark.parametrize("success", [True, False])
-def test_full_window_target_with_the_failure_tail_is_the_monte_carlo_return(failure_return, success):
-    """With the tail of its own failure convention, TD's target over a whole episode is exactly the MC return that
-    Qhat_BC is fitted to, so Q_RL and Qhat_BC estimate one quantity (bootstrapping instead would value what
-    comes after the time limit, which the MC return does not)."""
-    gamma, scale, bias, length = 0.99, 5.0, -1.0, 6
-    tail_value = failure_tail_value(failure_return, bias, gamma)
-    buffer = ReplayBuffer(capacity=100)
-    fill(buffer, [("a", 0, length, success)])
-    batch = buffer.gather(np.arange(length), RewardShaping(scale, bias, gamma, tail_value), n_step=length)
-    rewards = np.r_[np.zeros(length - 1), float(success)]
-    expected = mc_returns(rewards, success, gamma, scale, bias, failure_return)
-    np.testing.assert_allclose(batch.rewards, expected, rtol=1e-5)
-    np.testing.assert_allclose(batch.discounts, 0.0)
 
 
 def test_sampling_never_crosses_an_episode_boundary_with_interleaving_and_wrap():

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from q2rl.config import ConfigError, from_dict
+from q2rl.config import from_dict
 from q2rl.core import sac
 from q2rl.core.agent_config import AgentConfig
-from q2rl.core.agents import make_agent, reward_shaping
+from q2rl.core.agents import make_agent
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
 from q2rl.core.replay import Batch, stack_batches
@@ -134,24 +134,6 @@ def test_actor_bc_weight_defaults_by_algorithm(over, w):
     key = jax.random.PRNGKey(5)
     loss, _ = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, key)
     assert float(loss) == pytest.approx(expected_actor_loss(agent, params, b, key, w)[0], rel=1e-4, abs=1e-5)
-
-
-@pytest.mark.parametrize("over, tail", [({}, None), ({"truncation": "failure_return"}, -100.0),
-                                        ({"truncation": "failure_return", "reward_bias": -2.0, "discount": 0.9}, -20.0),
-                                        ({"truncation": "failure_return",
-                                          "q_estimation": {"failure_return": "discounted"}}, 0.0)])
-def test_reward_shaping_follows_the_config(over, tail):
-    """The replay's targets: SPEC's bootstrap after a truncation by default; with `truncation: failure_return`, the
-    value Q-Estimation's failure convention puts after a failed episode (r'_neg / (1 - gamma), or nothing)."""
-    cfg = from_dict(AgentConfig, {"preset": "cpu", **over})
-    shaping = reward_shaping(cfg)
-    assert (shaping.scale, shaping.bias, shaping.discount) == (cfg.reward_scale, cfg.reward_bias, cfg.discount)
-    assert shaping.truncation_value == (None if tail is None else pytest.approx(tail))
-
-
-def test_truncation_setting_is_validated():
-    with pytest.raises(ConfigError, match="bootstrap.*failure_return|failure_return.*bootstrap"):
-        from_dict(AgentConfig, {"truncation": "anchor"})
 
 
 def test_temperature_loss_direction():
