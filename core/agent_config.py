@@ -88,8 +88,6 @@ class AgentConfig:
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
-    actor_delay: int = doc(0, "Online update calls during which only the critic learns: pi_RL (and the entropy "
-                              "temperature) stay as Q-Estimation left them while Q_RL adapts to online data.")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -136,8 +134,6 @@ class AgentConfig:
                               f"{self.ensemble_size}]")
         if self.random_steps < 0:
             raise ConfigError(f"random_steps: {self.random_steps} must be >= 0")
-        if self.actor_delay < 0:
-            raise ConfigError(f"actor_delay: {self.actor_delay} must be >= 0")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

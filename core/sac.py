@@ -12,7 +12,6 @@ losses need (pi_BC for IBRL's bootstrap; V_phi for the actor's gate) so the upda
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -340,15 +339,6 @@ def actor_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSta
     return state.replace(params=p, actor_opt=actor_opt, temperature_opt=temperature_opt), metrics
 
 
-def keep_actor_while(frozen: jax.Array, before: SacState, after: SacState) -> SacState:
-    """`after`, with pi_RL, the temperature and their optimizer states taken from `before` where `frozen`."""
-    pick = functools.partial(jax.tree_util.tree_map, lambda b, a: jnp.where(frozen, b, a))
-    params = after.params.replace(actor=pick(before.params.actor, after.params.actor),
-                                  log_temperature=pick(before.params.log_temperature, after.params.log_temperature))
-    return after.replace(params=params, actor_opt=pick(before.actor_opt, after.actor_opt),
-                         temperature_opt=pick(before.temperature_opt, after.temperature_opt))
-
-
 def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batches: Batch,
                 key: jax.Array) -> tuple[SacState, UpdateMetrics]:
     """lax.scan over the [utd] critic minibatches, then one actor update on the last one (un-jitted)."""
@@ -361,10 +351,8 @@ def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
 
     state, critic_metrics = jax.lax.scan(body, state, (batches, jax.random.split(k_critic, utd)))
     last = jax.tree_util.tree_map(lambda x: x[-1], batches)
-    stepped, actor_metrics = actor_step(nets, cfg, opts, state, last, k_actor)
-    if cfg.actor_delay > 0:  # a static setting: without a delay the update compiles exactly as before
-        stepped = keep_actor_while(state.step < cfg.actor_delay, state, stepped)
-    state = stepped.replace(step=state.step + 1)
+    state, actor_metrics = actor_step(nets, cfg, opts, state, last, k_actor)
+    state = state.replace(step=state.step + 1)
     return state, UpdateMetrics(jax.tree_util.tree_map(jnp.mean, critic_metrics), actor_metrics)
 
 

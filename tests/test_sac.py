@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from q2rl.config import ConfigError, from_dict
+from q2rl.config import from_dict
 from q2rl.core import sac
 from q2rl.core.agent_config import AgentConfig
 from q2rl.core.agents import make_agent
@@ -188,39 +188,6 @@ def test_utd_scan_equals_sequential_updates_and_compiles_once():
     again, _ = agent.update(scanned, stack_batches(batches), key)
     assert agent.update._cache_size() == 1  # no second compile (no weakly typed leaves in the state)
     assert np.isfinite(float(metrics.critic.critic_loss))
-
-
-@pytest.mark.parametrize("entropy", [False, True])
-def test_actor_delay_holds_pi_rl_while_the_critic_learns(entropy):
-    """For the first `actor_delay` update calls pi_RL, the temperature and their optimizer states stay exactly as
-    they were while the critic moves as it would without a delay; the next call trains the actor again."""
-    delayed, params = agent_and_params(actor_delay=2, entropy=entropy)
-    plain, _ = agent_and_params(entropy=entropy)
-    leaves = jax.tree_util.tree_leaves
-    frozen_parts = lambda s: leaves((s.params.actor, s.params.log_temperature, s.actor_opt, s.temperature_opt))
-    start = delayed.init_state(params)
-    batches = stack_batches([batch(20 + i) for i in range(3)])
-    state, reference = start, plain.init_state(params)
-    for call in range(3):
-        key = jax.random.PRNGKey(30 + call)
-        before = state
-        state, metrics = delayed.update(state, batches, key)
-        if call == 0:  # same actor so far, so the same critic step as without a delay
-            reference, _ = plain.update(reference, batches, key)
-            for x, y in zip(leaves(state.params.critic), leaves(reference.params.critic)):
-                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-            assert any(not np.array_equal(x, y) for x, y in zip(leaves(reference.params.actor),
-                                                                leaves(start.params.actor)))
-        assert any(not np.array_equal(x, y) for x, y in zip(leaves(state.params.critic), leaves(before.params.critic)))
-        moved = [not np.array_equal(x, y) for x, y in zip(frozen_parts(state), frozen_parts(start))]
-        assert (any(moved) if call == 2 else not any(moved)), f"call {call}"
-        assert np.isfinite(float(metrics.actor.actor_loss))
-    assert int(state.step) == 3
-
-
-def test_actor_delay_is_validated():
-    with pytest.raises(ConfigError, match="actor_delay"):
-        from_dict(AgentConfig, {"actor_delay": -1})
 
 
 @pytest.mark.slow
