@@ -17,6 +17,7 @@ from q2rl.config import ConfigError, doc
 
 ALGOS = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc")
 IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
+Q2RL_FAMILY = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")  # the algorithms with Q-Estimation (and V_phi)
 DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
 Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 
@@ -88,6 +89,9 @@ class AgentConfig:
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
+    calibrated_conservatism: float = doc(
+        0.0, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
+             "pi_RL's actions is pulled down where it exceeds V_phi (0: off, SPEC).")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -134,6 +138,11 @@ class AgentConfig:
                               f"{self.ensemble_size}]")
         if self.random_steps < 0:
             raise ConfigError(f"random_steps: {self.random_steps} must be >= 0")
+        if self.calibrated_conservatism < 0:
+            raise ConfigError(f"calibrated_conservatism: {self.calibrated_conservatism} must be >= 0")
+        if self.calibrated_conservatism > 0 and self.algo not in Q2RL_FAMILY:
+            raise ConfigError(f"calibrated_conservatism: its reference is V_phi from Q-Estimation, which {self.algo} "
+                              f"does not fit; use it with {', '.join(Q2RL_FAMILY)}, or set it to 0")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

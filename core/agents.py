@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from q2rl.core.agent_config import DEFAULT_BC_WEIGHT, IBRL_FAMILY, AgentConfig
+from q2rl.core.agent_config import DEFAULT_BC_WEIGHT, IBRL_FAMILY, Q2RL_FAMILY, AgentConfig
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
@@ -42,7 +42,7 @@ class AlgoSpec(NamedTuple):
 def algo_spec(cfg: AgentConfig) -> AlgoSpec:
     """The AlgoSpec of `cfg.algo`."""
     algo = cfg.algo
-    q2rl = algo in ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")
+    q2rl = algo in Q2RL_FAMILY
     return AlgoSpec(
         needs_bc=algo != "rlpd",
         q_estimation=q2rl,

@@ -283,6 +283,18 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
     return loss, CriticMetrics(loss, jnp.mean(q), jnp.mean(target))
 
 
+def calibrated_conservative_term(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
+                                 policy_actions: jax.Array, reference: jax.Array) -> jax.Array:
+    """Cal-QL's regulariser with V_phi as the calibration: mean over heads and batch of
+    max(Q_i(s, a~pi_RL), V_phi(s)) - Q_i(s, a_data). It lowers Q_RL at pi_RL's actions only where it rates them
+    above what the BC rollouts measured, and raises it at the actions that were executed."""
+    critic, encoder = critic_and_encoder
+    feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
+    q_policy = nets.critic.apply(critic, feats, policy_actions)
+    q_data = nets.critic.apply(critic, feats, batch.actions)
+    return jnp.mean(jnp.maximum(q_policy, reference[None]) - q_data)
+
+
 def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any, batch: Batch, key: jax.Array
                ) -> tuple[jax.Array, ActorMetrics]:
     """(1 - w)(-Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]; Q = mean (or min) of heads."""
@@ -314,8 +326,20 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
                 key: jax.Array) -> tuple[SacState, CriticMetrics]:
     """One critic (+ encoder) gradient step and a Polyak update of the targets."""
     p = state.params
+    if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
+        key, k_pi = jax.random.split(key)
+        policy_actions = jax.lax.stop_gradient(actor_dist(nets, p, batch.obs).sample(k_pi))
+        reference = jax.lax.stop_gradient(value(nets, p, batch.obs))
     target = td_target(nets, cfg, p, batch, key)
-    grads, metrics = jax.grad(critic_loss, argnums=2, has_aux=True)(nets, p, (p.critic, p.encoder), batch, target)
+
+    def loss(critic_and_encoder):
+        td, metrics = critic_loss(nets, p, critic_and_encoder, batch, target)
+        if cfg.calibrated_conservatism > 0:
+            td = td + cfg.calibrated_conservatism * calibrated_conservative_term(
+                nets, p, critic_and_encoder, batch, policy_actions, reference)
+        return td, metrics
+
+    grads, metrics = jax.grad(loss, has_aux=True)((p.critic, p.encoder))
     updates, critic_opt = opts.critic.update(grads, state.critic_opt, (p.critic, p.encoder))
     critic, encoder = optax.apply_updates((p.critic, p.encoder), updates)
     p = p.replace(critic=critic, encoder=encoder, critic_target=polyak(p.critic_target, critic, cfg.tau),

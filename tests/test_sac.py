@@ -6,9 +6,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from q2rl.config import from_dict
+from q2rl.config import ConfigError, from_dict
 from q2rl.core import sac
 from q2rl.core.agent_config import AgentConfig
 from q2rl.core.agents import make_agent
@@ -98,6 +99,49 @@ def test_critic_loss_by_numpy():
     q = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))  # [E, B]
     assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
+
+
+def test_calibrated_conservative_term_by_numpy():
+    """max(Q_i(s, a_pi), V(s)) - Q_i(s, a_data), averaged: the reference caps how far down a_pi's Q is pulled."""
+    agent, params = agent_and_params()
+    b = batch(2)
+    a_pi = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (B, 7)).astype(np.float32))
+    q_pi = np.asarray(sac.critic_values(agent.nets, params, b.obs, a_pi))  # [E, B]
+    q_data = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))
+    reference = np.median(q_pi, axis=0) + np.linspace(-1, 1, B)  # some states above, some below
+    term = sac.calibrated_conservative_term(agent.nets, params, (params.critic, params.encoder), b, a_pi,
+                                            jnp.asarray(reference, jnp.float32))
+    assert float(term) == pytest.approx(np.mean(np.maximum(q_pi, reference[None]) - q_data), rel=1e-5, abs=1e-5)
+    # under the reference everywhere, a_pi's Q gets no gradient: only the data actions are pushed up
+    grad_pi = jax.grad(lambda a: sac.calibrated_conservative_term(
+        agent.nets, params, (params.critic, params.encoder), b, a, jnp.full(B, 1e6)))(a_pi)
+    assert float(jnp.abs(grad_pi).max()) == 0.0
+
+
+def test_critic_step_adds_the_weighted_conservative_term():
+    """With weight w the critic's gradient is that of TD + w * term; w = 0 leaves the step as SPEC's."""
+    agent, params = agent_and_params(calibrated_conservatism=2.0)
+    state = agent.init_state(params)
+    b, key = batch(4), jax.random.PRNGKey(11)
+    stepped, _ = sac.critic_step(agent.nets, agent.cfg, agent.opts, state, b, key)
+    key_td, k_pi = jax.random.split(key)
+    a_pi = sac.actor_dist(agent.nets, params, b.obs).sample(k_pi)
+    reference = sac.value(agent.nets, params, b.obs)
+    target = sac.td_target(agent.nets, agent.cfg, params, b, key_td)
+    grads = jax.grad(lambda ce: sac.critic_loss(agent.nets, params, ce, b, target)[0]
+                     + 2.0 * sac.calibrated_conservative_term(agent.nets, params, ce, b, a_pi, reference))(
+        (params.critic, params.encoder))
+    updates, _ = agent.opts.critic.update(grads, state.critic_opt, (params.critic, params.encoder))
+    expected_critic, _ = optax.apply_updates((params.critic, params.encoder), updates)
+    for x, y in zip(jax.tree_util.tree_leaves(stepped.params.critic), jax.tree_util.tree_leaves(expected_critic)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_calibrated_conservatism_is_validated():
+    with pytest.raises(ConfigError, match="calibrated_conservatism"):
+        from_dict(AgentConfig, {"calibrated_conservatism": -1.0})
+    with pytest.raises(ConfigError, match="V_phi from Q-Estimation"):
+        from_dict(AgentConfig, {"algo": "sac_bc", "calibrated_conservatism": 1.0})
 
 
 def expected_actor_loss(agent, params, b, key, w):
