@@ -274,24 +274,25 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
 
 
 def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
-                target: jax.Array) -> tuple[jax.Array, CriticMetrics]:
-    """Mean over heads and batch of (Q_i(s, a) - target)^2."""
+                target: jax.Array, calibration: tuple | None = None) -> tuple[jax.Array, CriticMetrics]:
+    """Mean over heads and batch of (Q_i(s, a) - target)^2, plus w * calibrated_conservative_term when
+    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)). The metrics report the TD part."""
     critic, encoder = critic_and_encoder
     feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
     q = nets.critic.apply(critic, feats, batch.actions)
-    loss = jnp.mean((q - target[None]) ** 2)
-    return loss, CriticMetrics(loss, jnp.mean(q), jnp.mean(target))
+    td = jnp.mean((q - target[None]) ** 2)
+    loss = td
+    if calibration is not None:
+        weight, policy_actions, reference = calibration
+        loss = loss + weight * calibrated_conservative_term(nets.critic.apply(critic, feats, policy_actions), q,
+                                                            reference)
+    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target))
 
 
-def calibrated_conservative_term(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
-                                 policy_actions: jax.Array, reference: jax.Array) -> jax.Array:
-    """Cal-QL's regulariser with V_phi as the calibration: mean over heads and batch of
-    max(Q_i(s, a~pi_RL), V_phi(s)) - Q_i(s, a_data). It lowers Q_RL at pi_RL's actions only where it rates them
-    above what the BC rollouts measured, and raises it at the actions that were executed."""
-    critic, encoder = critic_and_encoder
-    feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
-    q_policy = nets.critic.apply(critic, feats, policy_actions)
-    q_data = nets.critic.apply(critic, feats, batch.actions)
+def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, reference: jax.Array) -> jax.Array:
+    """Cal-QL's regulariser with V_phi as the calibration, from the heads [E, B] at a ~ pi_RL(s) and at the data
+    actions: mean of max(Q_i(s, a_pi), V_phi(s)) - Q_i(s, a_data). It lowers Q_RL at pi_RL's actions only where it
+    rates them above what the BC rollouts measured, and raises it at the actions that were executed."""
     return jnp.mean(jnp.maximum(q_policy, reference[None]) - q_data)
 
 
@@ -326,20 +327,15 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
                 key: jax.Array) -> tuple[SacState, CriticMetrics]:
     """One critic (+ encoder) gradient step and a Polyak update of the targets."""
     p = state.params
+    calibration = None
     if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
         key, k_pi = jax.random.split(key)
-        policy_actions = jax.lax.stop_gradient(actor_dist(nets, p, batch.obs).sample(k_pi))
-        reference = jax.lax.stop_gradient(value(nets, p, batch.obs))
+        calibration = (cfg.calibrated_conservatism,
+                       jax.lax.stop_gradient(actor_dist(nets, p, batch.obs).sample(k_pi)),
+                       jax.lax.stop_gradient(value(nets, p, batch.obs)))
     target = td_target(nets, cfg, p, batch, key)
-
-    def loss(critic_and_encoder):
-        td, metrics = critic_loss(nets, p, critic_and_encoder, batch, target)
-        if cfg.calibrated_conservatism > 0:
-            td = td + cfg.calibrated_conservatism * calibrated_conservative_term(
-                nets, p, critic_and_encoder, batch, policy_actions, reference)
-        return td, metrics
-
-    grads, metrics = jax.grad(loss, has_aux=True)((p.critic, p.encoder))
+    grads, metrics = jax.grad(critic_loss, argnums=2, has_aux=True)(nets, p, (p.critic, p.encoder), batch, target,
+                                                                    calibration)
     updates, critic_opt = opts.critic.update(grads, state.critic_opt, (p.critic, p.encoder))
     critic, encoder = optax.apply_updates((p.critic, p.encoder), updates)
     p = p.replace(critic=critic, encoder=encoder, critic_target=polyak(p.critic_target, critic, cfg.tau),

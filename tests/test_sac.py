@@ -109,13 +109,20 @@ def test_calibrated_conservative_term_by_numpy():
     q_pi = np.asarray(sac.critic_values(agent.nets, params, b.obs, a_pi))  # [E, B]
     q_data = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))
     reference = np.median(q_pi, axis=0) + np.linspace(-1, 1, B)  # some states above, some below
-    term = sac.calibrated_conservative_term(agent.nets, params, (params.critic, params.encoder), b, a_pi,
-                                            jnp.asarray(reference, jnp.float32))
+    term = sac.calibrated_conservative_term(jnp.asarray(q_pi), jnp.asarray(q_data), jnp.asarray(reference))
     assert float(term) == pytest.approx(np.mean(np.maximum(q_pi, reference[None]) - q_data), rel=1e-5, abs=1e-5)
     # under the reference everywhere, a_pi's Q gets no gradient: only the data actions are pushed up
-    grad_pi = jax.grad(lambda a: sac.calibrated_conservative_term(
-        agent.nets, params, (params.critic, params.encoder), b, a, jnp.full(B, 1e6)))(a_pi)
+    grad_pi, grad_data = jax.grad(sac.calibrated_conservative_term, argnums=(0, 1))(
+        jnp.asarray(q_pi), jnp.asarray(q_data), jnp.full(B, 1e6))
     assert float(jnp.abs(grad_pi).max()) == 0.0
+    np.testing.assert_allclose(grad_data, -1.0 / q_data.size)
+    # inside the critic loss: TD + w * term, with the metrics still reporting the TD part
+    target = jnp.zeros(B)
+    td, _ = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target)
+    loss, metrics = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target,
+                                    (2.0, a_pi, jnp.asarray(reference, jnp.float32)))
+    assert float(loss) == pytest.approx(float(td) + 2.0 * float(term), rel=1e-5)
+    assert float(metrics.critic_loss) == pytest.approx(float(td), rel=1e-6)
 
 
 def test_critic_step_adds_the_weighted_conservative_term():
@@ -128,9 +135,14 @@ def test_critic_step_adds_the_weighted_conservative_term():
     a_pi = sac.actor_dist(agent.nets, params, b.obs).sample(k_pi)
     reference = sac.value(agent.nets, params, b.obs)
     target = sac.td_target(agent.nets, agent.cfg, params, b, key_td)
-    grads = jax.grad(lambda ce: sac.critic_loss(agent.nets, params, ce, b, target)[0]
-                     + 2.0 * sac.calibrated_conservative_term(agent.nets, params, ce, b, a_pi, reference))(
-        (params.critic, params.encoder))
+
+    def by_hand(ce):
+        at = params.replace(critic=ce[0], encoder=ce[1])
+        q_data = sac.critic_values(agent.nets, at, b.obs, b.actions)
+        q_pi = sac.critic_values(agent.nets, at, b.obs, a_pi)
+        return jnp.mean((q_data - target[None]) ** 2) + 2.0 * sac.calibrated_conservative_term(q_pi, q_data, reference)
+
+    grads = jax.grad(by_hand)((params.critic, params.encoder))
     updates, _ = agent.opts.critic.update(grads, state.critic_opt, (params.critic, params.encoder))
     expected_critic, _ = optax.apply_updates((params.critic, params.encoder), updates)
     for x, y in zip(jax.tree_util.tree_leaves(stepped.params.critic), jax.tree_util.tree_leaves(expected_critic)):
