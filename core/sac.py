@@ -233,9 +233,10 @@ def bc_nll_target(a_bc: jax.Array) -> jax.Array:
 
 
 class CriticMetrics(NamedTuple):
-    critic_loss: jax.Array
+    critic_loss: jax.Array  # the TD part
     q_mean: jax.Array
     target_mean: jax.Array
+    conservative_term: jax.Array  # calibrated_conservative_term, unweighted (0 when calibrated_conservatism is 0)
 
 
 class ActorMetrics(NamedTuple):
@@ -276,17 +277,17 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
 def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
                 target: jax.Array, calibration: tuple | None = None) -> tuple[jax.Array, CriticMetrics]:
     """Mean over heads and batch of (Q_i(s, a) - target)^2, plus w * calibrated_conservative_term when
-    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)). The metrics report the TD part."""
+    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)). The metrics report the two parts apart."""
     critic, encoder = critic_and_encoder
     feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
     q = nets.critic.apply(critic, feats, batch.actions)
     td = jnp.mean((q - target[None]) ** 2)
-    loss = td
+    loss, term = td, jnp.zeros(())
     if calibration is not None:
         weight, policy_actions, reference = calibration
-        loss = loss + weight * calibrated_conservative_term(nets.critic.apply(critic, feats, policy_actions), q,
-                                                            reference)
-    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target))
+        term = calibrated_conservative_term(nets.critic.apply(critic, feats, policy_actions), q, reference)
+        loss = loss + weight * term
+    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term)
 
 
 def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, reference: jax.Array) -> jax.Array:

@@ -178,6 +178,8 @@ class Trainer:
         m = self.last_metrics
         extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"
                                       f" actor_q={-float(m.actor.q_term):.3g} bc_nll={float(m.actor.bc_nll):.3g}")
+        if m is not None and self.agent.cfg.calibrated_conservatism > 0:
+            extra += f" conservative_term={float(m.critic.conservative_term):.3g}"
         self.log(f"[{self.agent.cfg.algo}] env_steps={self.env_steps} success={success:.2f} bc_share={share:.2f} "
                  f"train_success={train_success:.2f} updates={updates} t={time.time() - t0:.0f}s{extra}")
 

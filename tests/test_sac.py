@@ -99,6 +99,7 @@ def test_critic_loss_by_numpy():
     q = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))  # [E, B]
     assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
+    assert float(metrics.conservative_term) == 0.0  # SPEC's critic: no conservative term
 
 
 def test_calibrated_conservative_term_by_numpy():
@@ -123,6 +124,7 @@ def test_calibrated_conservative_term_by_numpy():
                                     (2.0, a_pi, jnp.asarray(reference, jnp.float32)))
     assert float(loss) == pytest.approx(float(td) + 2.0 * float(term), rel=1e-5)
     assert float(metrics.critic_loss) == pytest.approx(float(td), rel=1e-6)
+    assert float(metrics.conservative_term) == pytest.approx(float(term), rel=1e-5)
 
 
 def test_critic_step_adds_the_weighted_conservative_term():
