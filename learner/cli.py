@@ -73,7 +73,13 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_learner(cfg, run_dir, resumed, stop)
+    from q2rl.learner.learner import DivergedError
+
+    try:
+        run_learner(cfg, run_dir, resumed, stop)
+    except DivergedError as e:
+        print(f"q2rl learner: stopped: {e}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -82,7 +88,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
     from q2rl import wire
     from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
     from q2rl.learner.episode_store import EpisodeStore
-    from q2rl.learner.learner import Learner, select_devices
+    from q2rl.learner.learner import DivergedError, Learner, select_devices
     from q2rl.learner.progress import write_learner_status
     from q2rl.learner.service import LearnerService, LearnerStatus, ParameterBoard, ServiceAuth, serve
     from q2rl.run_config import compatibility_hash, file_digest
@@ -125,8 +131,12 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
         log.info("stopping: final checkpoint")
         server.stop(grace_s=1.0)
         driver.drain(inbox)
-        learner.save()
-        driver.write_status(force=True, message="stopped")
+        message = "stopped"
+        try:
+            learner.save()
+        except DivergedError as e:  # the previous, finite checkpoint stays
+            message = f"stopped: {e}"
+        driver.write_status(force=True, message=message)
         store.close()
 
 

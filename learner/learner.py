@@ -94,6 +94,16 @@ def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
     return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
 
 
+class DivergedError(RuntimeError):
+    """The learner's parameters stopped being finite: they are neither published to the actors nor checkpointed."""
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+    """Paths of the floating-point leaves of a host pytree that hold a NaN or an infinity."""
+    return [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(leaf))]
+
+
 def parameter_set(params: AgentParams, grants: dict[str, int] | None) -> dict[str, Any]:
     """What the learner publishes: the agent's named subsets (policy, critic, value) and the pacing grants."""
     subsets: dict[str, Any] = publishable(params) if params is not None else {}
@@ -163,6 +173,7 @@ class Learner:
         self._cut_keys: set[tuple[str, int]] = set()
         self.finished = False  # the env-step budget is spent and every owed update done
         self._rate = RateMeter()
+        self.metrics = None  # the last update's UpdateMetrics (device arrays)
 
     # ------------------------------------------------------------------------------------------ ingest
     def ingest_transition(self, t: Transition) -> None:
@@ -300,8 +311,25 @@ class Learner:
 
     def parameters(self) -> tuple[int, dict[str, Any]]:
         """(version, subsets) to publish: the pacing alone before the first parameters exist."""
-        params = jax.device_get(self.state.params) if self.book.phase == "online" else None
+        params = self._finite(jax.device_get(self.state.params)) if self.book.phase == "online" else None
         return self.book.param_version, parameter_set(params, self.grants())
+
+    def _finite(self, tree: Any) -> Any:
+        """`tree` (on the host) if every value in it is finite, else a DivergedError that says what is intact."""
+        bad = non_finite_leaves(tree)
+        if not bad:
+            return tree
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        last = ""
+        if self.metrics is not None:
+            c = self.metrics.critic
+            last = (f"; the last update's critic loss was {float(c.critic_loss):.4g}, mean Q {float(c.q_mean):.4g}, "
+                    f"mean TD target {float(c.target_mean):.4g}")
+        raise DivergedError(
+            f"the learner's parameters are no longer finite after update {self.book.updates} ({bad[0]}{more}){last}. "
+            f"They were not sent to the actors and not checkpointed: {self.run_dir / CHECKPOINT_FILE} keeps the last "
+            f"finite state and {self.run_dir / 'episodes'} every transition. The usual causes are learning rates too "
+            "high for the reward scale (agent.critic_lr, agent.actor_lr, agent.reward_scale).")
 
     def status(self) -> LearnerStatus:
         bc_num = sum(b for b, _ in self.bc_steps)
@@ -339,7 +367,7 @@ class Learner:
             "rng": self.rng.bit_generator.state,
             "saved_at": time.time(),
         }
-        return save_checkpoint(self.run_dir / CHECKPOINT_FILE, jax.device_get(self.state), meta)
+        return save_checkpoint(self.run_dir / CHECKPOINT_FILE, self._finite(jax.device_get(self.state)), meta)
 
     def resume_from(self, store) -> None:
         """Refill replay and counters from the episode store (every acknowledged transition), then put back the

@@ -274,6 +274,42 @@ def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_check
     assert b.rng.integers(1 << 30) == a.rng.integers(1 << 30)
 
 
+def test_non_finite_parameters_are_neither_published_nor_checkpointed(tmp_path, bc_checkpoint):
+    """A diverged learner stops with an error naming what is intact; the last finite checkpoint survives it."""
+    import jax
+
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.learner import CHECKPOINT_FILE, DivergedError, Learner
+
+    cfg = run_config(tmp_path, bc_checkpoint)
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    learner = Learner(cfg, tmp_path, bc, dim)
+    learner.book.phase, learner.book.updates = "online", 7
+    version, subsets = learner.parameters()
+    assert "policy" in subsets  # finite parameters publish as before
+    learner.save()
+    good = (tmp_path / CHECKPOINT_FILE).read_bytes()
+
+    critic = learner.state.params.critic
+    first = jax.tree_util.tree_leaves(critic)[0]
+    poisoned = jax.tree_util.tree_map(lambda x: x.at[(0,) * x.ndim].set(float("nan")) if x is first else x, critic)
+    learner.state = learner.state.replace(params=learner.state.params.replace(critic=poisoned))
+    learner.book.updates = 9
+    with pytest.raises(DivergedError) as publish_error:
+        learner.parameters()
+    message = str(publish_error.value)
+    assert "after update 9" in message and "critic" in message and "not sent to the actors" in message
+    assert str(tmp_path / CHECKPOINT_FILE) in message and "agent.critic_lr" in message
+    with pytest.raises(DivergedError):
+        learner.save()
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == good  # the finite checkpoint was not overwritten
+
+    restored = Learner(cfg, tmp_path, bc, dim)
+    assert restored.restore_checkpoint() and restored.saved_book.updates == 7
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored.state.params))
+
+
 def test_update_is_data_parallel_over_local_devices(tmp_path):
     """With two (forced) CPU devices the batch is split on its batch axis and the result equals one device's."""
     script = tmp_path / "dp.py"
