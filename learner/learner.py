@@ -35,7 +35,7 @@ from q2rl.config import ConfigError
 from q2rl.core.agents import make_agent, publishable, with_subsets
 from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
-from q2rl.core.sac import AgentParams, SacState
+from q2rl.core.sac import AgentParams, SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
 from q2rl.learner.progress import EvalPoint, LearnerStatus
 
@@ -102,6 +102,18 @@ def non_finite_leaves(tree: Any) -> list[str]:
     """Paths of the floating-point leaves of a host pytree that hold a NaN or an infinity."""
     return [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
             if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(leaf))]
+
+
+def learning_metrics(metrics: UpdateMetrics | None) -> dict[str, float]:
+    """An update's metrics as plain floats for status.json (plain JSON: a non-finite value is null); actor_q is
+    the mean Q of pi_RL's actions."""
+    if metrics is None:
+        return {}
+    critic, actor = jax.device_get(metrics)
+    values = {"critic_loss": critic.critic_loss, "q_mean": critic.q_mean, "target_mean": critic.target_mean,
+              "conservative_term": critic.conservative_term, "actor_q": -actor.q_term, "bc_nll": actor.bc_nll,
+              "entropy": actor.entropy, "temperature": actor.temperature}
+    return {name: float(v) if np.isfinite(v) else None for name, v in values.items()}
 
 
 def parameter_set(params: AgentParams, grants: dict[str, int] | None) -> dict[str, Any]:
@@ -354,6 +366,7 @@ class Learner:
             budget_env_steps=min(self.cfg.session.env_steps, self.book.online_start_steps + self.book.updates
                                  + self.cfg.learner.ahead_steps) if self.book.phase == "online" else 0,
             eval_curve=curve,
+            learning=learning_metrics(self.metrics),
         )
 
     # ------------------------------------------------------------------------------------------ persistence

@@ -46,6 +46,9 @@ class LearnerStatus:
     duplicates_dropped: int = 0
     budget_env_steps: int = 0  # env steps the learner currently allows (sim pacing)
     eval_curve: list[EvalPoint] = dataclasses.field(default_factory=list)
+    # the last update's losses and values (critic_loss, q_mean, actor_q, bc_nll, ...): Q drifting far below the
+    # returns or growing without bound is the first sign of trouble
+    learning: dict[str, float | None] = dataclasses.field(default_factory=dict)
     wall_s: float = 0.0
     updated_at: float = 0.0
     message: str = ""
@@ -157,12 +160,16 @@ def _pct(x: float | None) -> str:
     return "  -" if x is None else f"{100 * x:3.0f}%"
 
 
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def _k(n: int) -> str:
     return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
 
 
 def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_steps: int, now: float) -> str:
-    """One line: phase, episodes, steps, success rates, BC/RL share, updates/s, and each actor's link health."""
+    """One line: phase, episodes, steps, success rates, BC/RL share, updates/s, mean Q, each actor's link health."""
     links = []
     for a in actors:
         stale = now - a.updated_at > 5.0
@@ -177,6 +184,7 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         f"eval {_pct(status.eval_success_rate)}",
         f"BC/RL {_pct(status.bc_share)}/{_pct(1 - status.bc_share)}",
         f"upd/s {status.updates_per_s:5.0f}",
+        f"Q {_number(status.learning.get('q_mean'))}",
         f"v{status.param_version}",
         "link " + (" ".join(links) if links else "-"),
     ]

@@ -112,6 +112,13 @@ def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_ch
     status = learner.status()
     assert status.phase == "done" and status.env_steps >= 150
     assert 0.0 <= status.bc_share <= 1.0
+    # The last update's losses reach status.json and the live line (what an operator watches for divergence).
+    from q2rl.learner.progress import LearnerStatus, format_status_line
+
+    assert np.isfinite(status.learning["q_mean"]) and np.isfinite(status.learning["critic_loss"])
+    assert status.learning["conservative_term"] == 0.0  # SPEC's critic
+    assert LearnerStatus.from_json(json.loads(json.dumps(status.to_json()))).learning == status.learning
+    assert f"Q {status.learning['q_mean']:.3g} |" in format_status_line(status, [], 150, 0.0)
 
 
 def test_cut_episodes_are_counted_once_however_they_are_learned_of(tmp_path, bc_checkpoint):

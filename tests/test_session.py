@@ -36,6 +36,7 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert summary["env_steps"] == status["env_steps"] >= env_steps
     assert status["phase"] in ("online", "done")  # Q-Estimation ran, then online updates
     assert status["updates"] > 0
+    assert isinstance(status["learning"]["q_mean"], float)  # the last update's values, as plain JSON numbers
     # UTD against the insert rate: one update call per online env step, never ahead of the data.
     online_steps = status["env_steps"] - read_checkpoint_book(run)["online_start_steps"]
     assert 0 < status["updates"] <= online_steps
