@@ -108,7 +108,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
 
     def status_fn() -> LearnerStatus:
         return LearnerStatus(phase=learner.book.phase, replay_size=len(learner.replay),
-                             updates_per_s=learner.status().updates_per_s)
+                             updates_per_s=learner.updates_per_s())
 
     service = LearnerService(store, on_transitions=lambda ts: inbox.put(("t", ts)),
                              on_episode=lambda r: inbox.put(("r", r)), param_board=board, auth=auth,

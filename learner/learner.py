@@ -343,6 +343,10 @@ class Learner:
             f"finite state and {self.run_dir / 'episodes'} every transition. The usual causes are learning rates too "
             "high for the reward scale (agent.critic_lr, agent.actor_lr, agent.reward_scale).")
 
+    def updates_per_s(self) -> float:
+        """Update calls per second over the last few seconds."""
+        return self._rate.rate()
+
     def status(self) -> LearnerStatus:
         bc_num = sum(b for b, _ in self.bc_steps)
         bc_den = sum(n for _, n in self.bc_steps)
@@ -357,7 +361,7 @@ class Learner:
             eval_success_rate=curve[-1].success_rate if curve else None,
             bc_share=bc_num / bc_den if bc_den else 1.0,
             updates=self.book.updates,
-            updates_per_s=self._rate.rate(),
+            updates_per_s=self.updates_per_s(),
             utd_measured=self.acfg.utd * self.book.updates / max(1, self.book.env_steps - self.book.online_start_steps)
             if self.book.phase == "online" else 0.0,
             param_version=self.book.param_version,

@@ -207,7 +207,7 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
             status = read_learner_status(run_dir)
             if learner.poll() is not None:
                 reason = f"the learner exited with code {learner.returncode} (see {run_dir}/learner.log)"
-                last = read_learner_status(run_dir)  # its final status says why, when it knew
+                last = read_learner_status(run_dir)  # again: written as it exited, after `status` above
                 if last is not None and last.message.startswith("stopped: "):
                     reason += f": {last.message.removeprefix('stopped: ')}"
                 break
