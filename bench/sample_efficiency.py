@@ -134,7 +134,7 @@ def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
     agent = make_agent(agent_cfg, action_dim=7)
     trainer_cfg = TrainerConfig(online_steps=args.env_steps, eval_every=args.eval_every,
                                 eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts,
-                                eval_deterministic=args.eval_deterministic)
+                                eval_deterministic=args.eval_deterministic, paired_eval=args.paired_eval)
     trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=dataset.episodes,
                       log=log)
     return trainer.run()
@@ -180,6 +180,7 @@ def summarise(curves: dict, bc_success: float) -> dict:
         # training episodes are many more than the eval episodes: the last three windows are a steadier figure
         late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
         late_train = [t for t in late_train if np.isfinite(t)]
+        other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
         results[algo] = {
             "final_success": float(success[-1]),
             "steps_to_bc_plus_20": reach,
@@ -189,6 +190,9 @@ def summarise(curves: dict, bc_success: float) -> dict:
             "success": [round(float(s), 3) for s in success],
             "bc_share": [round(float(s), 3) for s in bc_share],
         }
+        if np.all(np.isfinite(other)):  # every seed ran with --paired-eval
+            results[algo]["other_protocol_final_success"] = float(other[-1])
+            results[algo]["other_protocol_success"] = [round(float(s), 3) for s in other]
     return results
 
 
@@ -230,6 +234,13 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     for algo, r in results.items():
         pts = ", ".join(f"{s}: {a:.2f}/{b:.2f}" for s, a, b in zip(r["env_steps"], r["success"], r["bc_share"]))
         lines.append(f"- {algo}: {pts}")
+    paired = {a: r for a, r in results.items() if "other_protocol_success" in r}
+    if paired:
+        other = "sampled actions" if eval_deterministic else "modes"
+        lines += ["", f"The same points evaluated with {other} (--paired-eval: same parameters and resets):", ""]
+        for algo, r in paired.items():
+            pts = ", ".join(f"{s}: {a:.2f}" for s, a in zip(r["env_steps"], r["other_protocol_success"]))
+            lines.append(f"- {algo}: final {r['other_protocol_final_success']:.2f}; {pts}")
     (out / f"{task}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -247,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate with modes (BC and RL; the BC reference is then pi_BC's mode too), as the authors' "
                         "release and the actor's evaluation episodes do (default); --no-eval-deterministic: the gate "
                         "exactly as it runs in training (sampled actions)")
+    p.add_argument("--paired-eval", action="store_true",
+                   help="also evaluate every point with the other protocol on the same parameters and resets "
+                        "(doubles evaluation time); the report adds that protocol's final success and curve")
     p.add_argument("--learning-starts", type=int, default=500)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
@@ -302,11 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"env_steps": args.env_steps, "seeds": args.seeds, "first_seed": args.first_seed,
                 "preset": args.preset, "overrides": json.loads(args.agent_overrides), "demos": args.demos,
                 "eval_episodes": args.eval_episodes, "eval_deterministic": args.eval_deterministic,
+                "paired_eval": args.paired_eval,
                 "wall_s": round(time.time() - t0)}
     write_report(args.task, results, bc_success, out, meta, bc_mode, args.eval_deterministic)
     print((out / f"{args.task}.md").read_text())
     headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
                 for a, r in results.items()}
+    for a, r in results.items():
+        if "other_protocol_final_success" in r:
+            headline[a]["other_protocol_final_success"] = r["other_protocol_final_success"]
     print(json.dumps({"task": args.task, "bc_success": bc_success, "bc_mode_success": bc_mode, "results": headline}))
     return 0
 

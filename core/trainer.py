@@ -39,6 +39,9 @@ class TrainerConfig:
     eval_seed: int = doc(1_000_000, "First reset seed of evaluation episodes (same seeds at every evaluation).")
     eval_deterministic: bool = doc(False, "Evaluate with modes (BC and RL); default: the gate exactly as it "
                                           "runs on the robot (sampled actions), like `q2rl bc eval`'s default.")
+    paired_eval: bool = doc(False, "Evaluate every point a second time with the other protocol (sampled if "
+                                   "eval_deterministic, else modes) on the same parameters and resets, so the two "
+                                   "protocols compare without seed noise (EvalPoint.other_protocol_*).")
 
     def validate(self) -> None:
         if self.online_steps < 0 or self.eval_every < 1 or self.eval_episodes < 0 or self.updates_every < 1:
@@ -47,7 +50,8 @@ class TrainerConfig:
 
 class EvalPoint(NamedTuple):
     """One evaluation: success rate at `env_steps`, and the share of BC actions executed and the success rate of the
-    training episodes finished since the last one (NaN when none finished)."""
+    training episodes finished since the last one (NaN when none finished). `eval_bc_share` is the BC share in the
+    evaluation episodes themselves; the `other_protocol_*` fields are NaN unless TrainerConfig.paired_eval."""
 
     env_steps: int
     success_rate: float
@@ -55,6 +59,9 @@ class EvalPoint(NamedTuple):
     updates: int
     wall_s: float
     train_success: float = float("nan")
+    eval_bc_share: float = float("nan")
+    other_protocol_success: float = float("nan")
+    other_protocol_bc_share: float = float("nan")
 
 
 class TrainResult(NamedTuple):
@@ -169,19 +176,28 @@ class Trainer:
         success, eval_bc_share = evaluate(self.agent, params, self.eval_env, self.cfg.eval_episodes,
                                           self.cfg.eval_seed, key, self.cameras, use_bc,
                                           self.cfg.eval_deterministic)
+        other_success, other_bc_share = float("nan"), float("nan")
+        if self.cfg.paired_eval:
+            other_success, other_bc_share = evaluate(
+                self.agent, params, self.eval_env, self.cfg.eval_episodes, self.cfg.eval_seed,
+                jax.random.fold_in(key, 1), self.cameras, use_bc, not self.cfg.eval_deterministic)
         bc, total = self._bc_since_eval
         share = bc / total if total else eval_bc_share
         self._bc_since_eval = [0, 0]
         train_success = float(np.mean(self._train_outcomes)) if self._train_outcomes else float("nan")
-        curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0, train_success))
+        curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0, train_success,
+                               eval_bc_share, other_success, other_bc_share))
         self._train_outcomes = []
         m = self.last_metrics
         extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"
                                       f" actor_q={-float(m.actor.q_term):.3g} bc_nll={float(m.actor.bc_nll):.3g}")
         if m is not None and self.agent.cfg.calibrated_conservatism > 0:
             extra += f" conservative_term={float(m.critic.conservative_term):.3g}"
-        self.log(f"[{self.agent.cfg.algo}] env_steps={self.env_steps} success={success:.2f} bc_share={share:.2f} "
-                 f"train_success={train_success:.2f} updates={updates} t={time.time() - t0:.0f}s{extra}")
+        other = (f" other_protocol_success={other_success:.2f} other_protocol_bc_share={other_bc_share:.2f}"
+                 if self.cfg.paired_eval else "")
+        self.log(f"[{self.agent.cfg.algo}] env_steps={self.env_steps} success={success:.2f}{other} "
+                 f"bc_share={share:.2f} eval_bc_share={eval_bc_share:.2f} train_success={train_success:.2f} "
+                 f"updates={updates} t={time.time() - t0:.0f}s{extra}")
 
     def run(self) -> TrainResult:
         """Phase 1 (if the algorithm has one), then `online_steps` env steps with updates and evaluations."""

@@ -48,6 +48,8 @@ def test_q2rl_phase1_then_online(sim):
     assert result.curve[-1].updates == 40  # learning started at once: phase 1 filled the replay
     for point in result.curve:
         assert 0.0 <= point.bc_share <= 1.0 and 0.0 <= point.success_rate <= 1.0
+        assert 0.0 <= point.eval_bc_share <= 1.0
+        assert np.isnan(point.other_protocol_success) and np.isnan(point.other_protocol_bc_share)  # not paired
     # phase-1 episodes are ordinary BC transitions in the replay, exportable for the episode store
     first = trainer.replay.export_episode("local", 0)
     assert len(first) == 15 and np.all(first.source == SOURCE_CODES["bc"]) and not first.success
@@ -68,11 +70,15 @@ def test_q2rl_phase1_then_online(sim):
 def test_bc_baseline_runs_without_updates(sim):
     make_env, bc = sim
     agent = make_agent(from_dict(AgentConfig, {**TINY, "algo": "bc"}))
-    trainer = Trainer(agent, make_env, bc, TrainerConfig(online_steps=20, eval_every=10, eval_episodes=1),
-                      log=lambda s: None)
-    result = trainer.run()
+    lines = []
+    cfg = TrainerConfig(online_steps=20, eval_every=10, eval_episodes=1, eval_deterministic=True, paired_eval=True)
+    result = Trainer(agent, make_env, bc, cfg, log=lines.append).run()
     assert [p.updates for p in result.curve] == [0, 0, 0]
     assert all(p.bc_share == 1.0 for p in result.curve)
+    # paired evaluation: each point is also evaluated with the other protocol (here sampled), all BC actions
+    assert all(p.eval_bc_share == 1.0 and p.other_protocol_bc_share == 1.0 for p in result.curve)
+    assert all(p.other_protocol_success in (0.0, 1.0) for p in result.curve)
+    assert all("other_protocol_success=" in line for line in lines if "env_steps=" in line)
 
 
 def test_random_steps_take_uniform_actions_then_the_gate(sim):
