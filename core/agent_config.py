@@ -92,6 +92,10 @@ class AgentConfig:
     calibrated_conservatism: float = doc(
         0.0, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
              "pi_RL's actions is pulled down where it exceeds V_phi (0: off, SPEC).")
+    calibrated_conservatism_decay_updates: int = doc(
+        0, "Updates over which calibrated_conservatism falls linearly to 0 (0: it stays constant). The dip it "
+           "prevents comes in the first ~2k updates; a constant weight later holds Q_RL to V_phi after pi_RL has "
+           "outgrown pi_BC.")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -143,6 +147,12 @@ class AgentConfig:
         if self.calibrated_conservatism > 0 and self.algo not in Q2RL_FAMILY:
             raise ConfigError(f"calibrated_conservatism: its reference is V_phi from Q-Estimation, which {self.algo} "
                               f"does not fit; use it with {', '.join(Q2RL_FAMILY)}, or set it to 0")
+        if self.calibrated_conservatism_decay_updates < 0:
+            raise ConfigError(f"calibrated_conservatism_decay_updates: {self.calibrated_conservatism_decay_updates} "
+                              f"must be >= 0 (0: a constant weight)")
+        if self.calibrated_conservatism_decay_updates > 0 and self.calibrated_conservatism == 0:
+            raise ConfigError("calibrated_conservatism_decay_updates: set, but calibrated_conservatism is 0, so "
+                              "there is no weight to decay; set calibrated_conservatism (e.g. 2.0) or remove it")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

@@ -290,6 +290,15 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
     return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term)
 
 
+def conservatism_weight(cfg: AgentConfig, step: jax.Array) -> jax.Array:
+    """calibrated_conservatism at update `step`: constant, or falling linearly to 0 over
+    calibrated_conservatism_decay_updates."""
+    w = jnp.asarray(cfg.calibrated_conservatism, jnp.float32)
+    if cfg.calibrated_conservatism_decay_updates == 0:
+        return w
+    return w * jnp.clip(1.0 - step / cfg.calibrated_conservatism_decay_updates, 0.0, 1.0)
+
+
 def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, reference: jax.Array) -> jax.Array:
     """Cal-QL's regulariser with V_phi as the calibration, from the heads [E, B] at a ~ pi_RL(s) and at the data
     actions: mean of max(Q_i(s, a_pi), V_phi(s)) - Q_i(s, a_data). It lowers Q_RL at pi_RL's actions only where it
@@ -331,7 +340,7 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
     calibration = None
     if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
         key, k_pi = jax.random.split(key)
-        calibration = (cfg.calibrated_conservatism,
+        calibration = (conservatism_weight(cfg, state.step),
                        jax.lax.stop_gradient(actor_dist(nets, p, batch.obs).sample(k_pi)),
                        jax.lax.stop_gradient(value(nets, p, batch.obs)))
     target = td_target(nets, cfg, p, batch, key)

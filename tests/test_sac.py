@@ -151,9 +151,48 @@ def test_critic_step_adds_the_weighted_conservative_term():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_conservative_weight_decays_linearly_with_the_update_count():
+    """w = 2 over 1000 updates: 2 at update 0, 1 at 500, 0 from 1000 on; without a decay it stays 2."""
+    decaying = from_dict(AgentConfig, {"calibrated_conservatism": 2.0, "calibrated_conservatism_decay_updates": 1000})
+    weights = [float(sac.conservatism_weight(decaying, jnp.asarray(s, jnp.int32))) for s in (0, 250, 500, 1000, 5000)]
+    assert weights == pytest.approx([2.0, 1.5, 1.0, 0.0, 0.0])
+    constant = from_dict(AgentConfig, {"calibrated_conservatism": 2.0})
+    assert float(sac.conservatism_weight(constant, jnp.asarray(10**6, jnp.int32))) == 2.0
+
+
+def test_critic_step_reads_the_decayed_weight_from_the_state_step():
+    """Once the weight has decayed to 0 the critic step is the plain TD step (same key use, term computed but
+    weighted 0); halfway it equals a constant weight of half the size."""
+    decaying, params = agent_and_params(calibrated_conservatism=2.0, calibrated_conservatism_decay_updates=100)
+    half, _ = agent_and_params(calibrated_conservatism=1.0)
+    b, key = batch(4), jax.random.PRNGKey(11)
+    state = decaying.init_state(params)
+    halfway, _ = sac.critic_step(decaying.nets, decaying.cfg, decaying.opts, state.replace(step=jnp.asarray(50)),
+                                 b, key)
+    by_half, _ = sac.critic_step(half.nets, half.cfg, half.opts, half.init_state(params), b, key)
+    done, metrics = sac.critic_step(decaying.nets, decaying.cfg, decaying.opts, state.replace(step=jnp.asarray(100)),
+                                    b, key)
+    # the plain TD gradient, from the same TD key the calibrated step uses
+    key_td, _ = jax.random.split(key)
+    target = sac.td_target(decaying.nets, decaying.cfg, params, b, key_td)
+    td_grads = jax.grad(lambda ce: sac.critic_loss(decaying.nets, params, ce, b, target)[0])(
+        (params.critic, params.encoder))
+    updates, _ = decaying.opts.critic.update(td_grads, state.critic_opt, (params.critic, params.encoder))
+    expected_critic, _ = optax.apply_updates((params.critic, params.encoder), updates)
+    for x, y in zip(jax.tree_util.tree_leaves(done.params.critic), jax.tree_util.tree_leaves(expected_critic)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert float(metrics.conservative_term) != 0.0  # still reported, unweighted
+    for x, y in zip(jax.tree_util.tree_leaves(halfway.params.critic), jax.tree_util.tree_leaves(by_half.params.critic)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_calibrated_conservatism_is_validated():
     with pytest.raises(ConfigError, match="calibrated_conservatism"):
         from_dict(AgentConfig, {"calibrated_conservatism": -1.0})
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        from_dict(AgentConfig, {"calibrated_conservatism": 1.0, "calibrated_conservatism_decay_updates": -5})
+    with pytest.raises(ConfigError, match="no weight to decay"):
+        from_dict(AgentConfig, {"calibrated_conservatism_decay_updates": 5000})
     with pytest.raises(ConfigError, match="V_phi from Q-Estimation"):
         from_dict(AgentConfig, {"algo": "sac_bc", "calibrated_conservatism": 1.0})
 
