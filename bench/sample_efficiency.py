@@ -168,7 +168,11 @@ def load_curves(paths: list[str], algos: list[str]) -> tuple[dict, set[bool]]:
 
 
 def summarise(curves: dict, bc_success: float) -> dict:
-    """Mean curves over seeds and the two headline numbers per algorithm."""
+    """Mean curves over seeds and the two headline numbers per algorithm. With --paired-eval the same figures
+    for the other protocol, against pi_BC's success under that protocol (the mean of the runs' first points)."""
+    starts = [c[0].other_protocol_success for a, cs in curves.items() if a != "rlpd" for c in cs]
+    starts = [x for x in starts if np.isfinite(x)]  # runs without --paired-eval have none
+    other_bc = float(np.mean(starts)) if starts else None
     results = {}
     for algo, runs in curves.items():
         steps = [p.env_steps for p in runs[0]]
@@ -190,9 +194,15 @@ def summarise(curves: dict, bc_success: float) -> dict:
             "success": [round(float(s), 3) for s in success],
             "bc_share": [round(float(s), 3) for s in bc_share],
         }
-        if np.all(np.isfinite(other)):  # every seed ran with --paired-eval
-            results[algo]["other_protocol_final_success"] = float(other[-1])
-            results[algo]["other_protocol_success"] = [round(float(s), 3) for s in other]
+        if other_bc is not None and np.all(np.isfinite(other)):  # every run evaluated with --paired-eval
+            other_curve = [p._replace(success_rate=float(o)) for p, o in zip(mean_curve, other)]
+            results[algo]["other_protocol"] = {
+                "bc_success": other_bc,
+                "final_success": float(other[-1]),
+                "steps_to_bc_plus_20": steps_to_reach(other_curve, min(other_bc + 0.2, 1.0)),
+                "min_success_after_start": float(np.min(other[1:])) if n > 1 else float(other[0]),
+                "success": [round(float(s), 3) for s in other],
+            }
     return results
 
 
@@ -234,13 +244,20 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     for algo, r in results.items():
         pts = ", ".join(f"{s}: {a:.2f}/{b:.2f}" for s, a, b in zip(r["env_steps"], r["success"], r["bc_share"]))
         lines.append(f"- {algo}: {pts}")
-    paired = {a: r for a, r in results.items() if "other_protocol_success" in r}
+    paired = {a: r["other_protocol"] for a, r in results.items() if "other_protocol" in r}
     if paired:
         other = "sampled actions" if eval_deterministic else "modes"
-        lines += ["", f"The same points evaluated with {other} (--paired-eval: same parameters and resets):", ""]
+        bc_other = next(iter(paired.values()))["bc_success"]
+        lines += ["", f"The same points evaluated with {other} (--paired-eval: same parameters and resets; BC under that "
+                      f"protocol {bc_other:.2f}, BC+20 = {min(bc_other + 0.2, 1.0):.2f}):", "",
+                  "| algo | final success | steps to BC+20 | min success after start |", "|---|---|---|---|"]
         for algo, r in paired.items():
-            pts = ", ".join(f"{s}: {a:.2f}" for s, a in zip(r["env_steps"], r["other_protocol_success"]))
-            lines.append(f"- {algo}: final {r['other_protocol_final_success']:.2f}; {pts}")
+            lines.append(f"| {algo} | {r['final_success']:.2f} | {r['steps_to_bc_plus_20']} | "
+                         f"{r['min_success_after_start']:.2f} |")
+        lines.append("")
+        for algo, r in paired.items():
+            pts = ", ".join(f"{s}: {a:.2f}" for s, a in zip(results[algo]["env_steps"], r["success"]))
+            lines.append(f"- {algo}: {pts}")
     (out / f"{task}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -323,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
                 for a, r in results.items()}
     for a, r in results.items():
-        if "other_protocol_final_success" in r:
-            headline[a]["other_protocol_final_success"] = r["other_protocol_final_success"]
+        if "other_protocol" in r:
+            headline[a]["other_protocol"] = {k: r["other_protocol"][k] for k in
+                                             ("bc_success", "final_success", "steps_to_bc_plus_20")}
     print(json.dumps({"task": args.task, "bc_success": bc_success, "bc_mode_success": bc_mode, "results": headline}))
     return 0
 
