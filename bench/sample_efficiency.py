@@ -5,8 +5,8 @@
 
 1. Scripted demos (noisy expert) -> a BC policy (cached under --out) whose success sits in the 30-70 % band.
 2. Every algorithm x seed runs in-process (core.trainer): eval success (modes, as the authors evaluate; the BC
-   reference is pi_BC's mode; --no-eval-deterministic samples), the share of BC actions and the success of the
-   training episodes vs env steps.
+   reference is pi_BC's mode; --no-eval-deterministic samples; --paired-eval does both on the same parameters),
+   the share of BC actions and the success of the training episodes vs env steps.
 3. Writes <out>/<task>.md (table) and <out>/<task>.png (two panels); the last stdout line is JSON:
    {"task": ..., "bc_success": ..., "bc_mode_success": ..., "results": {"<algo>": {"final_success": ...,
     "steps_to_bc_plus_20": ...}}}
@@ -217,6 +217,9 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     for i, (algo, r) in enumerate(results.items()):
         color = f"C{i}"  # the same colour for an algorithm in both panels
         ax1.plot(r["env_steps"], r["success"], marker="o", ms=3, label=algo, color=color)
+        if "other_protocol" in r:  # --paired-eval: the same points under the other protocol, dashed
+            ax1.plot(r["env_steps"], r["other_protocol"]["success"], ls="--", lw=1, color=color,
+                     label=f"{algo} ({'sampled' if eval_deterministic else 'modes'})")
         if algo != "bc":
             ax2.plot(r["env_steps"], r["bc_share"], marker="o", ms=3, label=algo, color=color)
     ax1.axhline(bc_success, color="gray", ls=":", lw=1)
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                         "exactly as it runs in training (sampled actions)")
     p.add_argument("--paired-eval", action="store_true",
                    help="also evaluate every point with the other protocol on the same parameters and resets "
-                        "(doubles evaluation time); the report adds that protocol's final success and curve")
+                        "(doubles evaluation time); the report adds that protocol's curve, final success, dip and "
+                        "BC+20 point against pi_BC under that protocol")
     p.add_argument("--learning-starts", type=int, default=500)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
