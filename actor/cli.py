@@ -130,6 +130,7 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> in
         actor.set_params(learner.state.params, learner.saved_book.param_version)
     rate = actor.evaluate(episodes, stop)
     result = {"success_rate": rate, "episodes": actor.summary.eval_episodes, "policy": "gated" if online else "bc",
+              "actions": "modes" if cfg.actor.eval_deterministic else "sampled",  # the two can differ by 0.1
               "param_version": learner.saved_book.param_version, "updates": learner.saved_book.updates}
     write_json(run_dir / FINAL_EVAL_FILE, result)
     print(json.dumps(result))

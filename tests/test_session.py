@@ -43,6 +43,7 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert (run / "checkpoint" / "learner.ckpt").is_file()
     final = read_json(run / "final_eval.json")
     assert final["episodes"] == 2 and 0.0 <= final["success_rate"] <= 1.0
+    assert final["actions"] == "modes"  # actor.eval_deterministic's default, recorded with the figure
     assert summary["final_eval_success"] == final["success_rate"]
     config_text = (run / "config.yaml").read_text()
     assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
