@@ -112,12 +112,30 @@ def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
     return success
 
 
-def steps_to_reach(curve, threshold: float) -> int | None:
+def steps_to_reach(steps, success, threshold: float) -> int | None:
     """First env-step count at which eval success >= threshold (None if never)."""
-    for point in curve:
-        if point.success_rate >= threshold - 1e-9:
-            return int(point.env_steps)
+    for step, rate in zip(steps, success):
+        if rate >= threshold - 1e-9:
+            return int(step)
     return None
+
+
+def bc_reference(curves: dict, field: str = "success_rate") -> float | None:
+    """pi_BC's success under a protocol: the mean of the BC-based runs' first evaluation (every such run evaluates
+    pi_BC first, on the same resets; rlpd has no pi_BC). None when no run recorded `field` (NaN)."""
+    starts = [getattr(c[0], field) for a, cs in curves.items() if a != "rlpd" for c in cs]
+    starts = [x for x in starts if np.isfinite(x)]
+    return float(np.mean(starts)) if starts else None
+
+
+def curve_figures(steps, success: np.ndarray, bc_success: float) -> dict:
+    """The headline figures of one mean success curve against pi_BC's success under the same protocol."""
+    return {
+        "final_success": float(success[-1]),
+        "steps_to_bc_plus_20": steps_to_reach(steps, success, min(bc_success + 0.2, 1.0)),
+        "min_success_after_start": float(np.min(success[1:])) if len(success) > 1 else float(success[0]),
+        "success": [round(float(s), 3) for s in success],
+    }
 
 
 def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
@@ -169,40 +187,30 @@ def load_curves(paths: list[str], algos: list[str]) -> tuple[dict, set[bool]]:
 
 def summarise(curves: dict, bc_success: float) -> dict:
     """Mean curves over seeds and the two headline numbers per algorithm. With --paired-eval the same figures
-    for the other protocol, against pi_BC's success under that protocol (the mean of the runs' first points)."""
-    starts = [c[0].other_protocol_success for a, cs in curves.items() if a != "rlpd" for c in cs]
-    starts = [x for x in starts if np.isfinite(x)]  # runs without --paired-eval have none
-    other_bc = float(np.mean(starts)) if starts else None
+    for the other protocol, against pi_BC's success under that protocol."""
+    other_bc = bc_reference(curves, "other_protocol_success")  # None: no run used --paired-eval
     results = {}
     for algo, runs in curves.items():
-        steps = [p.env_steps for p in runs[0]]
         n = min(len(r) for r in runs)
+        steps = [p.env_steps for p in runs[0]][:n]
         success = np.mean([[p.success_rate for p in r[:n]] for r in runs], axis=0)
         bc_share = np.mean([[p.bc_share for p in r[:n]] for r in runs], axis=0)
-        mean_curve = [type(runs[0][0])(steps[i], float(success[i]), float(bc_share[i]), 0, 0.0) for i in range(n)]
-        reach = steps_to_reach(mean_curve, min(bc_success + 0.2, 1.0))
         # training episodes are many more than the eval episodes: the last three windows are a steadier figure
         late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
         late_train = [t for t in late_train if np.isfinite(t)]
-        other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
+        figures = curve_figures(steps, success, bc_success)
         results[algo] = {
-            "final_success": float(success[-1]),
-            "steps_to_bc_plus_20": reach,
-            "min_success_after_start": float(np.min(success[1:])) if n > 1 else float(success[0]),
+            "final_success": figures["final_success"],
+            "steps_to_bc_plus_20": figures["steps_to_bc_plus_20"],
+            "min_success_after_start": figures["min_success_after_start"],
             "late_train_success": float(np.mean(late_train)) if late_train else None,
-            "env_steps": [int(s) for s in steps[:n]],
-            "success": [round(float(s), 3) for s in success],
+            "env_steps": [int(s) for s in steps],
+            "success": figures["success"],
             "bc_share": [round(float(s), 3) for s in bc_share],
         }
+        other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
         if other_bc is not None and np.all(np.isfinite(other)):  # every run evaluated with --paired-eval
-            other_curve = [p._replace(success_rate=float(o)) for p, o in zip(mean_curve, other)]
-            results[algo]["other_protocol"] = {
-                "bc_success": other_bc,
-                "final_success": float(other[-1]),
-                "steps_to_bc_plus_20": steps_to_reach(other_curve, min(other_bc + 0.2, 1.0)),
-                "min_success_after_start": float(np.min(other[1:])) if n > 1 else float(other[0]),
-                "success": [round(float(s), 3) for s in other],
-            }
+            results[algo]["other_protocol"] = {"bc_success": other_bc, **curve_figures(steps, other, other_bc)}
     return results
 
 
@@ -320,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "curve": [p._asdict() for p in result.curve],
                                     "q_estimation": result.q_estimation._asdict() if result.q_estimation else None})
                         + "\n")
-    # every BC-based run evaluates pi_BC first (same eval seeds): BC's success is their mean
-    bc_success = float(np.mean([c[0].success_rate for a, cs in curves.items() if a != "rlpd" for c in cs]))
+    bc_success = bc_reference(curves)
+    if bc_success is None:  # rlpd alone: no pi_BC to compare with
+        bc_success = float("nan")
     if args.eval_deterministic:
         bc_mode = bc_success  # every curve's first point evaluated pi_BC's mode on the same resets
     elif merged:
