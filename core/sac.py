@@ -237,6 +237,7 @@ class CriticMetrics(NamedTuple):
     q_mean: jax.Array
     target_mean: jax.Array
     conservative_term: jax.Array  # calibrated_conservative_term, unweighted (0 when calibrated_conservatism is 0)
+    q_head_std: jax.Array  # std over critic heads at the batch's (data) actions
 
 
 class ActorMetrics(NamedTuple):
@@ -245,6 +246,7 @@ class ActorMetrics(NamedTuple):
     bc_nll: jax.Array
     entropy: jax.Array
     temperature: jax.Array
+    q_head_std: jax.Array  # std over critic heads at pi_RL's actions: large where the critic extrapolates
 
 
 class UpdateMetrics(NamedTuple):
@@ -287,7 +289,7 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
         weight, policy_actions, reference = calibration
         term = calibrated_conservative_term(nets.critic.apply(critic, feats, policy_actions), q, reference)
         loss = loss + weight * term
-    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term)
+    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term, jnp.mean(jnp.std(q, axis=0)))
 
 
 def conservatism_weight(cfg: AgentConfig, step: jax.Array) -> jax.Array:
@@ -320,7 +322,8 @@ def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any
     loss = (1.0 - cfg.bc_weight) * q_term + cfg.bc_weight * bc_nll
     if cfg.entropy:
         loss = loss + temperature * jnp.mean(log_prob)
-    return loss, ActorMetrics(loss, q_term, bc_nll, -jnp.mean(log_prob), temperature)
+    q_head_std = jnp.mean(jnp.std(q_heads, axis=0))
+    return loss, ActorMetrics(loss, q_term, bc_nll, -jnp.mean(log_prob), temperature, q_head_std)
 
 
 def temperature_loss(log_temperature: jax.Array, entropy: jax.Array, target_entropy: float) -> jax.Array:

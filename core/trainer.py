@@ -190,7 +190,9 @@ class Trainer:
         self._train_outcomes = []
         m = self.last_metrics
         extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"
-                                      f" actor_q={-float(m.actor.q_term):.3g} bc_nll={float(m.actor.bc_nll):.3g}")
+                                      f" actor_q={-float(m.actor.q_term):.3g} bc_nll={float(m.actor.bc_nll):.3g}"
+                                      f" q_head_std_data={float(m.critic.q_head_std):.3g}"
+                                      f" q_head_std_policy={float(m.actor.q_head_std):.3g}")
         if m is not None and self.agent.cfg.calibrated_conservatism > 0:
             extra += f" conservative_term={float(m.critic.conservative_term):.3g}"
         other = (f" other_protocol_success={other_success:.2f} other_protocol_bc_share={other_bc_share:.2f}"

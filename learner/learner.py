@@ -112,7 +112,8 @@ def learning_metrics(metrics: UpdateMetrics | None) -> dict[str, float]:
     critic, actor = jax.device_get(metrics)
     values = {"critic_loss": critic.critic_loss, "q_mean": critic.q_mean, "target_mean": critic.target_mean,
               "conservative_term": critic.conservative_term, "actor_q": -actor.q_term, "bc_nll": actor.bc_nll,
-              "entropy": actor.entropy, "temperature": actor.temperature}
+              "entropy": actor.entropy, "temperature": actor.temperature,
+              "q_head_std_data": critic.q_head_std, "q_head_std_policy": actor.q_head_std}
     return {name: float(v) if np.isfinite(v) else None for name, v in values.items()}
 
 

@@ -100,6 +100,8 @@ def test_critic_loss_by_numpy():
     assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
     assert float(metrics.conservative_term) == 0.0  # SPEC's critic: no conservative term
+    assert float(metrics.q_head_std) == pytest.approx(q.std(axis=0).mean(), rel=1e-4)
+    assert float(metrics.q_head_std) > 0  # heads initialised apart disagree
 
 
 def test_calibrated_conservative_term_by_numpy():
@@ -200,12 +202,12 @@ def test_calibrated_conservatism_is_validated():
 def expected_actor_loss(agent, params, b, key, w):
     dist = sac.actor_dist(agent.nets, params, b.obs)
     a, logp = dist.sample_and_log_prob(key)
-    q_mean_heads = np.asarray(sac.critic_values(agent.nets, params, b.obs, a)).mean(axis=0)
+    q_heads = np.asarray(sac.critic_values(agent.nets, params, b.obs, a))
     nll = -np.asarray(dist.log_prob(b.a_bc)).mean()
-    expected = (1 - w) * -q_mean_heads.mean() + w * nll
+    expected = (1 - w) * -q_heads.mean(axis=0).mean() + w * nll
     if agent.cfg.entropy:
         expected += agent.cfg.init_temperature * np.asarray(logp).mean()
-    return expected, nll
+    return expected, nll, q_heads.std(axis=0).mean()
 
 
 @pytest.mark.parametrize("entropy", [False, True])
@@ -214,9 +216,10 @@ def test_actor_loss_by_numpy(entropy):
     b = batch(2)
     key = jax.random.PRNGKey(5)
     loss, m = sac.actor_loss(agent.nets, agent.cfg, params, params.actor, b, key)
-    expected, nll = expected_actor_loss(agent, params, b, key, 0.3)
+    expected, nll, head_std = expected_actor_loss(agent, params, b, key, 0.3)
     assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert float(m.bc_nll) == pytest.approx(nll, rel=1e-5)
+    assert float(m.q_head_std) == pytest.approx(head_std, rel=1e-4)  # disagreement at pi_RL's actions
 
 
 @pytest.mark.parametrize("over, w", [({"algo": "q2rl"}, 0.3), ({"algo": "sac_bc"}, 0.3), ({"algo": "ibrl"}, 0.0),
