@@ -22,7 +22,6 @@ from pathlib import Path
 from q2rl.config import ConfigError, load_config
 
 log = logging.getLogger("q2rl.actor")
-FINAL_EVAL_FILE = "final_eval.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -109,13 +108,16 @@ def run_actor(cfg, address: str, stop: threading.Event) -> int:
 
 
 def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> int:
-    """Evaluate the run's last learner checkpoint in this process; writes RUN/final_eval.json."""
+    """Evaluate the run's last learner checkpoint in this process; writes RUN/final_eval.json (the latest) and
+    appends the same record, with the time, to RUN/evaluations.jsonl (all of them)."""
+    import datetime
+
     import jax
 
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
     from q2rl.learner.learner import Learner
-    from q2rl.learner.run_dir import write_json
+    from q2rl.learner.run_dir import EVALUATIONS_LOG, FINAL_EVAL_FILE, append_jsonl, write_json
     from q2rl.robot.envs import make_env
 
     bc = load_bc_policy(cfg.bc.checkpoint)
@@ -131,7 +133,9 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> in
     rate = actor.evaluate(episodes, stop)
     result = {"success_rate": rate, "episodes": actor.summary.eval_episodes, "policy": "gated" if online else "bc",
               "actions": "modes" if cfg.actor.eval_deterministic else "sampled",  # the two can differ by 0.1
-              "param_version": learner.saved_book.param_version, "updates": learner.saved_book.updates}
+              "param_version": learner.saved_book.param_version, "updates": learner.saved_book.updates,
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    append_jsonl(run_dir / EVALUATIONS_LOG, result)
     write_json(run_dir / FINAL_EVAL_FILE, result)
     print(json.dumps(result))
     env.close()

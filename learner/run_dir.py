@@ -7,6 +7,8 @@
         status.json          the learner's live status (rewritten atomically about once a second)
         actors/<id>.json     each actor's live status (link health, spool)
         learner.addr         host:port the learner actually bound (written once it serves)
+        final_eval.json      the latest evaluation of the final checkpoint (`q2rl actor --evaluate`)
+        evaluations.jsonl    every such evaluation, appended, so a second one (other protocol) loses nothing
 
 Every write that replaces a file goes through `atomic_write`: a crash mid-write leaves the old file intact.
 """
@@ -25,6 +27,8 @@ STATUS_FILE = "status.json"
 ADDRESS_FILE = "learner.addr"
 EPISODE_LOG = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
+FINAL_EVAL_FILE = "final_eval.json"
+EVALUATIONS_LOG = "evaluations.jsonl"
 
 
 class RunDirError(RuntimeError):

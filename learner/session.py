@@ -33,6 +33,7 @@ from q2rl.learner.progress import (
 )
 from q2rl.learner.run_dir import (
     ADDRESS_FILE,
+    FINAL_EVAL_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
     default_run_name,
@@ -40,8 +41,6 @@ from q2rl.learner.run_dir import (
     read_json,
     write_json,
 )
-
-FINAL_EVAL_FILE = "final_eval.json"
 
 
 def q2rl_command(*args: str) -> list[str]:

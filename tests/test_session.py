@@ -79,6 +79,10 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
         assert sorted(seqs) == list(range(len(seqs))), actor_id
         assert len(seqs) >= len(seqs_by_actor[actor_id])
     assert sum(map(len, resumed_seqs.values())) == resumed["env_steps"] == resumed["replay_size"]
+    # The resumed session's final evaluation replaced final_eval.json; evaluations.jsonl keeps both.
+    history = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert history == [final, read_json(run / "final_eval.json")]
+    assert history[1]["updates"] > history[0]["updates"]
 
 
 def read_checkpoint_book(run):
