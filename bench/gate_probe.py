@@ -7,8 +7,10 @@
 2. Q-Estimation and `--online-steps` steps of online RL in-process (core.trainer), no evaluations.
 3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
    candidates are scored four ways: min-head Q_RL(s, a_rl) and Q_RL(s, a_bc), Qhat_BC(s, a_bc) and
-   Qhat_BC(s, a_rl). Averages over the steps where the gate ran pi_RL and where it ran pi_BC say whether a
-   hand-over follows an action the critic prefers, or a difference in state value between Q_RL and V_phi.
+   Qhat_BC(s, a_rl); pi_BC's log-likelihood of each; and the std over the critic's heads at each (whether the
+   ensemble disagrees more at pi_RL's action, as a disagreement-weighted conservatism would need). Averages over
+   the steps where the gate ran pi_RL and where it ran pi_BC say whether a hand-over follows an action the critic
+   prefers, or a difference in state value between Q_RL and V_phi.
 
 The last stdout line is JSON: {"task", "seed", "online_steps", "success", "rl_share", "rl_steps": {...},
 "bc_steps": {...}, "action_gap_rl_steps": [per-dim mean |a_rl - a_bc|], "action_gap_bc_steps": [...]}.
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-SCORES = ("q_rl", "q_rl_at_a_bc", "qhat_bc", "qhat_bc_at_a_rl", "log_pi_bc_a_rl", "log_pi_bc_a_bc")
+SCORES = ("q_rl", "q_rl_at_a_bc", "qhat_bc", "qhat_bc_at_a_rl", "log_pi_bc_a_rl", "log_pi_bc_a_bc",
+          "q_rl_head_std", "q_rl_head_std_at_a_bc")
 
 
 def make_probe(agent):
@@ -41,9 +44,11 @@ def make_probe(agent):
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
         dist = bc_dist(params, batched)
         a_bc, a_rl = a_bc[None], a_rl[None]
-        q = lambda a: jnp.min(critic_values(agent.nets, params, batched, a), axis=0)[0]
+        heads = lambda a: critic_values(agent.nets, params, batched, a)[:, 0]
+        q = lambda a: jnp.min(heads(a))
         qhat = lambda a: qhat_bc(agent.nets, params, batched, a, qcfg, jax.random.PRNGKey(0))[0]
-        return jnp.stack([q(a_rl), q(a_bc), qhat(a_bc), qhat(a_rl), dist.log_prob(a_rl)[0], dist.log_prob(a_bc)[0]])
+        return jnp.stack([q(a_rl), q(a_bc), qhat(a_bc), qhat(a_rl), dist.log_prob(a_rl)[0], dist.log_prob(a_bc)[0],
+                          jnp.std(heads(a_rl)), jnp.std(heads(a_bc))])
 
     return jax.jit(probe)
 
