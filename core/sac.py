@@ -246,7 +246,7 @@ class ActorMetrics(NamedTuple):
     bc_nll: jax.Array
     entropy: jax.Array
     temperature: jax.Array
-    q_head_std: jax.Array  # std over critic heads at pi_RL's actions: large where the critic extrapolates
+    q_head_std: jax.Array  # std over critic heads at pi_RL's actions (against CriticMetrics' at the data actions)
 
 
 class UpdateMetrics(NamedTuple):
