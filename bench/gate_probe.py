@@ -6,8 +6,8 @@
 1. The BC policy of `bench/sample_efficiency.py` (cached under --out; trained there if missing).
 2. Q-Estimation and `--online-steps` steps of online RL in-process (core.trainer), no evaluations.
 3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
-   candidates are scored four ways: min-head Q_RL(s, a_rl) and Q_RL(s, a_bc), Qhat_BC(s, a_bc) and
-   Qhat_BC(s, a_rl); pi_BC's log-likelihood of each; and the std over the critic's heads at each (whether the
+   candidates are scored by min-head Q_RL (Q_RL(s, a_rl) and Q_RL(s, a_bc)), by the prior (Qhat_BC(s, a_bc) and
+   Qhat_BC(s, a_rl)), by pi_BC's log-likelihood, and by the std over the critic's heads (whether the
    ensemble disagrees more at pi_RL's action, as a disagreement-weighted conservatism would need). Averages over
    the steps where the gate ran pi_RL and where it ran pi_BC say whether a hand-over follows an action the critic
    prefers, or a difference in state value between Q_RL and V_phi.
