@@ -128,11 +128,16 @@ def bc_reference(curves: dict, field: str = "success_rate") -> float | None:
     return float(np.mean(starts)) if starts else None
 
 
+def bc_plus_20(bc_success: float) -> float:
+    """Issue #3's target line: pi_BC's success plus 20 points, capped at 1."""
+    return min(bc_success + 0.2, 1.0)
+
+
 def curve_figures(steps, success: np.ndarray, bc_success: float) -> dict:
     """The headline figures of one mean success curve against pi_BC's success under the same protocol."""
     return {
         "final_success": float(success[-1]),
-        "steps_to_bc_plus_20": steps_to_reach(steps, success, min(bc_success + 0.2, 1.0)),
+        "steps_to_bc_plus_20": steps_to_reach(steps, success, bc_plus_20(bc_success)),
         "min_success_after_start": float(np.min(success[1:])) if len(success) > 1 else float(success[0]),
         "success": [round(float(s), 3) for s in success],
     }
@@ -198,14 +203,10 @@ def summarise(curves: dict, bc_success: float) -> dict:
         # training episodes are many more than the eval episodes: the last three windows are a steadier figure
         late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
         late_train = [t for t in late_train if np.isfinite(t)]
-        figures = curve_figures(steps, success, bc_success)
         results[algo] = {
-            "final_success": figures["final_success"],
-            "steps_to_bc_plus_20": figures["steps_to_bc_plus_20"],
-            "min_success_after_start": figures["min_success_after_start"],
+            **curve_figures(steps, success, bc_success),
             "late_train_success": float(np.mean(late_train)) if late_train else None,
             "env_steps": [int(s) for s in steps],
-            "success": figures["success"],
             "bc_share": [round(float(s), 3) for s in bc_share],
         }
         other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
@@ -231,7 +232,7 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
         if algo != "bc":
             ax2.plot(r["env_steps"], r["bc_share"], marker="o", ms=3, label=algo, color=color)
     ax1.axhline(bc_success, color="gray", ls=":", lw=1)
-    ax1.axhline(min(bc_success + 0.2, 1.0), color="gray", ls="--", lw=1)
+    ax1.axhline(bc_plus_20(bc_success), color="gray", ls="--", lw=1)
     ax1.set(xlabel="env steps", ylabel="eval success", title=f"{task}: eval success", ylim=(-0.02, 1.02))
     ax2.set(xlabel="env steps", ylabel="fraction of BC actions executed", title="BC share (training episodes)",
             ylim=(-0.02, 1.02))
@@ -242,7 +243,7 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
     lines = [f"# Sample efficiency on `{task}`", "",
              f"Evaluation with {'modes (BC and RL)' if eval_deterministic else 'sampled actions, as in training'}. "
              f"BC success {bc_success:.2f} (under that protocol); BC mode (no sampling, what ibrl proposes) "
-             f"{'n/a' if bc_mode is None else f'{bc_mode:.2f}'}; target BC+20 = {min(bc_success + 0.2, 1.0):.2f}. "
+             f"{'n/a' if bc_mode is None else f'{bc_mode:.2f}'}; target BC+20 = {bc_plus_20(bc_success):.2f}. "
              f"{json.dumps(meta)}", "",
              "| algo | final success | steps to BC+20 | min success after start | final BC share | "
              "training success, last 3 windows |",
@@ -260,7 +261,7 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
         other = "sampled actions" if eval_deterministic else "modes"
         bc_other = next(iter(paired.values()))["bc_success"]
         lines += ["", f"The same points evaluated with {other} (--paired-eval: same parameters and resets; BC under that "
-                      f"protocol {bc_other:.2f}, BC+20 = {min(bc_other + 0.2, 1.0):.2f}):", "",
+                      f"protocol {bc_other:.2f}, BC+20 = {bc_plus_20(bc_other):.2f}):", "",
                   "| algo | final success | steps to BC+20 | min success after start |", "|---|---|---|---|"]
         for algo, r in paired.items():
             lines.append(f"| {algo} | {r['final_success']:.2f} | {r['steps_to_bc_plus_20']} | "
