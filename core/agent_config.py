@@ -11,15 +11,15 @@ values actually used.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 from q2rl.config import ConfigError, doc
 
-ALGOS = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc")
+Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
+ALGOS: tuple[str, ...] = get_args(Algo)  # one list: the type and the validation read the same names
 IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
 Q2RL_FAMILY = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")  # the algorithms with Q-Estimation (and V_phi)
 DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
-Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
 PRESETS: dict[str, dict] = {
