@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import jax
 import numpy as np
@@ -71,7 +71,7 @@ def policy_observation(obs: Mapping[str, Any], cameras: tuple[str, ...]) -> dict
 
 def make_act_fn(action_mode: ActionMode):
     """Jitted (policy, obs, key, carry) -> (action, carry) for a single observation."""
-    if action_mode not in ("sample", "mode"):
+    if action_mode not in get_args(ActionMode):
         raise ConfigError(f"eval_action: {action_mode!r} must be 'sample' or 'mode'")
     deterministic = action_mode == "mode"
     return jax.jit(lambda policy, obs, key, carry: policy.act(obs, key, carry, deterministic))

@@ -189,3 +189,12 @@ def test_bc_cli_train_refuses_overwrite_and_eval_prints_one_json_line(demo_files
     result = json.loads(lines[0])
     assert list(result)[-1] == "success_rate" and 0.0 <= result["success_rate"] <= 1.0
     assert result["task"] == "pick_cube" and result["episodes"] == 2 and result["mean_length"] > 0
+
+
+def test_eval_action_mode_outside_the_literal_is_refused():
+    from q2rl.bc.evaluate import make_act_fn
+    from q2rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_action: 'greedy' must be 'sample' or 'mode'"):
+        make_act_fn("greedy")
+    assert callable(make_act_fn("mode")) and callable(make_act_fn("sample"))
