@@ -12,8 +12,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
-from q2rl.bc.config import BCConfig
+from q2rl.bc.config import ActionMode, BCConfig
 from q2rl.config import ConfigError, describe, from_dict, parse_override, read_yaml
 
 DEFAULT_EVAL_SEED = 10_000  # far from the scripted demos' seeds, so evaluation starts are unseen
@@ -104,7 +105,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="Sim task (default: the task of the policy's demos).")
     p.add_argument("--episodes", type=int, default=50, help="Number of evaluation episodes.")
     p.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="Seed of the first episode's reset.")
-    p.add_argument("--action", choices=("sample", "mode"), help="Sample actions or take the mode "
+    p.add_argument("--action", choices=get_args(ActionMode), help="Sample actions or take the mode "
                    "(default: the policy's bc.eval_action, normally sample).")
     p.add_argument("--max-episode-steps", type=int, help="Override the task's time limit.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")

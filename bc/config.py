@@ -8,6 +8,8 @@ from typing import Literal
 from q2rl.config import ConfigError, doc
 from q2rl.core.policies import PolicyConfig
 
+ActionMode = Literal["sample", "mode"]  # how a BC policy acts: sample its distribution, or take its mode
+
 
 @dataclasses.dataclass(frozen=True)
 class BCConfig:
@@ -28,7 +30,7 @@ class BCConfig:
     cameras: tuple[str, ...] = doc((), "Cameras of the demo file the policy sees (empty = state only).")
     image_shift_pad: int = doc(4, "Random-shift augmentation padding in pixels for images (0 disables).")
     seed: int = doc(0, "Seed for initialisation, the validation split and minibatch sampling.")
-    eval_action: Literal["sample", "mode"] = doc("sample", "How `bc eval` picks actions from the policy.")
+    eval_action: ActionMode = doc("sample", "How `bc eval` picks actions from the policy.")
 
     def validate(self) -> None:
         if self.steps < 1:

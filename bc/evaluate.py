@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Mapping, get_args
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
+from q2rl.bc.config import ActionMode
 from q2rl.config import ConfigError, from_dict
 from q2rl.core.policies import BCPolicy
-
-ActionMode = Literal["sample", "mode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +71,8 @@ def policy_observation(obs: Mapping[str, Any], cameras: tuple[str, ...]) -> dict
 def make_act_fn(action_mode: ActionMode):
     """Jitted (policy, obs, key, carry) -> (action, carry) for a single observation."""
     if action_mode not in get_args(ActionMode):
-        raise ConfigError(f"eval_action: {action_mode!r} must be 'sample' or 'mode'")
+        allowed = " or ".join(repr(mode) for mode in get_args(ActionMode))
+        raise ConfigError(f"eval_action: {action_mode!r} must be {allowed}")
     deterministic = action_mode == "mode"
     return jax.jit(lambda policy, obs, key, carry: policy.act(obs, key, carry, deterministic))
 
