@@ -203,16 +203,30 @@ def summarise(curves: dict, bc_success: float) -> dict:
         # training episodes are many more than the eval episodes: the last three windows are a steadier figure
         late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
         late_train = [t for t in late_train if np.isfinite(t)]
+        figures = curve_figures(steps, success, bc_success)
         results[algo] = {
-            **curve_figures(steps, success, bc_success),
+            **figures,
             "late_train_success": float(np.mean(late_train)) if late_train else None,
             "env_steps": [int(s) for s in steps],
             "bc_share": [round(float(s), 3) for s in bc_share],
+            **success_data(runs, n, steps, figures["steps_to_bc_plus_20"]),
         }
         other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
         if other_bc is not None and np.all(np.isfinite(other)):  # every run evaluated with --paired-eval
             results[algo]["other_protocol"] = {"bc_success": other_bc, **curve_figures(steps, other, other_bc)}
     return results
+
+
+def success_data(runs: list, n: int, steps: list, bc_plus_20_at: int | None) -> dict:
+    """The successful training episodes collected so far (mean over seeds) at each point of the mean curve, and at
+    the point where it first reaches BC+20: whether a climb follows the success data in replay. Empty for curves
+    saved before the counts were recorded."""
+    counts = [[p.train_successes_total for p in r[:n]] for r in runs]
+    if any(c is None for row in counts for c in row):
+        return {}
+    mean = [round(float(c), 1) for c in np.mean(counts, axis=0)]
+    at = mean[steps.index(bc_plus_20_at)] if bc_plus_20_at is not None else None
+    return {"train_successes_total": mean, "train_successes_at_bc_plus_20": at}
 
 
 def write_report(task: str, results: dict, bc_success: float, out: Path, meta: dict,
@@ -246,16 +260,24 @@ def write_report(task: str, results: dict, bc_success: float, out: Path, meta: d
              f"{'n/a' if bc_mode is None else f'{bc_mode:.2f}'}; target BC+20 = {bc_plus_20(bc_success):.2f}. "
              f"{json.dumps(meta)}", "",
              "| algo | final success | steps to BC+20 | min success after start | final BC share | "
-             "training success, last 3 windows |",
-             "|---|---|---|---|---|---|"]
+             "training success, last 3 windows | successful training episodes by BC+20 |",
+             "|---|---|---|---|---|---|---|"]
     for algo, r in results.items():
         late = "n/a" if r["late_train_success"] is None else f"{r['late_train_success']:.2f}"
+        by_bc20 = r.get("train_successes_at_bc_plus_20")
         lines.append(f"| {algo} | {r['final_success']:.2f} | {r['steps_to_bc_plus_20']} | "
-                     f"{r['min_success_after_start']:.2f} | {r['bc_share'][-1]:.2f} | {late} |")
+                     f"{r['min_success_after_start']:.2f} | {r['bc_share'][-1]:.2f} | {late} | "
+                     f"{'n/a' if by_bc20 is None else f'{by_bc20:.0f}'} |")
     lines += ["", "Curves (env steps: success / BC share):", ""]
     for algo, r in results.items():
         pts = ", ".join(f"{s}: {a:.2f}/{b:.2f}" for s, a, b in zip(r["env_steps"], r["success"], r["bc_share"]))
         lines.append(f"- {algo}: {pts}")
+    counted = {a: r["train_successes_total"] for a, r in results.items() if "train_successes_total" in r}
+    if counted:
+        lines += ["", "Successful training episodes so far (Q-Estimation's rollouts included; mean over seeds):", ""]
+        for algo, counts in counted.items():
+            pts = ", ".join(f"{s}: {c:.0f}" for s, c in zip(results[algo]["env_steps"], counts))
+            lines.append(f"- {algo}: {pts}")
     paired = {a: r["other_protocol"] for a, r in results.items() if "other_protocol" in r}
     if paired:
         other = "sampled actions" if eval_deterministic else "modes"

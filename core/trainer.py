@@ -51,7 +51,10 @@ class TrainerConfig:
 class EvalPoint(NamedTuple):
     """One evaluation: success rate at `env_steps`, and the share of BC actions executed and the success rate of the
     training episodes finished since the last one (NaN when none finished). `eval_bc_share` is the BC share in the
-    evaluation episodes themselves; the `other_protocol_*` fields are NaN unless TrainerConfig.paired_eval."""
+    evaluation episodes themselves; the `other_protocol_*` fields are NaN unless TrainerConfig.paired_eval.
+    `train_episodes_total` and `train_successes_total` count every training episode finished so far, Q-Estimation's
+    rollouts included: the success data in replay, against which a climb's timing can be read (None in curves saved
+    before they were recorded)."""
 
     env_steps: int
     success_rate: float
@@ -62,6 +65,8 @@ class EvalPoint(NamedTuple):
     eval_bc_share: float = float("nan")
     other_protocol_success: float = float("nan")
     other_protocol_bc_share: float = float("nan")
+    train_episodes_total: int | None = None
+    train_successes_total: int | None = None
 
 
 class TrainResult(NamedTuple):
@@ -121,7 +126,8 @@ class Trainer:
         self._obs: dict | None = None
         self._bc_since_eval = [0, 0]
         self.last_metrics: Any = None
-        self._train_outcomes: list[bool] = []
+        self._train_outcomes: list[bool] = []  # since the last evaluation
+        self._episodes_total, self._successes_total = 0, 0
 
     # ---- actor side
     def _reset(self) -> dict:
@@ -160,6 +166,8 @@ class Trainer:
         if done:
             self.episode_id += 1
             self._train_outcomes.append(bool(terminated))
+            self._episodes_total += 1
+            self._successes_total += bool(terminated)
         return done
 
     # ---- learner side
@@ -186,7 +194,8 @@ class Trainer:
         self._bc_since_eval = [0, 0]
         train_success = float(np.mean(self._train_outcomes)) if self._train_outcomes else float("nan")
         curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0, train_success,
-                               eval_bc_share, other_success, other_bc_share))
+                               eval_bc_share, other_success, other_bc_share, self._episodes_total,
+                               self._successes_total))
         self._train_outcomes = []
         m = self.last_metrics
         extra = "" if m is None else (f" critic_loss={float(m.critic.critic_loss):.3g} q={float(m.critic.q_mean):.3g}"

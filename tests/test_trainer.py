@@ -46,6 +46,11 @@ def test_q2rl_phase1_then_online(sim):
     assert [p.env_steps for p in result.curve] == [0, rollout_steps, rollout_steps + 20, rollout_steps + 40]
     assert result.q_estimation.num_episodes == 2 and result.q_estimation.num_steps == rollout_steps
     assert result.curve[-1].updates == 40  # learning started at once: phase 1 filled the replay
+    # training episodes finished so far, phase 1's included: 2 rollouts, then one more every 15 online steps
+    assert [p.train_episodes_total for p in result.curve] == [0, 2, 2 + 20 // 15, 2 + 40 // 15]
+    finished = range(result.curve[-1].train_episodes_total)
+    successes = sum(trainer.replay.export_episode("local", i).success for i in finished)
+    assert result.curve[-1].train_successes_total == successes
     for point in result.curve:
         assert 0.0 <= point.bc_share <= 1.0 and 0.0 <= point.success_rate <= 1.0
         assert 0.0 <= point.eval_bc_share <= 1.0
