@@ -59,7 +59,7 @@ run: setup
 	$(VENV)/bin/q2rl session --config $(CONFIG) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
