@@ -127,7 +127,7 @@ class Trainer:
         self._bc_since_eval = [0, 0]
         self.last_metrics: Any = None
         self._train_outcomes: list[bool] = []  # since the last evaluation
-        self._episodes_total, self._successes_total = 0, 0
+        self._successes_total = 0  # of all finished training episodes; their number is episode_id
 
     # ---- actor side
     def _reset(self) -> dict:
@@ -166,7 +166,6 @@ class Trainer:
         if done:
             self.episode_id += 1
             self._train_outcomes.append(bool(terminated))
-            self._episodes_total += 1
             self._successes_total += bool(terminated)
         return done
 
@@ -194,7 +193,7 @@ class Trainer:
         self._bc_since_eval = [0, 0]
         train_success = float(np.mean(self._train_outcomes)) if self._train_outcomes else float("nan")
         curve.append(EvalPoint(self.env_steps, success, share, updates, time.time() - t0, train_success,
-                               eval_bc_share, other_success, other_bc_share, self._episodes_total,
+                               eval_bc_share, other_success, other_bc_share, self.episode_id,
                                self._successes_total))
         self._train_outcomes = []
         m = self.last_metrics
