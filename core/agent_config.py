@@ -93,8 +93,12 @@ class AgentConfig:
         0.0, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
              "pi_RL's actions is pulled down where it exceeds V_phi (0: off, SPEC).")
     calibrated_conservatism_decay_updates: int = doc(
-        0, "Updates over which calibrated_conservatism falls linearly to 0 (0: it stays constant). Measured on "
-           "peg_insert with 5000: the dip comes back when the weight reaches 0 (docs/sample_efficiency.md).")
+        0, "Updates over which calibrated_conservatism falls linearly to calibrated_conservatism_final (0: it stays "
+           "constant). Measured on peg_insert with 5000 and a final 0: the dip comes back when the weight reaches 0 "
+           "(docs/sample_efficiency.md).")
+    calibrated_conservatism_final: float = doc(
+        0.0, "Weight the decay ends at and then keeps (e.g. 1.0 under a start of 2.0: a stronger hold while data is "
+             "thin, the constant weight after).")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
     entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
@@ -152,6 +156,12 @@ class AgentConfig:
         if self.calibrated_conservatism_decay_updates > 0 and self.calibrated_conservatism == 0:
             raise ConfigError("calibrated_conservatism_decay_updates: set, but calibrated_conservatism is 0, so "
                               "there is no weight to decay; set calibrated_conservatism (e.g. 2.0) or remove it")
+        if not 0.0 <= self.calibrated_conservatism_final <= self.calibrated_conservatism:
+            raise ConfigError(f"calibrated_conservatism_final: {self.calibrated_conservatism_final} must be in "
+                              f"[0, calibrated_conservatism={self.calibrated_conservatism}]: the weight decays to it")
+        if self.calibrated_conservatism_final > 0 and self.calibrated_conservatism_decay_updates == 0:
+            raise ConfigError("calibrated_conservatism_final: set, but calibrated_conservatism_decay_updates is 0, so "
+                              "the weight never decays to it; set the decay (e.g. 8000) or remove it")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

@@ -160,6 +160,10 @@ def test_conservative_weight_decays_linearly_with_the_update_count():
     assert weights == pytest.approx([2.0, 1.5, 1.0, 0.0, 0.0])
     constant = from_dict(AgentConfig, {"calibrated_conservatism": 2.0})
     assert float(sac.conservatism_weight(constant, jnp.asarray(10**6, jnp.int32))) == 2.0
+    to_one = from_dict(AgentConfig, {"calibrated_conservatism": 2.0, "calibrated_conservatism_decay_updates": 8000,
+                                     "calibrated_conservatism_final": 1.0})
+    weights = [float(sac.conservatism_weight(to_one, jnp.asarray(s, jnp.int32))) for s in (0, 2000, 4000, 8000, 10**6)]
+    assert weights == pytest.approx([2.0, 1.75, 1.5, 1.0, 1.0])
 
 
 def test_critic_step_reads_the_decayed_weight_from_the_state_step():
@@ -195,6 +199,11 @@ def test_calibrated_conservatism_is_validated():
         from_dict(AgentConfig, {"calibrated_conservatism": 1.0, "calibrated_conservatism_decay_updates": -5})
     with pytest.raises(ConfigError, match="no weight to decay"):
         from_dict(AgentConfig, {"calibrated_conservatism_decay_updates": 5000})
+    with pytest.raises(ConfigError, match="never decays"):
+        from_dict(AgentConfig, {"calibrated_conservatism": 2.0, "calibrated_conservatism_final": 1.0})
+    with pytest.raises(ConfigError, match=r"must be in \[0, calibrated_conservatism=1.0\]"):
+        from_dict(AgentConfig, {"calibrated_conservatism": 1.0, "calibrated_conservatism_decay_updates": 100,
+                                "calibrated_conservatism_final": 2.0})
     with pytest.raises(ConfigError, match="V_phi from Q-Estimation"):
         from_dict(AgentConfig, {"algo": "sac_bc", "calibrated_conservatism": 1.0})
 
