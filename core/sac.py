@@ -295,11 +295,10 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
 def conservatism_weight(cfg: AgentConfig, step: jax.Array) -> jax.Array:
     """calibrated_conservatism at update `step`: constant, or falling linearly to calibrated_conservatism_final
     over calibrated_conservatism_decay_updates and staying there."""
-    start = jnp.asarray(cfg.calibrated_conservatism, jnp.float32)
     if cfg.calibrated_conservatism_decay_updates == 0:
-        return start
-    final = cfg.calibrated_conservatism_final
-    return final + (start - final) * jnp.clip(1.0 - step / cfg.calibrated_conservatism_decay_updates, 0.0, 1.0)
+        return jnp.asarray(cfg.calibrated_conservatism, jnp.float32)
+    return optax.linear_schedule(cfg.calibrated_conservatism, cfg.calibrated_conservatism_final,
+                                 cfg.calibrated_conservatism_decay_updates)(step)
 
 
 def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, reference: jax.Array) -> jax.Array:
