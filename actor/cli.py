@@ -2,6 +2,7 @@
 
     q2rl actor --config runs/<run>/config.yaml --learner gpu-box:50051 [a.b=c ...]
     q2rl actor --config runs/<run>/config.yaml --evaluate runs/<run> --episodes 20   # final checkpoint, no learner
+    q2rl actor --config runs/<run>/config.yaml --evaluate runs/<run> --checkpoint best   # the best eval window's
 
 Start actors with the learner's run config (runs/<run>/config.yaml): the handshake refuses an actor whose env,
 agent or BC policy differ. SIGINT/SIGTERM or key q: the running episode is cut and reported, the spool is
@@ -25,17 +26,23 @@ log = logging.getLogger("q2rl.actor")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from q2rl.learner.run_dir import CHECKPOINTS
     from q2rl.run_config import command_parser
 
     parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.")
     parser.add_argument("--config", required=True, help="run config YAML (use the learner's runs/<run>/config.yaml)")
     parser.add_argument("--learner", help="host:port of the learner")
-    parser.add_argument("--evaluate", metavar="RUN", help="evaluate the final checkpoint of run directory RUN instead")
+    parser.add_argument("--evaluate", metavar="RUN", help="evaluate a checkpoint of run directory RUN instead")
+    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINTS), default="last",
+                        help="with --evaluate: the last checkpoint, or the one saved when the best eval window "
+                             "during training closed (checkpoint/best.ckpt)")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes (with --evaluate)")
     parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = parser.parse_args(argv)
     if bool(args.learner) == bool(args.evaluate):
         parser.error("give exactly one of --learner host:port or --evaluate RUN")
+    if args.checkpoint != "last" and not args.evaluate:
+        parser.error("--checkpoint chooses what --evaluate RUN evaluates; an actor serving a learner uses its live parameters")
     return args
 
 
@@ -63,7 +70,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.evaluate:
-        return evaluate_run(cfg, Path(args.evaluate), args.episodes, stop)
+        return evaluate_run(cfg, Path(args.evaluate), args.episodes, stop, args.checkpoint)
     return run_actor(cfg, args.learner, stop)
 
 
@@ -107,9 +114,10 @@ def run_actor(cfg, address: str, stop: threading.Event) -> int:
     return code
 
 
-def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> int:
-    """Evaluate the run's last learner checkpoint in this process; writes RUN/final_eval.json (the latest) and
-    appends the same record, with the time, to RUN/evaluations.jsonl (all of them)."""
+def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event, checkpoint: str = "last") -> int:
+    """Evaluate the run's last (or best) learner checkpoint in this process. Writes RUN/final_eval.json (last) or
+    RUN/best_eval.json (best), the latest evaluation of that checkpoint, and appends the same record, with the
+    time, to RUN/evaluations.jsonl (all of them)."""
     import datetime
 
     import jax
@@ -117,13 +125,16 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> in
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
     from q2rl.learner.learner import Learner
-    from q2rl.learner.run_dir import EVALUATIONS_LOG, FINAL_EVAL_FILE, append_jsonl, write_json
+    from q2rl.learner.run_dir import BEST_EVAL_FILE, CHECKPOINTS, EVALUATIONS_LOG, FINAL_EVAL_FILE, append_jsonl, write_json
     from q2rl.robot.envs import make_env
 
     bc = load_bc_policy(cfg.bc.checkpoint)
     learner = Learner(cfg, run_dir, bc, int(bc.normalizer.state_mean.shape[-1]), [jax.local_devices()[0]])
-    if not learner.restore_checkpoint():
-        print(f"q2rl actor: {run_dir} has no learner checkpoint to evaluate", file=sys.stderr)
+    if not learner.restore_checkpoint(CHECKPOINTS[checkpoint]):
+        why = ("it is written when an evaluation window (learner.eval_window evaluation episodes) closes with the best "
+               "success so far" if checkpoint == "best" else "the learner writes it every learner.checkpoint_every_s")
+        print(f"q2rl actor: {run_dir / CHECKPOINTS[checkpoint]} does not exist, so there is no {checkpoint} checkpoint "
+              f"to evaluate; {why}", file=sys.stderr)
         return 2
     env = make_env(cfg.env)
     actor = Actor(cfg, env, bc, sink=None, source=None)
@@ -133,10 +144,13 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event) -> in
     rate = actor.evaluate(episodes, stop)
     result = {"success_rate": rate, "episodes": actor.summary.eval_episodes, "policy": "gated" if online else "bc",
               "actions": "modes" if cfg.actor.eval_deterministic else "sampled",  # the two can differ by 0.1
-              "param_version": learner.saved_book.param_version, "updates": learner.saved_book.updates,
+              "checkpoint": checkpoint, "param_version": learner.saved_book.param_version,
+              "updates": learner.saved_book.updates,
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if checkpoint == "best":  # what it was chosen on: the training-time window, a biased (best-of) figure
+        result["chosen_on"] = learner.saved_book.best_eval
     append_jsonl(run_dir / EVALUATIONS_LOG, result)
-    write_json(run_dir / FINAL_EVAL_FILE, result)
+    write_json(run_dir / (BEST_EVAL_FILE if checkpoint == "best" else FINAL_EVAL_FILE), result)
     print(json.dumps(result))
     env.close()
     return 0

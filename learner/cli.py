@@ -123,6 +123,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
         driver.publish(force=True)
         while not stop.is_set():
             driver.drain(inbox)
+            learner.save_best()  # before the next updates move the state on from the one the window closed on
             made = learner.work()
             if made == 0:
                 driver.drain(inbox, wait_s=0.005)
@@ -133,6 +134,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
         driver.drain(inbox)
         message = "stopped"
         try:
+            learner.save_best()  # a window that closed in the last drain
             learner.save()
         except DivergedError as e:  # the previous, finite checkpoint stays
             message = f"stopped: {e}"
@@ -190,6 +192,7 @@ class _Driver:
         if now - self.last_status >= self.cfg.learner.status_every_s:
             self.check_actors(now)
             self.write_status()
+        self.learner.save_best()  # a window that closed in the waiting drain
         if now - self.last_checkpoint >= self.cfg.learner.checkpoint_every_s:
             self.learner.save()
             self.last_checkpoint = time.monotonic()

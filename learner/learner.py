@@ -33,15 +33,15 @@ import numpy as np
 
 from q2rl.config import ConfigError
 from q2rl.core.agents import make_agent, publishable, with_subsets
-from q2rl.core.checkpoint import load_checkpoint, save_checkpoint
+from q2rl.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import AgentParams, SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
 from q2rl.learner.progress import EvalPoint, LearnerStatus
+from q2rl.learner.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint/learner.ckpt"
 CHECKPOINT_KIND = "learner_state"
 PACING = "pacing"  # the parameter subset that carries the sim pacing grants
 
@@ -151,6 +151,7 @@ class Bookkeeping:
     eval_episodes: int = 0
     rollout_keys: list = dataclasses.field(default_factory=list)  # [actor_id, episode_id] of phase-1 rollouts
     eval_curve: list = dataclasses.field(default_factory=list)  # EvalPoint dicts
+    best_eval: dict | None = None  # the EvalPoint best.ckpt was saved at
 
 
 class Learner:
@@ -182,6 +183,7 @@ class Learner:
         self.train_results: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.bc_steps: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.pending_eval: list[bool] = []
+        self.best_due = False  # an eval window beat the best so far: save_best() writes best.ckpt
         self.duplicates = 0
         self._cut_keys: set[tuple[str, int]] = set()
         self.finished = False  # the env-step budget is spent and every owed update done
@@ -213,9 +215,13 @@ class Learner:
             self.book.eval_episodes += 1
             self.pending_eval.append(bool(r.success))
             if len(self.pending_eval) >= self.cfg.learner.eval_window:
-                rate = float(np.mean(self.pending_eval))
-                self.book.eval_curve.append(dataclasses.asdict(EvalPoint(self.book.env_steps, rate, len(self.pending_eval))))
+                point = EvalPoint(self.book.env_steps, float(np.mean(self.pending_eval)), len(self.pending_eval))
+                self.book.eval_curve.append(dataclasses.asdict(point))
                 self.pending_eval = []
+                best = self.book.best_eval
+                if best is None or point.success_rate >= best["success_rate"]:
+                    self.book.best_eval = dataclasses.asdict(point)
+                    self.best_due = True
             return
         if r.cut:
             if (r.actor_id, r.episode_id) not in self._cut_keys:
@@ -371,12 +377,28 @@ class Learner:
             budget_env_steps=min(self.cfg.session.env_steps, self.book.online_start_steps + self.book.updates
                                  + self.cfg.learner.ahead_steps) if self.book.phase == "online" else 0,
             eval_curve=curve,
+            best_eval=EvalPoint(**self.book.best_eval) if self.book.best_eval else None,
             learning=learning_metrics(self.metrics),
         )
 
     # ------------------------------------------------------------------------------------------ persistence
     def save(self) -> Path:
         """Checkpoint the learner state (msgpack, atomic) with the bookkeeping as JSON metadata."""
+        return self._save_to(CHECKPOINT_FILE)
+
+    def save_best(self) -> Path | None:
+        """Write best.ckpt if an eval window has beaten the best so far since the last call (else None).
+
+        The window's episodes ran on the parameter versions published while it filled; what is saved is the state
+        when it closed, the latest of them. `q2rl actor --evaluate RUN --checkpoint best` measures it afresh."""
+        if not self.best_due:
+            return None
+        path = self._save_to(BEST_CHECKPOINT_FILE)
+        self.best_due = False
+        log.info("best eval so far (%s): saved %s", self.book.best_eval, path)
+        return path
+
+    def _save_to(self, file: str) -> Path:
         meta = {
             "kind": CHECKPOINT_KIND,
             "book": dataclasses.asdict(self.book),
@@ -385,7 +407,7 @@ class Learner:
             "rng": self.rng.bit_generator.state,
             "saved_at": time.time(),
         }
-        return save_checkpoint(self.run_dir / CHECKPOINT_FILE, self._finite(jax.device_get(self.state)), meta)
+        return save_checkpoint(self.run_dir / file, self._finite(jax.device_get(self.state)), meta)
 
     def resume_from(self, store) -> None:
         """Refill replay and counters from the episode store (every acknowledged transition), then put back the
@@ -396,6 +418,11 @@ class Learner:
             if ep.report is not None:
                 self.ingest_report(ep.report)
         self.pending_eval = []
+        # The replayed windows were judged before: best.ckpt, the file itself, says which won (it may be newer
+        # than learner.ckpt), so a later window must beat that, not the replay's pick.
+        self.best_due = False
+        best = self.run_dir / BEST_CHECKPOINT_FILE
+        self.book.best_eval = read_metadata(best)["book"]["best_eval"] if best.is_file() else None
         if not self.restore_checkpoint():
             return
         saved = self.saved_book
@@ -406,9 +433,9 @@ class Learner:
         if saved.phase != "rollout":
             self.book.rollout_keys = saved.rollout_keys
 
-    def restore_checkpoint(self) -> bool:
-        """Load the last checkpoint into this learner if there is one; returns whether there was."""
-        path = self.run_dir / CHECKPOINT_FILE
+    def restore_checkpoint(self, file: str = CHECKPOINT_FILE) -> bool:
+        """Load a checkpoint (the last one unless told) into this learner if there is one; returns whether there was."""
+        path = self.run_dir / file
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path, target=jax.device_get(self.state))

@@ -46,6 +46,7 @@ class LearnerStatus:
     duplicates_dropped: int = 0
     budget_env_steps: int = 0  # env steps the learner currently allows (sim pacing)
     eval_curve: list[EvalPoint] = dataclasses.field(default_factory=list)
+    best_eval: EvalPoint | None = None  # the eval window checkpoint/best.ckpt was saved at
     # the last update's losses and values (critic_loss, q_mean, actor_q, bc_nll, ...): Q drifting far below the
     # returns or growing without bound is the first sign of trouble
     learning: dict[str, float | None] = dataclasses.field(default_factory=dict)
@@ -61,6 +62,7 @@ class LearnerStatus:
         known = {f.name for f in dataclasses.fields(LearnerStatus)}
         data = {k: v for k, v in data.items() if k in known}
         data["eval_curve"] = [EvalPoint(**p) for p in data.get("eval_curve", [])]
+        data["best_eval"] = EvalPoint(**data["best_eval"]) if data.get("best_eval") else None
         return LearnerStatus(**data)
 
 

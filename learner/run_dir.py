@@ -2,12 +2,14 @@
 
     runs/<name>/
         config.yaml          the resolved run config (its hash is the handshake's config hash)
-        checkpoint/          learner state (msgpack, written atomically) + meta.json
+        checkpoint/          learner.ckpt (last state), best.ckpt (the state at the best eval window); msgpack,
+                             written atomically
         episodes/            append-only episode files (learner.episode_store)
         status.json          the learner's live status (rewritten atomically about once a second)
         actors/<id>.json     each actor's live status (link health, spool)
         learner.addr         host:port the learner actually bound (written once it serves)
         final_eval.json      the latest evaluation of the final checkpoint (`q2rl actor --evaluate`)
+        best_eval.json       the latest evaluation of checkpoint/best.ckpt (`... --evaluate RUN --checkpoint best`)
         evaluations.jsonl    every such evaluation, appended, so a second one (other protocol) loses nothing
 
 Every write that replaces a file goes through `atomic_write`: a crash mid-write leaves the old file intact.
@@ -28,6 +30,11 @@ ADDRESS_FILE = "learner.addr"
 EPISODE_LOG = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
 FINAL_EVAL_FILE = "final_eval.json"
+BEST_EVAL_FILE = "best_eval.json"
+CHECKPOINT_FILE = "checkpoint/learner.ckpt"
+# The learner state when the best eval window so far closed (ties go to the later, better-trained state).
+BEST_CHECKPOINT_FILE = "checkpoint/best.ckpt"
+CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_CHECKPOINT_FILE}
 EVALUATIONS_LOG = "evaluations.jsonl"
 
 

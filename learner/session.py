@@ -7,7 +7,9 @@
 3. Show live progress from the status files until the env-step budget, the wall-time limit or the success
    target is reached, or Ctrl-C.
 4. Shut down in order — actors first (their spools drain into the learner), then the learner (final
-   checkpoint) — run a final evaluation of the last checkpoint, and print the summary.
+   checkpoint) — run a final evaluation of the last checkpoint and, if an eval window during training saved
+   checkpoint/best.ckpt, of that one too (fresh episodes: the window that chose it is a best-of figure), and
+   print the summary.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from q2rl.learner.progress import (
 )
 from q2rl.learner.run_dir import (
     ADDRESS_FILE,
+    BEST_CHECKPOINT_FILE,
+    BEST_EVAL_FILE,
     FINAL_EVAL_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
@@ -146,6 +150,9 @@ class SessionResult:
     eval_curve: list[EvalPoint]
     final_eval_success: float | None
     final_eval_episodes: int
+    best_eval: EvalPoint | None = None  # the training-time eval window checkpoint/best.ckpt was saved at
+    best_final_eval_success: float | None = None  # best.ckpt evaluated afresh after the session
+    best_final_eval_episodes: int = 0
 
 
 def prepare_bc(cfg) -> list[str]:
@@ -234,7 +241,9 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
         display.finish()
         print(f"session: stopping ({reason}) — actors first, then the learner (final checkpoint)")
         _shutdown(actors, learner, cfg.session.shutdown_timeout_s)
-    final = _final_eval(run_dir, cfg) if cfg.session.final_eval_episodes > 0 else None
+    evaluate = cfg.session.final_eval_episodes > 0
+    final = _final_eval(run_dir, cfg, "last") if evaluate else None
+    best = _final_eval(run_dir, cfg, "best") if evaluate and (run_dir / BEST_CHECKPOINT_FILE).is_file() else None
     status = read_learner_status(run_dir) or LearnerStatus()
     return SessionResult(
         run_dir=str(run_dir),
@@ -247,6 +256,9 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
         eval_curve=status.eval_curve,
         final_eval_success=None if final is None else final.get("success_rate"),
         final_eval_episodes=0 if final is None else int(final.get("episodes", 0)),
+        best_eval=status.best_eval,
+        best_final_eval_success=None if best is None else best.get("success_rate"),
+        best_final_eval_episodes=0 if best is None else int(best.get("episodes", 0)),
     )
 
 
@@ -274,17 +286,20 @@ def _shutdown(actors: dict[str, subprocess.Popen], learner: subprocess.Popen, ti
     stop_process(learner, timeout_s, "learner")
 
 
-def _final_eval(run_dir: Path, cfg) -> dict | None:
-    """Evaluate the final checkpoint in a fresh actor process (no learner), `session.final_eval_episodes` episodes."""
+def _final_eval(run_dir: Path, cfg, checkpoint: str) -> dict | None:
+    """Evaluate the last or best checkpoint in a fresh actor process (no learner), `session.final_eval_episodes`
+    episodes; the record `q2rl actor --evaluate` wrote (None if it failed)."""
     n = cfg.session.final_eval_episodes
-    print(f"session: final evaluation of the last checkpoint over {n} episodes")
-    argv = q2rl_command("actor", "--config", str(run_dir / "config.yaml"), "--evaluate", str(run_dir), "--episodes", str(n))
+    print(f"session: final evaluation of the {checkpoint} checkpoint over {n} episodes")
+    argv = q2rl_command("actor", "--config", str(run_dir / "config.yaml"), "--evaluate", str(run_dir),
+                        "--checkpoint", checkpoint, "--episodes", str(n))
     with open(run_dir / "final_eval.log", "ab") as log:
         code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if code != 0:
-        print(f"session: final evaluation failed (code {code}); see {run_dir}/final_eval.log", file=sys.stderr)
+        print(f"session: final evaluation of the {checkpoint} checkpoint failed (code {code}); see "
+              f"{run_dir}/final_eval.log", file=sys.stderr)
         return None
-    return read_json(run_dir / FINAL_EVAL_FILE)
+    return read_json(run_dir / (BEST_EVAL_FILE if checkpoint == "best" else FINAL_EVAL_FILE))
 
 
 def format_summary(result: SessionResult) -> str:
@@ -298,6 +313,12 @@ def format_summary(result: SessionResult) -> str:
     ]
     if result.final_eval_success is not None:
         lines.append(f"  final eval       {100 * result.final_eval_success:.0f}% success over {result.final_eval_episodes} episodes")
+    if result.best_eval is not None:
+        b = result.best_eval
+        afresh = ("" if result.best_final_eval_success is None else
+                  f"; {100 * result.best_final_eval_success:.0f}% over {result.best_final_eval_episodes} fresh episodes")
+        lines.append(f"  best checkpoint  {100 * b.success_rate:.0f}% over {b.episodes} eval episodes at "
+                     f"{b.env_steps} env steps{afresh}")
     if result.eval_curve:
         lines += ["", "eval success during training:", format_curve(result.eval_curve)]
     run = result.run_dir
@@ -305,8 +326,9 @@ def format_summary(result: SessionResult) -> str:
         "",
         f"run files in {run}/",
         f"  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
-        f"  status.json   {SUMMARY_FILE}   {FINAL_EVAL_FILE}   actors/ (actor status)   *.log (process logs)",
+        f"  status.json   {SUMMARY_FILE}   {FINAL_EVAL_FILE}   {BEST_EVAL_FILE}   actors/ (actor status)   *.log (process logs)",
         f"continue it: q2rl session --resume {run}",
+        f"run a checkpoint: q2rl actor --config {run}/config.yaml --evaluate {run} --checkpoint best|last --episodes N",
         "=" * 72,
     ]
     return "\n".join(lines)

@@ -281,6 +281,64 @@ def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_check
     assert b.rng.integers(1 << 30) == a.rng.integers(1 << 30)
 
 
+def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_resume_keeps_it(tmp_path, bc_checkpoint,
+                                                                                                   capsys):
+    """checkpoint/best.ckpt holds the state when the best window so far closed (a tie goes to the later state); a
+    worse window leaves it alone; a resumed learner must beat the saved window, not the replay's pick."""
+    import threading
+
+    import jax
+
+    from q2rl.actor.cli import evaluate_run
+    from q2rl.core.checkpoint import load_bc_policy, load_checkpoint
+    from q2rl.learner.episode_store import EpisodeStore
+    from q2rl.learner.learner import Learner
+    from q2rl.learner.progress import EvalPoint
+    from q2rl.learner.run_dir import BEST_CHECKPOINT_FILE
+
+    cfg = run_config(tmp_path, bc_checkpoint, learner={"eval_window": 2})
+    bc = load_bc_policy(bc_checkpoint)
+    dim = int(bc.normalizer.state_mean.shape[-1])
+    best_file = tmp_path / BEST_CHECKPOINT_FILE
+
+    # No window has closed: nothing to evaluate as "best", and the error says when the file appears.
+    assert evaluate_run(cfg, tmp_path, 1, threading.Event(), "best") == 2
+    assert "eval_window" in capsys.readouterr().err and not best_file.exists()
+
+    learner = Learner(cfg, tmp_path, bc, dim)
+    learner.book.phase = "online"
+    episode = iter(range(100))
+
+    def window(env_steps: int, successes: tuple[bool, bool], step: int):
+        learner.book.env_steps = env_steps
+        learner.state = learner.state.replace(step=step)  # marks which state a save took
+        for s in successes:
+            learner.ingest_report(EpisodeReport("a", next(episode), 5, s, 0.0, 0.5, eval=True))
+        return learner.save_best()
+
+    def saved():
+        ckpt = load_checkpoint(best_file, target=jax.device_get(learner.state))
+        return int(ckpt.state.step), ckpt.metadata["book"]["best_eval"]
+
+    assert window(100, (True, False), step=1) == best_file
+    assert saved() == (1, {"env_steps": 100, "success_rate": 0.5, "episodes": 2})
+    assert window(200, (False, False), step=2) is None  # worse: best.ckpt stays the step-1 state
+    assert saved()[0] == 1
+    assert window(300, (True, True), step=3) == best_file
+    assert window(400, (True, True), step=4) == best_file  # a tie: the later, longer-trained state
+    assert saved() == (4, {"env_steps": 400, "success_rate": 1.0, "episodes": 2})
+    assert learner.status().best_eval == EvalPoint(400, 1.0, 2)
+    assert [p["success_rate"] for p in learner.book.eval_curve] == [0.5, 0.0, 1.0, 1.0]
+
+    # A learner that resumes (here before any learner.ckpt was written) takes the best from best.ckpt itself.
+    resumed = Learner(cfg, tmp_path, bc, dim)
+    resumed.resume_from(EpisodeStore(tmp_path))
+    assert resumed.book.best_eval == {"env_steps": 400, "success_rate": 1.0, "episodes": 2}
+    for i, s in enumerate((True, False)):
+        resumed.ingest_report(EpisodeReport("a", 200 + i, 5, s, 0.0, 0.5, eval=True))
+    assert resumed.save_best() is None and saved()[0] == 4
+
+
 def test_non_finite_parameters_are_neither_published_nor_checkpointed(tmp_path, bc_checkpoint):
     """A diverged learner stops with an error naming what is intact; the last finite checkpoint survives it."""
     import jax

@@ -13,7 +13,9 @@ from q2rl.learner.episode_store import EpisodeStore
 @pytest.mark.slow
 def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_directory(tmp_path):
     env_steps = 240
-    config = tiny_run_config(tmp_path, session={"env_steps": env_steps})
+    # Windows of 2 eval episodes, one after every training episode: a best checkpoint is saved in both sessions.
+    config = tiny_run_config(tmp_path, session={"env_steps": env_steps}, learner={"eval_window": 2},
+                             actor={"eval_every_episodes": 1})
     proc = subprocess.run(
         q2rl("session", "--config", str(config), "--env-steps", str(env_steps), "--actors", "2",
              "learner.run_name=smoke"),
@@ -45,6 +47,15 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert final["episodes"] == 2 and 0.0 <= final["success_rate"] <= 1.0
     assert final["actions"] == "modes"  # actor.eval_deterministic's default, recorded with the figure
     assert summary["final_eval_success"] == final["success_rate"]
+    assert final["checkpoint"] == "last"
+    # The best eval window saved checkpoint/best.ckpt, and the session evaluated it afresh too.
+    assert (run / "checkpoint" / "best.ckpt").is_file()
+    best = read_json(run / "best_eval.json")
+    assert best["checkpoint"] == "best" and best["episodes"] == 2
+    assert best["chosen_on"] == status["best_eval"] == summary["best_eval"]
+    assert best["chosen_on"]["success_rate"] == max(p["success_rate"] for p in status["eval_curve"])
+    assert summary["best_final_eval_success"] == best["success_rate"]
+    assert "best checkpoint" in out and "--checkpoint best" in out
     config_text = (run / "config.yaml").read_text()
     assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
 
@@ -79,10 +90,13 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
         assert sorted(seqs) == list(range(len(seqs))), actor_id
         assert len(seqs) >= len(seqs_by_actor[actor_id])
     assert sum(map(len, resumed_seqs.values())) == resumed["env_steps"] == resumed["replay_size"]
-    # The resumed session's final evaluation replaced final_eval.json; evaluations.jsonl keeps both.
+    # The resumed session's final evaluations replaced final_eval.json and best_eval.json; evaluations.jsonl keeps
+    # all four.
     history = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
-    assert history == [final, read_json(run / "final_eval.json")]
-    assert history[1]["updates"] > history[0]["updates"]
+    last = [r for r in history if r["checkpoint"] == "last"]
+    assert last == [final, read_json(run / "final_eval.json")]
+    assert last[1]["updates"] > last[0]["updates"]
+    assert [r for r in history if r["checkpoint"] == "best"] == [best, read_json(run / "best_eval.json")]
 
 
 def read_checkpoint_book(run):
@@ -130,9 +144,11 @@ def test_summary_json_is_plain_json(tmp_path):
 
     result = SessionResult(run_dir=str(tmp_path), reason="reached 10 env steps", wall_s=61.0, env_steps=10,
                            episodes=2, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2)],
-                           final_eval_success=0.75, final_eval_episodes=4)
+                           final_eval_success=0.75, final_eval_episodes=4, best_eval=EvalPoint(10, 1.0, 2),
+                           best_final_eval_success=0.8, best_final_eval_episodes=5)
     text = format_summary(result)
     assert "1.0 min" in text and "75% success over 4 episodes" in text
+    assert "best checkpoint  100% over 2 eval episodes at 10 env steps; 80% over 5 fresh episodes" in text
     rows = [line for line in text.splitlines() if line.strip().startswith(("5 ", "10 "))]
     assert len(rows) == 2 and rows[1].count("#") == 2 * rows[0].count("#")
     import dataclasses
