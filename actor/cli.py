@@ -125,7 +125,7 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event, check
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
     from q2rl.learner.learner import Learner
-    from q2rl.learner.run_dir import BEST_EVAL_FILE, CHECKPOINTS, EVALUATIONS_LOG, FINAL_EVAL_FILE, append_jsonl, write_json
+    from q2rl.learner.run_dir import CHECKPOINTS, EVAL_FILES, EVALUATIONS_LOG, append_jsonl, write_json
     from q2rl.robot.envs import make_env
 
     bc = load_bc_policy(cfg.bc.checkpoint)
@@ -150,7 +150,7 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event, check
     if checkpoint == "best":  # what it was chosen on: the training-time window, a biased (best-of) figure
         result["chosen_on"] = learner.saved_book.best_eval
     append_jsonl(run_dir / EVALUATIONS_LOG, result)
-    write_json(run_dir / (BEST_EVAL_FILE if checkpoint == "best" else FINAL_EVAL_FILE), result)
+    write_json(run_dir / EVAL_FILES[checkpoint], result)
     print(json.dumps(result))
     env.close()
     return 0

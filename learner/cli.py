@@ -123,7 +123,9 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
         driver.publish(force=True)
         while not stop.is_set():
             driver.drain(inbox)
-            learner.save_best()  # before the next updates move the state on from the one the window closed on
+            # Before the next updates move the state on from the one the window closed on (a window that closed in
+            # the waiting drain below is saved here too: nothing updates the state in between).
+            learner.save_best()
             made = learner.work()
             if made == 0:
                 driver.drain(inbox, wait_s=0.005)
@@ -192,7 +194,6 @@ class _Driver:
         if now - self.last_status >= self.cfg.learner.status_every_s:
             self.check_actors(now)
             self.write_status()
-        self.learner.save_best()  # a window that closed in the waiting drain
         if now - self.last_checkpoint >= self.cfg.learner.checkpoint_every_s:
             self.learner.save()
             self.last_checkpoint = time.monotonic()

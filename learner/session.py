@@ -37,6 +37,7 @@ from q2rl.learner.run_dir import (
     ADDRESS_FILE,
     BEST_CHECKPOINT_FILE,
     BEST_EVAL_FILE,
+    EVAL_FILES,
     FINAL_EVAL_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
@@ -299,7 +300,7 @@ def _final_eval(run_dir: Path, cfg, checkpoint: str) -> dict | None:
         print(f"session: final evaluation of the {checkpoint} checkpoint failed (code {code}); see "
               f"{run_dir}/final_eval.log", file=sys.stderr)
         return None
-    return read_json(run_dir / (BEST_EVAL_FILE if checkpoint == "best" else FINAL_EVAL_FILE))
+    return read_json(run_dir / EVAL_FILES[checkpoint])
 
 
 def format_summary(result: SessionResult) -> str:
