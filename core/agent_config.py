@@ -20,6 +20,9 @@ ALGOS: tuple[str, ...] = get_args(Algo)  # one list: the type and the validation
 IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
 Q2RL_FAMILY = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")  # the algorithms with Q-Estimation (and V_phi)
 DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
+# The Q2RL family's critic regulariser (beyond SPEC §1.3, which has none): on peg_insert the plain critic dips 33
+# points under BC after Q-Estimation, this one 11, and reaches 90 % (docs/sample_efficiency.md).
+DEFAULT_CALIBRATED_CONSERVATISM = 1.0
 
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
 PRESETS: dict[str, dict] = {
@@ -89,9 +92,11 @@ class AgentConfig:
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
-    calibrated_conservatism: float = doc(
-        0.0, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
-             "pi_RL's actions is pulled down where it exceeds V_phi (0: off, SPEC).")
+    calibrated_conservatism: float | None = doc(
+        None, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
+              f"pi_RL's actions is pulled down where it exceeds V_phi. None: {DEFAULT_CALIBRATED_CONSERVATISM} for "
+              f"{', '.join(Q2RL_FAMILY)} (measured in docs/sample_efficiency.md), 0 for the rest, which fit no "
+              "V_phi. 0 is the SPEC §1.3 critic.")
     calibrated_conservatism_decay_updates: int = doc(
         0, "Updates over which calibrated_conservatism falls linearly to calibrated_conservatism_final (0: it stays "
            "constant). Measured on peg_insert with 5000 and a final 0: the dip comes back when the weight reaches 0 "
@@ -124,6 +129,9 @@ class AgentConfig:
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
     def __post_init__(self) -> None:
+        if self.calibrated_conservatism is None:  # resolved here, so a dumped config shows the weight used
+            object.__setattr__(self, "calibrated_conservatism",
+                               DEFAULT_CALIBRATED_CONSERVATISM if self.algo in Q2RL_FAMILY else 0.0)
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")

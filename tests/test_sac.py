@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from q2rl.config import ConfigError, from_dict
+from q2rl.config import ConfigError, from_dict, to_dict
 from q2rl.core import sac
 from q2rl.core.agent_config import AgentConfig
 from q2rl.core.agents import make_agent
@@ -192,13 +192,26 @@ def test_critic_step_reads_the_decayed_weight_from_the_state_step():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_calibrated_conservatism_defaults_to_one_for_the_q2rl_family_only():
+    """Left empty, the weight is 1 where Q-Estimation fits V_phi and 0 elsewhere; an explicit 0 (the SPEC's plain
+    critic) stays 0; the resolved value is what a dumped config carries, so a resumed run keeps its weight."""
+    for algo in ("q2rl", "q2rl_no_qinit", "q2rl_no_gate"):
+        assert from_dict(AgentConfig, {"algo": algo}).calibrated_conservatism == 1.0
+    for algo in ("ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"):
+        assert from_dict(AgentConfig, {"algo": algo}).calibrated_conservatism == 0.0
+    assert from_dict(AgentConfig, {"calibrated_conservatism": 0.0}).calibrated_conservatism == 0.0
+    dumped = to_dict(from_dict(AgentConfig, {}))
+    assert dumped["calibrated_conservatism"] == 1.0
+    assert from_dict(AgentConfig, dumped) == from_dict(AgentConfig, {})
+
+
 def test_calibrated_conservatism_is_validated():
     with pytest.raises(ConfigError, match="calibrated_conservatism"):
         from_dict(AgentConfig, {"calibrated_conservatism": -1.0})
     with pytest.raises(ConfigError, match="must be >= 0"):
         from_dict(AgentConfig, {"calibrated_conservatism": 1.0, "calibrated_conservatism_decay_updates": -5})
     with pytest.raises(ConfigError, match="no weight to decay"):
-        from_dict(AgentConfig, {"calibrated_conservatism_decay_updates": 5000})
+        from_dict(AgentConfig, {"calibrated_conservatism": 0.0, "calibrated_conservatism_decay_updates": 5000})
     with pytest.raises(ConfigError, match="never decays"):
         from_dict(AgentConfig, {"calibrated_conservatism": 2.0, "calibrated_conservatism_final": 1.0})
     with pytest.raises(ConfigError, match=r"must be in \[0, calibrated_conservatism=1.0\]"):
