@@ -450,9 +450,9 @@ def store_seqs(run: Path, actor_id: str) -> list[int]:
 @pytest.mark.slow
 def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp_path, bc_checkpoint):
     """Two actors at a 20 Hz control rate (a real robot's pacing). SIGKILL one actor: the learner keeps training
-    on the other and counts the cut episode. SIGKILL the learner: the live actor never stalls longer than one
-    control period, and after `q2rl learner --resume` the episode store and the replay hold every transition
-    exactly once (counted by seq)."""
+    on the other and counts the cut episode. SIGKILL the learner: the live actor's control loop never stalls (no
+    step later than a few control periods), and after `q2rl learner --resume` the episode store and the replay
+    hold every transition exactly once (counted by seq)."""
     port = free_port()
     hz = 20.0
     config = tiny_run_config(
@@ -530,11 +530,13 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     assert final["duplicates_dropped"] == 0
     assert final["cut_episodes"] >= 1
     assert steady_status["param_version"] > 0, "the control-rate actor adopted the learner's parameters"
-    # The control loop never stalled while the learner was gone or restarting: between two control steps there
-    # was never more than one control period on top of the schedule.
+    # The control loop never stalled while the learner was gone or restarting. A stall on the learner (waiting for
+    # a grant, a reconnect backoff, a blocking flush) lasts a second or more; two busy cores shared with the
+    # learner and another actor delay a step by tens of ms (147 ms seen once under a concurrent training run).
+    # So the bound is 5 control periods (250 ms), well under any stall and clear of scheduling noise.
     snapshots = {t: g for t, g in gaps if t is not None}
     assert len(snapshots) >= 3, gaps
-    assert max(snapshots.values()) < 2 * 1000.0 / hz, sorted(snapshots.values())
+    assert max(snapshots.values()) < 5 * 1000.0 / hz, sorted(snapshots.values())
     assert "resumed" in (logs / "learner-resumed.log").read_text()
 
 
