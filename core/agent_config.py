@@ -24,6 +24,17 @@ DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family'
 # points under BC after Q-Estimation, this one 11, and reaches 90 % (docs/sample_efficiency.md).
 DEFAULT_CALIBRATED_CONSERVATISM = 1.0
 
+
+def resolved_bc_weight(algo: str, bc_weight: float | None) -> float:
+    """w in the actor loss: rlpd has none; left empty, 0 for the ibrl family (as published) and DEFAULT_BC_WEIGHT
+    for the rest."""
+    if algo == "rlpd":
+        return 0.0
+    if bc_weight is not None:
+        return bc_weight
+    return 0.0 if algo in IBRL_FAMILY else DEFAULT_BC_WEIGHT
+
+
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
 PRESETS: dict[str, dict] = {
     "paper": dict(hidden_dims=(512, 512, 512), ensemble_size=10, critic_subsample=2, utd=4, batch_size=256,
@@ -89,6 +100,10 @@ class AgentConfig:
     bc_weight: float | None = doc(
         None, f"w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: {DEFAULT_BC_WEIGHT} (SPEC §1.3), but 0 for "
               "ibrl/ibrl_soft, whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone.")
+    bc_weight_decay_updates: int = doc(
+        0, "Updates over which bc_weight falls linearly to bc_weight_final (0: it stays constant). pi_RL stays "
+           "anchored to pi_BC while the critic knows little, and moves further from it later.")
+    bc_weight_final: float = doc(0.0, "bc_weight the decay ends at and then keeps (e.g. 0.1 under 0.3).")
     bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
         "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
                 "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
@@ -170,6 +185,19 @@ class AgentConfig:
         if self.calibrated_conservatism_final > 0 and self.calibrated_conservatism_decay_updates == 0:
             raise ConfigError("calibrated_conservatism_final: set, but calibrated_conservatism_decay_updates is 0, so "
                               "the weight never decays to it; set the decay (e.g. 8000) or remove it")
+        if self.bc_weight_decay_updates < 0:
+            raise ConfigError(f"bc_weight_decay_updates: {self.bc_weight_decay_updates} must be >= 0 (0: a constant "
+                              f"weight)")
+        start = resolved_bc_weight(self.algo, self.bc_weight)
+        if self.bc_weight_decay_updates > 0 and start == 0:
+            raise ConfigError(f"bc_weight_decay_updates: set, but {self.algo}'s bc_weight is 0, so there is no weight "
+                              f"to decay; set bc_weight (e.g. 0.3) or remove it")
+        if not 0.0 <= self.bc_weight_final <= start:
+            raise ConfigError(f"bc_weight_final: {self.bc_weight_final} must be in [0, bc_weight={start}]: the weight "
+                              f"decays to it")
+        if self.bc_weight_final > 0 and self.bc_weight_decay_updates == 0:
+            raise ConfigError("bc_weight_final: set, but bc_weight_decay_updates is 0, so the weight never decays to "
+                              "it; set the decay (e.g. 8000) or remove it")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:

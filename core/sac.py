@@ -292,13 +292,22 @@ def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, 
     return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term, jnp.mean(jnp.std(q, axis=0)))
 
 
+def decaying_weight(start: float, final: float, decay_updates: int, step: jax.Array) -> jax.Array:
+    """`start` at update 0, falling linearly to `final` over `decay_updates` and staying there (0: constant)."""
+    if decay_updates == 0:
+        return jnp.asarray(start, jnp.float32)
+    return optax.linear_schedule(start, final, decay_updates)(step)
+
+
 def conservatism_weight(cfg: AgentConfig, step: jax.Array) -> jax.Array:
-    """calibrated_conservatism at update `step`: constant, or falling linearly to calibrated_conservatism_final
-    over calibrated_conservatism_decay_updates and staying there."""
-    if cfg.calibrated_conservatism_decay_updates == 0:
-        return jnp.asarray(cfg.calibrated_conservatism, jnp.float32)
-    return optax.linear_schedule(cfg.calibrated_conservatism, cfg.calibrated_conservatism_final,
-                                 cfg.calibrated_conservatism_decay_updates)(step)
+    """calibrated_conservatism at update `step`."""
+    return decaying_weight(cfg.calibrated_conservatism, cfg.calibrated_conservatism_final,
+                           cfg.calibrated_conservatism_decay_updates, step)
+
+
+def bc_weight_at(cfg: AgentConfig, step: jax.Array) -> jax.Array:
+    """w of the actor loss at update `step` (cfg.bc_weight resolved by agents.effective_config)."""
+    return decaying_weight(cfg.bc_weight, cfg.bc_weight_final, cfg.bc_weight_decay_updates, step)
 
 
 def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, reference: jax.Array) -> jax.Array:
@@ -308,9 +317,11 @@ def calibrated_conservative_term(q_policy: jax.Array, q_data: jax.Array, referen
     return jnp.mean(jnp.maximum(q_policy, reference[None]) - q_data)
 
 
-def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any, batch: Batch, key: jax.Array
-               ) -> tuple[jax.Array, ActorMetrics]:
-    """(1 - w)(-Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]; Q = mean (or min) of heads."""
+def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any, batch: Batch, key: jax.Array,
+               bc_weight: jax.Array | float | None = None) -> tuple[jax.Array, ActorMetrics]:
+    """(1 - w)(-Q(s, a~pi_RL)) + w NLL_piRL(a_bc|s) [+ temperature * log pi_RL(a|s)]; Q = mean (or min) of heads;
+    w is `bc_weight` (the decayed value at this update), cfg.bc_weight if not given."""
+    w = cfg.bc_weight if bc_weight is None else bc_weight
     feats = jax.lax.stop_gradient(features(nets, params, batch.obs))
     dist = nets.actor.apply(actor, feats)
     action, log_prob = dist.sample_and_log_prob(key)
@@ -319,7 +330,7 @@ def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any
     q_term = -jnp.mean(q)
     bc_nll = -jnp.mean(dist.log_prob(bc_nll_target(batch.a_bc)))
     temperature = jnp.exp(params.log_temperature)
-    loss = (1.0 - cfg.bc_weight) * q_term + cfg.bc_weight * bc_nll
+    loss = (1.0 - w) * q_term + w * bc_nll
     if cfg.entropy:
         loss = loss + temperature * jnp.mean(log_prob)
     q_head_std = jnp.mean(jnp.std(q_heads, axis=0))
@@ -360,7 +371,8 @@ def actor_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSta
                key: jax.Array) -> tuple[SacState, ActorMetrics]:
     """One actor gradient step (and one temperature step when the entropy term is on)."""
     p = state.params
-    grads, metrics = jax.grad(lambda a: actor_loss(nets, cfg, p, a, batch, key), has_aux=True)(p.actor)
+    w = bc_weight_at(cfg, state.step)
+    grads, metrics = jax.grad(lambda a: actor_loss(nets, cfg, p, a, batch, key, w), has_aux=True)(p.actor)
     updates, actor_opt = opts.actor.update(grads, state.actor_opt, p.actor)
     p = p.replace(actor=optax.apply_updates(p.actor, updates))
     temperature_opt = state.temperature_opt

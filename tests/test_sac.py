@@ -258,6 +258,40 @@ def test_actor_bc_weight_defaults_by_algorithm(over, w):
     assert float(loss) == pytest.approx(expected_actor_loss(agent, params, b, key, w)[0], rel=1e-4, abs=1e-5)
 
 
+def test_actor_step_reads_the_decayed_bc_weight_from_the_state_step():
+    """bc_weight 0.3 falling to 0.1 over 100 updates: the actor step at update 50 equals a constant 0.2, and from
+    update 100 on a constant 0.1; at update 0 it is the constant 0.3 step."""
+    decaying, params = agent_and_params(bc_weight=0.3, bc_weight_decay_updates=100, bc_weight_final=0.1)
+    b, key = batch(6), jax.random.PRNGKey(3)
+    state = decaying.init_state(params)
+    for step, w in ((0, 0.3), (50, 0.2), (100, 0.1), (10**5, 0.1)):
+        assert float(sac.bc_weight_at(decaying.cfg, jnp.asarray(step))) == pytest.approx(w)
+        constant, _ = agent_and_params(bc_weight=w)
+        got, _ = sac.actor_step(decaying.nets, decaying.cfg, decaying.opts, state.replace(step=jnp.asarray(step)),
+                                b, key)
+        want, _ = sac.actor_step(constant.nets, constant.cfg, constant.opts, constant.init_state(params), b, key)
+        for x, y in zip(jax.tree_util.tree_leaves(got.params.actor), jax.tree_util.tree_leaves(want.params.actor)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # and the step does move the actor by a w-dependent amount (the comparison above is not vacuous)
+    far, _ = sac.actor_step(decaying.nets, decaying.cfg, decaying.opts, state, b, key)
+    near, _ = sac.actor_step(decaying.nets, decaying.cfg, decaying.opts, state.replace(step=jnp.asarray(100)), b, key)
+    assert any(not np.allclose(x, y) for x, y in zip(jax.tree_util.tree_leaves(far.params.actor),
+                                                     jax.tree_util.tree_leaves(near.params.actor)))
+
+
+def test_bc_weight_decay_is_validated():
+    with pytest.raises(ConfigError, match="bc_weight_decay_updates: -1 must be >= 0"):
+        from_dict(AgentConfig, {"bc_weight_decay_updates": -1})
+    with pytest.raises(ConfigError, match="ibrl's bc_weight is 0, so there is no weight to decay"):
+        from_dict(AgentConfig, {"algo": "ibrl", "bc_weight_decay_updates": 1000})
+    with pytest.raises(ConfigError, match=r"bc_weight_final: 0.5 must be in \[0, bc_weight=0.3\]"):
+        from_dict(AgentConfig, {"bc_weight_decay_updates": 1000, "bc_weight_final": 0.5})
+    with pytest.raises(ConfigError, match="never decays"):
+        from_dict(AgentConfig, {"bc_weight_final": 0.1})
+    cfg = from_dict(AgentConfig, {"bc_weight_decay_updates": 8000, "bc_weight_final": 0.1})
+    assert cfg.bc_weight is None and make_agent(cfg).cfg.bc_weight == 0.3  # decays from the resolved default
+
+
 def test_temperature_loss_direction():
     # entropy below target -> gradient on log alpha negative -> temperature grows under descent
     g = jax.grad(sac.temperature_loss)(jnp.log(0.1), jnp.asarray(-5.0), -3.5)
