@@ -35,6 +35,22 @@ def resolved_bc_weight(algo: str, bc_weight: float | None) -> float:
     return 0.0 if algo in IBRL_FAMILY else DEFAULT_BC_WEIGHT
 
 
+def _validate_decay(name: str, start: float, decay_updates: int, final: float, start_named: str,
+                   example_start: float) -> None:
+    """The checks of a weight `name` that falls linearly from `start` to `<name>_final` over
+    `<name>_decay_updates` (0: constant), with messages that say which field to fix."""
+    if decay_updates < 0:
+        raise ConfigError(f"{name}_decay_updates: {decay_updates} must be >= 0 (0: a constant weight)")
+    if decay_updates > 0 and start == 0:
+        raise ConfigError(f"{name}_decay_updates: set, but {start_named} is 0, so there is no weight to decay; set "
+                          f"{name} (e.g. {example_start}) or remove it")
+    if not 0.0 <= final <= start:
+        raise ConfigError(f"{name}_final: {final} must be in [0, {name}={start}]: the weight decays to it")
+    if final > 0 and decay_updates == 0:
+        raise ConfigError(f"{name}_final: set, but {name}_decay_updates is 0, so the weight never decays to it; set "
+                          f"the decay (e.g. 8000) or remove it")
+
+
 # Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
 PRESETS: dict[str, dict] = {
     "paper": dict(hidden_dims=(512, 512, 512), ensemble_size=10, critic_subsample=2, utd=4, batch_size=256,
@@ -173,31 +189,11 @@ class AgentConfig:
         if self.calibrated_conservatism > 0 and self.algo not in Q2RL_FAMILY:
             raise ConfigError(f"calibrated_conservatism: its reference is V_phi from Q-Estimation, which {self.algo} "
                               f"does not fit; use it with {', '.join(Q2RL_FAMILY)}, or set it to 0")
-        if self.calibrated_conservatism_decay_updates < 0:
-            raise ConfigError(f"calibrated_conservatism_decay_updates: {self.calibrated_conservatism_decay_updates} "
-                              f"must be >= 0 (0: a constant weight)")
-        if self.calibrated_conservatism_decay_updates > 0 and self.calibrated_conservatism == 0:
-            raise ConfigError("calibrated_conservatism_decay_updates: set, but calibrated_conservatism is 0, so "
-                              "there is no weight to decay; set calibrated_conservatism (e.g. 2.0) or remove it")
-        if not 0.0 <= self.calibrated_conservatism_final <= self.calibrated_conservatism:
-            raise ConfigError(f"calibrated_conservatism_final: {self.calibrated_conservatism_final} must be in "
-                              f"[0, calibrated_conservatism={self.calibrated_conservatism}]: the weight decays to it")
-        if self.calibrated_conservatism_final > 0 and self.calibrated_conservatism_decay_updates == 0:
-            raise ConfigError("calibrated_conservatism_final: set, but calibrated_conservatism_decay_updates is 0, so "
-                              "the weight never decays to it; set the decay (e.g. 8000) or remove it")
-        if self.bc_weight_decay_updates < 0:
-            raise ConfigError(f"bc_weight_decay_updates: {self.bc_weight_decay_updates} must be >= 0 (0: a constant "
-                              f"weight)")
-        start = resolved_bc_weight(self.algo, self.bc_weight)
-        if self.bc_weight_decay_updates > 0 and start == 0:
-            raise ConfigError(f"bc_weight_decay_updates: set, but {self.algo}'s bc_weight is 0, so there is no weight "
-                              f"to decay; set bc_weight (e.g. 0.3) or remove it")
-        if not 0.0 <= self.bc_weight_final <= start:
-            raise ConfigError(f"bc_weight_final: {self.bc_weight_final} must be in [0, bc_weight={start}]: the weight "
-                              f"decays to it")
-        if self.bc_weight_final > 0 and self.bc_weight_decay_updates == 0:
-            raise ConfigError("bc_weight_final: set, but bc_weight_decay_updates is 0, so the weight never decays to "
-                              "it; set the decay (e.g. 8000) or remove it")
+        _validate_decay("calibrated_conservatism", self.calibrated_conservatism,
+                       self.calibrated_conservatism_decay_updates, self.calibrated_conservatism_final,
+                       start_named="calibrated_conservatism", example_start=2.0)
+        _validate_decay("bc_weight", resolved_bc_weight(self.algo, self.bc_weight), self.bc_weight_decay_updates,
+                       self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if not 0.0 < self.discount < 1.0:
