@@ -147,6 +147,7 @@ class Bookkeeping:
     updates: int = 0
     param_version: int = 0
     episodes: int = 0
+    train_successes: int = 0  # of `episodes`
     cut_episodes: int = 0
     eval_episodes: int = 0
     rollout_keys: list = dataclasses.field(default_factory=list)  # [actor_id, episode_id] of phase-1 rollouts
@@ -215,7 +216,8 @@ class Learner:
             self.book.eval_episodes += 1
             self.pending_eval.append(bool(r.success))
             if len(self.pending_eval) >= self.cfg.learner.eval_window:
-                point = EvalPoint(self.book.env_steps, float(np.mean(self.pending_eval)), len(self.pending_eval))
+                point = EvalPoint(self.book.env_steps, float(np.mean(self.pending_eval)), len(self.pending_eval),
+                                  train_episodes=self.book.episodes, train_successes=self.book.train_successes)
                 self.book.eval_curve.append(dataclasses.asdict(point))
                 self.pending_eval = []
                 best = self.book.best_eval
@@ -228,6 +230,7 @@ class Learner:
                 self._cut(r.actor_id, r.episode_id, r.fault or "cut by the actor")
             return
         self.book.episodes += 1
+        self.book.train_successes += int(bool(r.success))
         self.train_results.append(bool(r.success))
         self.bc_steps.append((r.bc_share * r.length, r.length))
 
@@ -362,6 +365,7 @@ class Learner:
             phase="done" if self.finished else self.book.phase,
             env_steps=self.book.env_steps,
             episodes=self.book.episodes,
+            train_successes=self.book.train_successes,
             cut_episodes=self.book.cut_episodes,
             eval_episodes=self.book.eval_episodes,
             train_success_rate=float(np.mean(self.train_results)) if self.train_results else 0.0,

@@ -18,11 +18,17 @@ from q2rl.learner.run_dir import STATUS_FILE, read_json, write_json
 
 @dataclasses.dataclass
 class EvalPoint:
-    """Eval success over a window of evaluation episodes, at the learner's env-step count."""
+    """Eval success over a window of evaluation episodes, at the learner's env-step count.
+
+    `train_episodes`/`train_successes` count every training episode finished when the window closed (the
+    Q-Estimation rollouts included): how many successes the robot had practised by then. None in the curves of
+    runs recorded before they were kept."""
 
     env_steps: int
     success_rate: float
     episodes: int
+    train_episodes: int | None = None
+    train_successes: int | None = None
 
 
 @dataclasses.dataclass
@@ -32,6 +38,7 @@ class LearnerStatus:
     phase: str = "starting"  # starting | rollout | q_estimation | online | stopping | done
     env_steps: int = 0  # training transitions stored (eval episodes excluded)
     episodes: int = 0  # finished training episodes
+    train_successes: int = 0  # of those, the successful ones
     cut_episodes: int = 0  # episodes ended by an actor crash/quit rather than success/time limit
     eval_episodes: int = 0
     train_success_rate: float = 0.0  # over the last `window` training episodes
@@ -194,11 +201,13 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
 
 
 def format_curve(curve: list[EvalPoint], width: int = 40) -> str:
-    """The eval success curve as text rows: env steps, success, a bar."""
-    rows = [f"{'env steps':>10}  {'eval success':>12}  (episodes)"]
+    """The eval success curve as text rows: env steps, success, training successes so far, a bar."""
+    rows = [f"{'env steps':>10}  {'eval success':>12}  (episodes)  {'train successes':>15}"]
     for p in curve:
         bar = "#" * int(round(p.success_rate * width))
-        rows.append(f"{p.env_steps:>10d}  {100 * p.success_rate:11.0f}%  ({p.episodes:3d})  {bar}")
+        practised = "-" if p.train_episodes is None else f"{p.train_successes}/{p.train_episodes}"
+        episodes = f"({p.episodes})"
+        rows.append(f"{p.env_steps:>10d}  {100 * p.success_rate:11.0f}%  {episodes:>10}  {practised:>15}  {bar}")
     return "\n".join(rows)
 
 

@@ -150,6 +150,7 @@ def test_cut_episodes_are_counted_once_however_they_are_learned_of(tmp_path, bc_
     step(2, 1, done=True)
     learner.ingest_report(EpisodeReport("a", 2, 2, True, 1.0, 1.0))
     assert (learner.book.cut_episodes, learner.book.episodes, learner.book.env_steps) == (2, 1, 5)
+    assert learner.book.train_successes == 1  # a cut episode is no training success, nor a training episode
     assert learner.status().train_success_rate == 1.0
 
 
@@ -322,20 +323,32 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
         ckpt = load_checkpoint(best_file, target=jax.device_get(learner.state))
         return int(ckpt.state.step), ckpt.metadata["book"]["best_eval"]
 
+    def practise(*successes: bool):
+        for s in successes:
+            learner.ingest_report(EpisodeReport("a", next(episode), 5, s, 0.0, 0.5))
+
     assert window(100, (True, False), step=1) == best_file
-    assert saved() == (1, {"env_steps": 100, "success_rate": 0.5, "episodes": 2})
+    assert saved() == (1, {"env_steps": 100, "success_rate": 0.5, "episodes": 2,
+                           "train_episodes": 0, "train_successes": 0})
+    practise(True, False, False)
     assert window(200, (False, False), step=2) is None  # worse: best.ckpt stays the step-1 state
     assert saved()[0] == 1
+    practise(True)
     assert window(300, (True, True), step=3) == best_file
     assert window(400, (True, True), step=4) == best_file  # a tie: the later, longer-trained state
-    assert saved() == (4, {"env_steps": 400, "success_rate": 1.0, "episodes": 2})
-    assert learner.status().best_eval == EvalPoint(400, 1.0, 2)
+    best = {"env_steps": 400, "success_rate": 1.0, "episodes": 2, "train_episodes": 4, "train_successes": 2}
+    assert saved() == (4, best)
+    assert learner.status().best_eval == EvalPoint(400, 1.0, 2, train_episodes=4, train_successes=2)
     assert [p["success_rate"] for p in learner.book.eval_curve] == [0.5, 0.0, 1.0, 1.0]
+    # each window carries the training episodes (and their successes) finished when it closed; eval ones not
+    assert [(p["train_episodes"], p["train_successes"]) for p in learner.book.eval_curve] == [
+        (0, 0), (3, 1), (4, 2), (4, 2)]
+    assert learner.status().train_successes == 2
 
     # A learner that resumes (here before any learner.ckpt was written) takes the best from best.ckpt itself.
     resumed = Learner(cfg, tmp_path, bc, dim)
     resumed.resume_from(EpisodeStore(tmp_path))
-    assert resumed.book.best_eval == {"env_steps": 400, "success_rate": 1.0, "episodes": 2}
+    assert resumed.book.best_eval == best
     for i, s in enumerate((True, False)):
         resumed.ingest_report(EpisodeReport("a", 200 + i, 5, s, 0.0, 0.5, eval=True))
     assert resumed.save_best() is None and saved()[0] == 4
