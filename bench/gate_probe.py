@@ -3,6 +3,9 @@
     .venv/bin/python bench/gate_probe.py --task peg_insert --seed 1 --online-steps 2000 \
         --agent-overrides '{"utd": 4, "ensemble_size": 10}' --out runs/bench/sample_efficiency
 
+That probes the default critic (calibrated_conservatism 1); add `"calibrated_conservatism": 0` to probe the SPEC
+§1.3 critic, whose post-Q-Estimation dip on peg_insert this probe was written to explain.
+
 1. The BC policy of `bench/sample_efficiency.py` (cached under --out; trained there if missing).
 2. Q-Estimation and `--online-steps` steps of online RL in-process (core.trainer), no evaluations.
 3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
