@@ -151,6 +151,7 @@ class SessionResult:
     eval_curve: list[EvalPoint]
     final_eval_success: float | None
     final_eval_episodes: int
+    train_successes: int = 0  # of `episodes`
     best_eval: EvalPoint | None = None  # the training-time eval window checkpoint/best.ckpt was saved at
     best_final_eval_success: float | None = None  # best.ckpt evaluated afresh after the session
     best_final_eval_episodes: int = 0
@@ -252,6 +253,7 @@ def run_session(cfg, overrides: list[str], config_path: str, resume: str | None)
         wall_s=time.monotonic() - started,
         env_steps=status.env_steps,
         episodes=status.episodes,
+        train_successes=status.train_successes,
         cut_episodes=status.cut_episodes,
         updates=status.updates,
         eval_curve=status.eval_curve,
@@ -309,7 +311,8 @@ def format_summary(result: SessionResult) -> str:
         "=" * 72,
         f"session finished: {result.reason}",
         f"  wall time        {result.wall_s / 60:.1f} min",
-        f"  env steps        {result.env_steps} in {result.episodes} training episodes ({result.cut_episodes} cut)",
+        f"  env steps        {result.env_steps} in {result.episodes} training episodes ({result.train_successes} "
+        f"successful, {result.cut_episodes} cut)",
         f"  learner updates  {result.updates}",
     ]
     if result.final_eval_success is not None:

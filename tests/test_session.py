@@ -143,11 +143,12 @@ def test_summary_json_is_plain_json(tmp_path):
     from q2rl.learner.session import SessionResult, format_summary
 
     result = SessionResult(run_dir=str(tmp_path), reason="reached 10 env steps", wall_s=61.0, env_steps=10,
-                           episodes=2, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2, train_episodes=7, train_successes=3)],
+                           episodes=2, train_successes=1, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2, train_episodes=7, train_successes=3)],
                            final_eval_success=0.75, final_eval_episodes=4, best_eval=EvalPoint(10, 1.0, 2),
                            best_final_eval_success=0.8, best_final_eval_episodes=5)
     text = format_summary(result)
     assert "1.0 min" in text and "75% success over 4 episodes" in text
+    assert "10 in 2 training episodes (1 successful, 1 cut)" in text
     assert "best checkpoint  100% over 2 eval episodes at 10 env steps; 80% over 5 fresh episodes" in text
     rows = [line for line in text.splitlines() if line.strip().startswith(("5 ", "10 "))]
     assert len(rows) == 2 and rows[1].count("#") == 2 * rows[0].count("#")
