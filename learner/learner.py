@@ -217,7 +217,8 @@ class Learner:
             self.pending_eval.append(bool(r.success))
             if len(self.pending_eval) >= self.cfg.learner.eval_window:
                 point = EvalPoint(self.book.env_steps, float(np.mean(self.pending_eval)), len(self.pending_eval),
-                                  train_episodes=self.book.episodes, train_successes=self.book.train_successes)
+                                  train_episodes_total=self.book.episodes,
+                                  train_successes_total=self.book.train_successes)
                 self.book.eval_curve.append(dataclasses.asdict(point))
                 self.pending_eval = []
                 best = self.book.best_eval

@@ -20,15 +20,15 @@ from q2rl.learner.run_dir import STATUS_FILE, read_json, write_json
 class EvalPoint:
     """Eval success over a window of evaluation episodes, at the learner's env-step count.
 
-    `train_episodes`/`train_successes` count every training episode finished when the window closed (the
-    Q-Estimation rollouts included): how many successes the robot had practised by then. None in the curves of
-    runs recorded before they were kept."""
+    `train_episodes_total`/`train_successes_total` count every training episode finished when the window closed
+    (the Q-Estimation rollouts included): how many successes the robot had practised by then; named as in the
+    in-process trainer's curve (core.trainer.EvalPoint). None in the curves of runs recorded before they were kept."""
 
     env_steps: int
     success_rate: float
     episodes: int
-    train_episodes: int | None = None
-    train_successes: int | None = None
+    train_episodes_total: int | None = None
+    train_successes_total: int | None = None
 
 
 @dataclasses.dataclass
@@ -205,7 +205,7 @@ def format_curve(curve: list[EvalPoint], width: int = 40) -> str:
     rows = [f"{'env steps':>10}  {'eval success':>12}  (episodes)  {'train successes':>15}"]
     for p in curve:
         bar = "#" * int(round(p.success_rate * width))
-        practised = "-" if p.train_episodes is None else f"{p.train_successes}/{p.train_episodes}"
+        practised = "-" if p.train_episodes_total is None else f"{p.train_successes_total}/{p.train_episodes_total}"
         episodes = f"({p.episodes})"
         rows.append(f"{p.env_steps:>10d}  {100 * p.success_rate:11.0f}%  {episodes:>10}  {practised:>15}  {bar}")
     return "\n".join(rows)

@@ -329,19 +329,19 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
 
     assert window(100, (True, False), step=1) == best_file
     assert saved() == (1, {"env_steps": 100, "success_rate": 0.5, "episodes": 2,
-                           "train_episodes": 0, "train_successes": 0})
+                           "train_episodes_total": 0, "train_successes_total": 0})
     practise(True, False, False)
     assert window(200, (False, False), step=2) is None  # worse: best.ckpt stays the step-1 state
     assert saved()[0] == 1
     practise(True)
     assert window(300, (True, True), step=3) == best_file
     assert window(400, (True, True), step=4) == best_file  # a tie: the later, longer-trained state
-    best = {"env_steps": 400, "success_rate": 1.0, "episodes": 2, "train_episodes": 4, "train_successes": 2}
+    best = {"env_steps": 400, "success_rate": 1.0, "episodes": 2, "train_episodes_total": 4, "train_successes_total": 2}
     assert saved() == (4, best)
-    assert learner.status().best_eval == EvalPoint(400, 1.0, 2, train_episodes=4, train_successes=2)
+    assert learner.status().best_eval == EvalPoint(400, 1.0, 2, train_episodes_total=4, train_successes_total=2)
     assert [p["success_rate"] for p in learner.book.eval_curve] == [0.5, 0.0, 1.0, 1.0]
     # each window carries the training episodes (and their successes) finished when it closed; eval ones not
-    assert [(p["train_episodes"], p["train_successes"]) for p in learner.book.eval_curve] == [
+    assert [(p["train_episodes_total"], p["train_successes_total"]) for p in learner.book.eval_curve] == [
         (0, 0), (3, 1), (4, 2), (4, 2)]
     assert learner.status().train_successes == 2
 

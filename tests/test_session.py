@@ -143,7 +143,7 @@ def test_summary_json_is_plain_json(tmp_path):
     from q2rl.learner.session import SessionResult, format_summary
 
     result = SessionResult(run_dir=str(tmp_path), reason="reached 10 env steps", wall_s=61.0, env_steps=10,
-                           episodes=2, train_successes=1, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2, train_episodes=7, train_successes=3)],
+                           episodes=2, train_successes=1, cut_episodes=1, updates=8, eval_curve=[EvalPoint(5, 0.5, 2), EvalPoint(10, 1.0, 2, train_episodes_total=7, train_successes_total=3)],
                            final_eval_success=0.75, final_eval_episodes=4, best_eval=EvalPoint(10, 1.0, 2),
                            best_final_eval_success=0.8, best_final_eval_episodes=5)
     text = format_summary(result)
