@@ -104,6 +104,10 @@ class AgentConfig:
     ensemble_size: int | None = doc(None, "Critic ensemble heads (None: from the preset).")
     critic_subsample: int | None = doc(None, "Target heads the bootstrap takes the min over (None: preset).")
     utd: int | None = doc(None, "Critic minibatches per update call (update-to-data ratio; None: preset).")
+    actor_utd: int = doc(
+        1, "Actor (and temperature) steps per update call, spread evenly over the utd critic minibatches: one after "
+           "every (utd / actor_utd)-th critic step, on its minibatch. 1: one actor step per call, after the last "
+           "(SERL's and RLPD's schedule); utd: one after each critic step, as plain SAC repeated utd times.")
     batch_size: int | None = doc(None, "Minibatch size (None: from the preset).")
     critic_layer_norm: bool = doc(True, "LayerNorm in the critic MLP.")
     discount: float = doc(0.99, "Discount gamma.")
@@ -196,6 +200,9 @@ class AgentConfig:
                        self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
+        if not 1 <= self.actor_utd <= self.utd or self.utd % self.actor_utd:
+            raise ConfigError(f"actor_utd: {self.actor_utd} must divide utd={self.utd} (1 <= actor_utd <= utd), so the "
+                              f"actor steps are spread evenly over the critic minibatches; e.g. 1, or {self.utd}")
         if not 0.0 < self.discount < 1.0:
             raise ConfigError(f"discount: {self.discount} must be in (0, 1)")
         if self.bc_weight is not None and not 0.0 <= self.bc_weight <= 1.0:

@@ -5,8 +5,8 @@
     update = make_update(nets, cfg)                                      # jitted
     state, metrics = update(state, batch, key)    # batch leaves have a leading [utd] axis
 
-One update call = lax.scan over `utd` critic minibatches, then one actor (and temperature) update on the last
-minibatch. Each optimizer sees only its own parameter subtree. The learner state holds the frozen pieces the
+One update call = lax.scan over `utd` critic minibatches with `actor_utd` actor (and temperature) updates spread
+evenly among them, each on the minibatch of the critic step before it (default 1: one, on the last minibatch). Each optimizer sees only its own parameter subtree. The learner state holds the frozen pieces the
 losses need (pi_BC for IBRL's bootstrap; V_phi for the actor's gate) so the update is a function of its inputs.
 """
 
@@ -386,19 +386,34 @@ def actor_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSta
 
 def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batches: Batch,
                 key: jax.Array) -> tuple[SacState, UpdateMetrics]:
-    """lax.scan over the [utd] critic minibatches, then one actor update on the last one (un-jitted)."""
+    """lax.scan over the [utd] critic minibatches in cfg.actor_utd equal groups, each group followed by one actor
+    update on its last minibatch (un-jitted). Metrics are means over the steps of each kind."""
     utd = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    groups = cfg.actor_utd
+    if utd % groups:  # AgentConfig.validate says this first; here for batches stacked to another length
+        raise ValueError(f"actor_utd={groups} must divide the {utd} stacked minibatches")
     k_critic, k_actor = jax.random.split(key)
+    # Split as with a single actor step, so actor_utd 1 keeps the key stream (and the results) it always had.
+    actor_keys = k_actor[None] if groups == 1 else jax.random.split(k_actor, groups)
+    in_groups = lambda x: x.reshape((groups, utd // groups) + x.shape[1:])
 
-    def body(s, xs):
+    def critic_body(s, xs):
         batch, k = xs
         return critic_step(nets, cfg, opts, s, batch, k)
 
-    state, critic_metrics = jax.lax.scan(body, state, (batches, jax.random.split(k_critic, utd)))
-    last = jax.tree_util.tree_map(lambda x: x[-1], batches)
-    state, actor_metrics = actor_step(nets, cfg, opts, state, last, k_actor)
+    def group_body(s, xs):
+        group_batches, critic_keys, actor_key = xs
+        s, critic_metrics = jax.lax.scan(critic_body, s, (group_batches, critic_keys))
+        last = jax.tree_util.tree_map(lambda x: x[-1], group_batches)
+        s, actor_metrics = actor_step(nets, cfg, opts, s, last, actor_key)
+        return s, (critic_metrics, actor_metrics)
+
+    state, (critic_metrics, actor_metrics) = jax.lax.scan(
+        group_body, state, (jax.tree_util.tree_map(in_groups, batches),
+                            in_groups(jax.random.split(k_critic, utd)), actor_keys))
     state = state.replace(step=state.step + 1)
-    return state, UpdateMetrics(jax.tree_util.tree_map(jnp.mean, critic_metrics), actor_metrics)
+    mean = lambda tree: jax.tree_util.tree_map(jnp.mean, tree)
+    return state, UpdateMetrics(mean(critic_metrics), mean(actor_metrics))
 
 
 def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers

@@ -346,6 +346,39 @@ def test_utd_scan_equals_sequential_updates_and_compiles_once():
     assert np.isfinite(float(metrics.critic.critic_loss))
 
 
+@pytest.mark.parametrize("actor_utd", [3, 1])
+def test_actor_utd_spreads_actor_steps_evenly_over_the_critic_steps(actor_utd):
+    """actor_utd = utd: critic, actor, critic, actor, ... on the same minibatches, i.e. plain SAC repeated; the
+    metrics are the means over the steps. actor_utd 1 is the default schedule of the test above."""
+    agent, params = agent_and_params(utd=6, actor_utd=actor_utd)
+    state = agent.init_state(params)
+    batches = [batch(20 + i) for i in range(6)]
+    key = jax.random.PRNGKey(4)
+    scanned, metrics = agent.update(state, stack_batches(batches), key)
+    k_critic, k_actor = jax.random.split(key)
+    actor_keys = [k_actor] if actor_utd == 1 else list(jax.random.split(k_actor, actor_utd))
+    seq, critic_losses, bc_nlls = state, [], []
+    for i, (b, k) in enumerate(zip(batches, jax.random.split(k_critic, 6))):
+        seq, m = sac.critic_step(agent.nets, agent.cfg, agent.opts, seq, b, k)
+        critic_losses.append(float(m.critic_loss))
+        if (i + 1) % (6 // actor_utd) == 0:  # after critic steps 2, 4, 6 (actor_utd 3) or 6 only (1)
+            seq, m = sac.actor_step(agent.nets, agent.cfg, agent.opts, seq, b, actor_keys.pop(0))
+            bc_nlls.append(float(m.bc_nll))
+    assert not actor_keys and len(bc_nlls) == actor_utd
+    for x, y in zip(jax.tree_util.tree_leaves(scanned.params), jax.tree_util.tree_leaves(seq.params)):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    assert float(metrics.critic.critic_loss) == pytest.approx(np.mean(critic_losses), rel=1e-4)
+    assert float(metrics.actor.bc_nll) == pytest.approx(np.mean(bc_nlls), rel=1e-4)
+    assert int(scanned.step) == 1  # one update call, whatever the schedule inside it (the decays count calls)
+
+
+def test_actor_utd_that_does_not_divide_utd_is_a_config_error():
+    for actor_utd, utd in ((2, 3), (0, 2), (4, 2)):
+        with pytest.raises(ConfigError, match=f"actor_utd: {actor_utd} must divide utd={utd}"):
+            from_dict(AgentConfig, {"utd": utd, "actor_utd": actor_utd})
+    assert from_dict(AgentConfig, {"preset": "paper", "actor_utd": 4}).actor_utd == 4
+
+
 @pytest.mark.slow
 def test_image_encoder_is_trained_by_the_critic_only():
     """Shared encoder: the critic loss moves it; the actor reads it through stop_gradient."""
