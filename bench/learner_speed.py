@@ -3,9 +3,9 @@
     .venv/bin/python bench/learner_speed.py [--seconds 10]
 
 For the `cpu` and `paper` presets (state observations, pick_cube sizes: state 17, action 7) and a small image
-config (one 64x64 camera), it times the jitted update call (`utd` critic minibatches + one actor step) after
-compilation, and the jitted gate at batch 1 (BC + V_phi + pi_RL + Q_RL ensemble). "updates" are update
-calls; critic minibatches per second = updates/s x utd. The last line is JSON.
+config (one 64x64 camera), it times the jitted update call (`utd` critic minibatches + `actor_utd` actor steps,
+1 in every config here) after compilation, and the jitted gate at batch 1 (BC + V_phi + pi_RL + Q_RL ensemble).
+"updates" are update calls; critic minibatches per second = updates/s x utd. The last line is JSON.
 """
 
 from __future__ import annotations
