@@ -6,8 +6,9 @@
     state, metrics = update(state, batch, key)    # batch leaves have a leading [utd] axis
 
 One update call = lax.scan over `utd` critic minibatches with `actor_utd` actor (and temperature) updates spread
-evenly among them, each on the minibatch of the critic step before it (default 1: one, on the last minibatch). Each optimizer sees only its own parameter subtree. The learner state holds the frozen pieces the
-losses need (pi_BC for IBRL's bootstrap; V_phi for the actor's gate) so the update is a function of its inputs.
+evenly among them, each on the minibatch of the critic step before it (default 1: one, on the last minibatch).
+Each optimizer sees only its own parameter subtree. The learner state holds the frozen pieces the losses need
+(pi_BC for IBRL's bootstrap; V_phi for the actor's gate) so the update is a function of its inputs.
 """
 
 from __future__ import annotations
