@@ -17,6 +17,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # System libraries: EGL/Mesa for headless MuJoCo rendering, OSMesa fallback, libusb for pyrealsense2.
+# A fresh machine may still be running its own apt job at boot: wait for the lock instead of failing.
+APT_WAIT     := -o DPkg::Lock::Timeout=300
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6 libglfw3 libusb-1.0-0
 
 .PHONY: help setup system-deps protos run test test-fast bench clean
@@ -46,7 +48,7 @@ system-deps:
 	  echo "installing system libraries:$$missing"; \
 	  if [ "$$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else \
 	    echo "need root to apt-get install$$missing — install them, then rerun make" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $$SUDO apt-get $(APT_WAIT) update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get $(APT_WAIT) install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 protos:
