@@ -25,14 +25,10 @@ DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family'
 DEFAULT_CALIBRATED_CONSERVATISM = 1.0
 
 
-def resolved_bc_weight(algo: str, bc_weight: float | None) -> float:
-    """w in the actor loss: rlpd has none; left empty, 0 for the ibrl family (as published) and DEFAULT_BC_WEIGHT
-    for the rest."""
-    if algo == "rlpd":
-        return 0.0
-    if bc_weight is not None:
-        return bc_weight
-    return 0.0 if algo in IBRL_FAMILY else DEFAULT_BC_WEIGHT
+def default_bc_weight(algo: str) -> float:
+    """w in the actor loss when bc_weight is left empty: 0 for rlpd (no BC term) and the ibrl family (as
+    published), DEFAULT_BC_WEIGHT for the rest."""
+    return 0.0 if algo == "rlpd" or algo in IBRL_FAMILY else DEFAULT_BC_WEIGHT
 
 
 def _validate_decay(name: str, start: float, decay_updates: int, final: float, start_named: str,
@@ -119,7 +115,8 @@ class AgentConfig:
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
     bc_weight: float | None = doc(
         None, f"w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: {DEFAULT_BC_WEIGHT} (SPEC §1.3), but 0 for "
-              "ibrl/ibrl_soft, whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone.")
+              "ibrl/ibrl_soft, whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone, and "
+              "for rlpd, which has no BC term.")
     bc_weight_decay_updates: int = doc(
         0, "Updates over which bc_weight falls linearly to bc_weight_final (0: it stays constant). pi_RL stays "
            "anchored to pi_BC while the critic knows little, and moves further from it later.")
@@ -164,9 +161,13 @@ class AgentConfig:
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
     def __post_init__(self) -> None:
-        if self.calibrated_conservatism is None:  # resolved here, so a dumped config shows the weight used
+        # Both weights resolved here, so a dumped config shows the weights used and a resumed run keeps them even
+        # if a default changes later.
+        if self.calibrated_conservatism is None:
             object.__setattr__(self, "calibrated_conservatism",
                                DEFAULT_CALIBRATED_CONSERVATISM if self.algo in Q2RL_FAMILY else 0.0)
+        if self.bc_weight is None:
+            object.__setattr__(self, "bc_weight", default_bc_weight(self.algo))
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
@@ -196,7 +197,12 @@ class AgentConfig:
         _validate_decay("calibrated_conservatism", self.calibrated_conservatism,
                        self.calibrated_conservatism_decay_updates, self.calibrated_conservatism_final,
                        start_named="calibrated_conservatism", example_start=2.0)
-        _validate_decay("bc_weight", resolved_bc_weight(self.algo, self.bc_weight), self.bc_weight_decay_updates,
+        if not 0.0 <= self.bc_weight <= 1.0:
+            raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
+        if self.algo == "rlpd" and self.bc_weight > 0:
+            raise ConfigError(f"bc_weight: {self.bc_weight} would be ignored: rlpd's actor has no BC term; remove "
+                              "bc_weight, or use sac_bc (SAC with the BC term)")
+        _validate_decay("bc_weight", self.bc_weight, self.bc_weight_decay_updates,
                        self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
@@ -205,8 +211,6 @@ class AgentConfig:
                               f"actor steps are spread evenly over the critic minibatches; e.g. 1, or {self.utd}")
         if not 0.0 < self.discount < 1.0:
             raise ConfigError(f"discount: {self.discount} must be in (0, 1)")
-        if self.bc_weight is not None and not 0.0 <= self.bc_weight <= 1.0:
-            raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"tau: {self.tau} must be in (0, 1]")
         if not 0.0 <= self.demo_fraction < 1.0:

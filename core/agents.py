@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from q2rl.core.agent_config import IBRL_FAMILY, Q2RL_FAMILY, AgentConfig, resolved_bc_weight
+from q2rl.core.agent_config import IBRL_FAMILY, Q2RL_FAMILY, AgentConfig
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
@@ -58,7 +58,6 @@ def effective_config(cfg: AgentConfig) -> AgentConfig:
     bootstrap with SPEC §1.3's rule (rl) and keep the auxiliary BC loss. Explicit values win, except for rlpd."""
     if cfg.bootstrap == "auto":
         cfg = dataclasses.replace(cfg, bootstrap="max_rl_bc" if cfg.algo in IBRL_FAMILY else "rl")
-    cfg = dataclasses.replace(cfg, bc_weight=resolved_bc_weight(cfg.algo, cfg.bc_weight))
     if cfg.algo == "rlpd":
         return dataclasses.replace(cfg, entropy=True, use_demos=True)
     return cfg

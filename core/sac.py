@@ -307,7 +307,7 @@ def conservatism_weight(cfg: AgentConfig, step: jax.Array) -> jax.Array:
 
 
 def bc_weight_at(cfg: AgentConfig, step: jax.Array) -> jax.Array:
-    """w of the actor loss at update `step` (cfg.bc_weight resolved by agents.effective_config)."""
+    """w of the actor loss at update `step` (cfg.bc_weight is resolved when the config is built)."""
     return decaying_weight(cfg.bc_weight, cfg.bc_weight_final, cfg.bc_weight_decay_updates, step)
 
 

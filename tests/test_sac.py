@@ -205,6 +205,21 @@ def test_calibrated_conservatism_defaults_to_one_for_the_q2rl_family_only():
     assert from_dict(AgentConfig, dumped) == from_dict(AgentConfig, {})
 
 
+@pytest.mark.parametrize("algo, w", [("q2rl", 0.3), ("sac_bc", 0.3), ("ibrl", 0.0), ("rlpd", 0.0)])
+def test_a_dumped_config_carries_the_bc_weight_it_ran_with(algo, w):
+    """Left empty, bc_weight is resolved when the config is built, so config.yaml names the weight the run used
+    and a resume reads that value back, not whatever the default is by then."""
+    dumped = to_dict(from_dict(AgentConfig, {"algo": algo}))
+    assert dumped["bc_weight"] == w
+    assert from_dict(AgentConfig, dumped) == from_dict(AgentConfig, {"algo": algo})
+
+
+def test_a_bc_weight_that_rlpd_would_ignore_is_a_config_error():
+    with pytest.raises(ConfigError, match="rlpd's actor has no BC term"):
+        from_dict(AgentConfig, {"algo": "rlpd", "bc_weight": 0.3})
+    assert from_dict(AgentConfig, {"algo": "rlpd", "bc_weight": 0.0}).bc_weight == 0.0  # an explicit 0 is what runs
+
+
 def test_calibrated_conservatism_is_validated():
     with pytest.raises(ConfigError, match="calibrated_conservatism"):
         from_dict(AgentConfig, {"calibrated_conservatism": -1.0})
@@ -289,7 +304,7 @@ def test_bc_weight_decay_is_validated():
     with pytest.raises(ConfigError, match="never decays"):
         from_dict(AgentConfig, {"bc_weight_final": 0.1})
     cfg = from_dict(AgentConfig, {"bc_weight_decay_updates": 8000, "bc_weight_final": 0.1})
-    assert cfg.bc_weight is None and make_agent(cfg).cfg.bc_weight == 0.3  # decays from the resolved default
+    assert cfg.bc_weight == 0.3 and make_agent(cfg).cfg.bc_weight == 0.3  # decays from the default, resolved at build
 
 
 def test_temperature_loss_direction():
