@@ -9,7 +9,7 @@
    the share of BC actions and the success of the training episodes vs env steps.
 3. Writes <out>/<task>.md (table) and <out>/<task>.png (two panels); the last stdout line is JSON:
    {"task": ..., "bc_success": ..., "bc_mode_success": ..., "results": {"<algo>": {"final_success": ...,
-    "steps_to_bc_plus_20": ...}}}
+    "steps_to_bc_plus_20": ..., "dip_below_bc": ...}}}: issue #3's three targets, read off the mean curve
 """
 
 from __future__ import annotations
@@ -135,10 +135,13 @@ def bc_plus_20(bc_success: float) -> float:
 
 def curve_figures(steps, success: np.ndarray, bc_success: float) -> dict:
     """The headline figures of one mean success curve against pi_BC's success under the same protocol."""
+    lowest = float(np.min(success[1:])) if len(success) > 1 else float(success[0])
     return {
         "final_success": float(success[-1]),
         "steps_to_bc_plus_20": steps_to_reach(steps, success, bc_plus_20(bc_success)),
-        "min_success_after_start": float(np.min(success[1:])) if len(success) > 1 else float(success[0]),
+        "min_success_after_start": lowest,
+        # issue #3's dip: how far the mean curve falls under pi_BC after the start (0 when it never does)
+        "dip_below_bc": round(max(0.0, bc_success - lowest), 4),
         "success": [round(float(s), 3) for s in success],
     }
 
@@ -373,12 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": round(time.time() - t0)}
     write_report(args.task, results, bc_success, out, meta, bc_mode, args.eval_deterministic)
     print((out / f"{args.task}.md").read_text())
-    headline = {a: {"final_success": r["final_success"], "steps_to_bc_plus_20": r["steps_to_bc_plus_20"]}
-                for a, r in results.items()}
+    headline_keys = ("final_success", "steps_to_bc_plus_20", "dip_below_bc")
+    headline = {a: {k: r[k] for k in headline_keys} for a, r in results.items()}
     for a, r in results.items():
         if "other_protocol" in r:
-            headline[a]["other_protocol"] = {k: r["other_protocol"][k] for k in
-                                             ("bc_success", "final_success", "steps_to_bc_plus_20")}
+            headline[a]["other_protocol"] = {k: r["other_protocol"][k] for k in ("bc_success", *headline_keys)}
     print(json.dumps({"task": args.task, "bc_success": bc_success, "bc_mode_success": bc_mode, "results": headline}))
     return 0
 
