@@ -22,12 +22,17 @@ def curve(successes: list[float], every: int = 1000) -> list[dict]:
             for i, s in enumerate(successes)]
 
 
-def run_report(tmp_path, rows: list[dict], algos: str) -> dict:
+def report_from(tmp_path, curves_text: str, algos: str) -> subprocess.CompletedProcess:
+    """The real script's --report-from on a curves file holding `curves_text`."""
     path = tmp_path / "peg_insert_curves.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run([sys.executable, "bench/sample_efficiency.py", "--task", "peg_insert", "--algos", algos,
-                          "--report-from", str(path), "--out", str(tmp_path / "report")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    path.write_text(curves_text)
+    return subprocess.run([sys.executable, "bench/sample_efficiency.py", "--task", "peg_insert", "--algos", algos,
+                           "--report-from", str(path), "--out", str(tmp_path / "report")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def run_report(tmp_path, rows: list[dict], algos: str) -> dict:
+    out = report_from(tmp_path, "".join(json.dumps(r) + "\n" for r in rows), algos)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "report" / "peg_insert.md").is_file() and (tmp_path / "report" / "peg_insert.png").is_file()
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -57,11 +62,7 @@ def test_a_curve_that_never_falls_under_bc_has_no_dip(tmp_path):
 
 
 def test_a_truncated_curves_file_is_an_error_that_says_what_to_delete(tmp_path):
-    path = tmp_path / "peg_insert_curves.jsonl"
     good = json.dumps({"algo": "q2rl", "seed": 0, "eval_deterministic": True, "curve": curve([0.4, 0.5])})
-    path.write_text(good + "\n" + good[:40])
-    out = subprocess.run([sys.executable, "bench/sample_efficiency.py", "--task", "peg_insert", "--algos", "q2rl",
-                          "--report-from", str(path), "--out", str(tmp_path / "report")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = report_from(tmp_path, good + "\n" + good[:40], "q2rl")
     assert out.returncode != 0
     assert "line 2 is not JSON" in out.stderr and "delete it" in out.stderr
