@@ -21,7 +21,7 @@ IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by 
 Q2RL_FAMILY = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")  # the algorithms with Q-Estimation (and V_phi)
 DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
 # The Q2RL family's critic regulariser (beyond SPEC §1.3, which has none): on peg_insert the plain critic dips 33
-# points under BC after Q-Estimation, this one 11, and reaches 90 % (docs/sample_efficiency.md).
+# points under BC after Q-Estimation, this one about 5 (9 seeds), and reaches 90 % (docs/sample_efficiency.md).
 DEFAULT_CALIBRATED_CONSERVATISM = 1.0
 
 
