@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct as binary
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +25,7 @@ from flax import serialization
 from q2rl.config import ConfigError, from_dict, to_dict
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
+from q2rl.recordio import atomic_write
 
 MAGIC = b"Q2RLCKPT"
 FORMAT_VERSION = 1
@@ -47,34 +46,6 @@ class Checkpoint:
     metadata: dict
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform/filesystem; the rename itself is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def encode_checkpoint(tree: Any, metadata: Mapping[str, Any] | None = None) -> bytes:
     """The bytes of a checkpoint holding `tree` (any flax-serialisable pytree) and JSON-able `metadata`."""
     payload = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(tree)))
@@ -90,7 +61,7 @@ def encode_checkpoint(tree: Any, metadata: Mapping[str, Any] | None = None) -> b
 
 def save_checkpoint(path: str | Path, tree: Any, metadata: Mapping[str, Any] | None = None) -> Path:
     """Atomically write `tree` + `metadata` to `path`; returns the path."""
-    atomic_write_bytes(path, encode_checkpoint(tree, metadata))
+    atomic_write(path, encode_checkpoint(tree, metadata))
     return Path(path)
 
 

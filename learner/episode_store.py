@@ -5,9 +5,9 @@
     store.append("sim-0", [(raw_item_bytes, parsed_item), ...])   # write, flush, fsync: then acknowledge
     for ep in store.episodes(): replay.add_episode(ep.arrays())    # rebuild replay on --resume
 
-Layout: run_dir/episodes/<actor_id>/seg-<n:09d>.rec, an append-only log per actor (q2rl.recordio files, a new
-segment every `segment_bytes`) whose records are the wire `Item` bytes exactly as received: transitions (images
-once per frame) and EpisodeReports, in the actor's order. One log per actor means one fsync per received batch.
+Layout: run_dir/episodes/<actor_id>/seg-<n:09d>.rec, an append-only log per actor (q2rl.recordio.SegmentLog, a
+new segment about every `segment_bytes`) whose records are the wire `Item` bytes exactly as received: transitions
+(images once per frame) and EpisodeReports, in the actor's order. One log per actor means one fsync per received batch.
 An episode is complete when its report is stored or its last transition terminated/truncated.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 import threading
 from pathlib import Path
@@ -28,7 +27,6 @@ from q2rl.interfaces import EpisodeReport, Transition
 
 log = logging.getLogger(__name__)
 ACTOR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SEGMENT_FILE = re.compile(r"^seg-(\d{9,})\.rec$")
 
 
 def check_actor_id(actor_id: str) -> None:
@@ -139,15 +137,13 @@ class StoredEpisode(NamedTuple):
 
 
 class _ActorLog:
-    """Bookkeeping of one actor's log: watermarks, the segment open for appending, its newest episode."""
+    """One actor's log and its bookkeeping: watermarks, its newest episode."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, log: recordio.SegmentLog) -> None:
+        self.log = log
         self.stored_seq = -1
         self.reported_episode = -1
         self.num_transitions = 0
-        self.segment_index = -1
-        self.file = None
         self.episode: EpisodeSummary | None = None  # the newest episode
         self.tail: bytes | None = None  # the newest transition's item if it waits for its successor's frame
 
@@ -181,33 +177,11 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ loading
 
-    @staticmethod
-    def _segments(directory: Path) -> list[tuple[int, Path]]:
-        found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _SEGMENT_FILE.match(p.name))]
-        return sorted(found)
-
-    @staticmethod
-    def _read_segment(path: Path) -> list[bytes]:
-        """Intact records of one segment; a torn tail is cut off (with a warning) so appends continue cleanly."""
-        result = recordio.read_records(path)
-        if result.torn_bytes:
-            log.warning(
-                "%s: ignoring a torn tail of %d bytes after %d intact records (crash mid-write); cutting it off",
-                path, result.torn_bytes, len(result.records),
-            )
-            with open(path, "r+b") as f:
-                f.truncate(result.good_end)
-                if result.good_end == 0:
-                    f.write(recordio.MAGIC)
-                os.fsync(f.fileno())
-        return result.records
-
     def _scan(self, directory: Path) -> _ActorLog:
-        state = _ActorLog(directory)
+        state = _ActorLog(recordio.SegmentLog(directory, self._segment_bytes))
         seqs = []
-        for index, path in self._segments(directory):
-            state.segment_index = index
-            for raw in self._read_segment(path):
+        for _, records in state.log.scan(cut_torn=True):  # so that appends continue after the last intact record
+            for raw in records:
                 item = wire.parse_item(raw)
                 state.note(item, raw)
                 if item.HasField("transition"):
@@ -265,46 +239,19 @@ class EpisodeStore:
             a = self._actors.get(actor_id)
             if a is None:
                 check_actor_id(actor_id)
-                directory = self.root / actor_id
-                directory.mkdir(exist_ok=True)
+                a = self._actors[actor_id] = _ActorLog(recordio.SegmentLog(self.root / actor_id, self._segment_bytes))
                 if self._fsync:
                     recordio.fsync_dir(self.root)
-                a = self._actors[actor_id] = _ActorLog(directory)
-            f = self._open_segment(a)
+            a.log.write(b"".join(recordio.encode_record(raw) for raw, _ in items))
             for raw, item in items:
-                recordio.write_record(f, raw)
                 a.note(item, raw)
-            f.flush()
             if self._fsync:
-                os.fsync(f.fileno())
-
-    def _open_segment(self, a: _ActorLog):
-        """The segment to append to; a new one when there is none yet or the current one is full."""
-        if a.file is not None and a.file.tell() < self._segment_bytes:
-            return a.file
-        if a.file is not None:
-            a.file.close()  # fsync'd at the end of the batch that filled it
-        elif a.segment_index >= 0:
-            path = a.directory / f"seg-{a.segment_index:09d}.rec"
-            if path.stat().st_size < self._segment_bytes:
-                a.file = recordio.open_for_append(path)
-                return a.file
-        a.segment_index += 1
-        a.file = recordio.open_for_append(a.directory / f"seg-{a.segment_index:09d}.rec")
-        if self._fsync:
-            os.fsync(a.file.fileno())
-            recordio.fsync_dir(a.directory)
-        return a.file
+                a.log.sync()
 
     def close(self) -> None:
         with self._lock:
             for a in self._actors.values():
-                if a.file is not None:
-                    a.file.flush()
-                    if self._fsync:
-                        os.fsync(a.file.fileno())
-                    a.file.close()
-                    a.file = None
+                a.log.close(durable=self._fsync)
 
     # ------------------------------------------------------------------ reading back
 
@@ -313,11 +260,9 @@ class EpisodeStore:
             a = self._actors.get(actor_id)
             if a is None:
                 return
-            if a.file is not None:
-                a.file.flush()
-            segments = self._segments(a.directory)
-        for _, path in segments:
-            yield from recordio.read_records(path).records
+            segments = list(a.log.segments)
+        for segment in segments:
+            yield from recordio.read_records(segment.path).records
 
     def episodes(self, actor_id: str | None = None) -> Iterator[StoredEpisode]:
         """Every stored episode (complete and in progress), per actor in the order they were recorded."""

@@ -128,7 +128,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     def crash(*args, **kwargs):  # the process dies between writing the temp file and renaming it
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt.os, "replace", crash)
+    monkeypatch.setattr("q2rl.recordio.os.replace", crash)  # save_checkpoint writes via recordio.atomic_write
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"w": np.ones(3, np.float32)}, {"v": 2})
     monkeypatch.undo()
