@@ -4,8 +4,8 @@
     cfg = from_dict(AgentConfig, {"preset": "paper"})     # 3x512 LayerNorm, ensemble 10/2, UTD 4, batch 256
     cfg = from_dict(AgentConfig, {"preset": "cpu", "utd": 2})   # explicit fields win over the preset
 
-Size fields left at None take the preset's value when the config is built, so a dumped config shows the
-values actually used.
+Fields left at None take the preset's or the algorithm's (ALGO_RULES) value when the config is built, so a dumped
+config shows the values actually used.
 """
 
 from __future__ import annotations
@@ -17,18 +17,45 @@ from q2rl.config import ConfigError, doc
 
 Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 ALGOS: tuple[str, ...] = get_args(Algo)  # one list: the type and the validation read the same names
-IBRL_FAMILY = ("ibrl", "ibrl_soft")  # the algorithms that act and bootstrap by IBRL's rules
-Q2RL_FAMILY = ("q2rl", "q2rl_no_qinit", "q2rl_no_gate")  # the algorithms with Q-Estimation (and V_phi)
-DEFAULT_BC_WEIGHT = 0.3  # SPEC §1.3 and the authors' release; the ibrl family's is 0
-# The Q2RL family's critic regulariser (beyond SPEC §1.3, which has none): on peg_insert the plain critic dips 33
-# points under BC after Q-Estimation, this one about 5 (9 seeds), and reaches 90 % (docs/sample_efficiency.md).
+DEFAULT_BC_WEIGHT = 0.3  # docs/design.md#actor-loss and the authors' release; the ibrl family's is 0
+# The Q2RL family's critic regulariser, beyond the paper's plain critic: why it is on by default, and the evidence,
+# in docs/design.md#calibrated-conservatism.
 DEFAULT_CALIBRATED_CONSERVATISM = 1.0
+Gate = Literal["qhat_bc", "always_rl", "always_bc", "critic_greedy", "critic_softmax"]
 
 
-def default_bc_weight(algo: str) -> float:
-    """w in the actor loss when bc_weight is left empty: 0 for rlpd (no BC term) and the ibrl family (as
-    published), DEFAULT_BC_WEIGHT for the rest."""
-    return 0.0 if algo == "rlpd" or algo in IBRL_FAMILY else DEFAULT_BC_WEIGHT
+@dataclasses.dataclass(frozen=True)
+class AlgoRules:
+    """What one algorithm does (docs/design.md#baselines-and-ablations); every per-algorithm choice in core/ reads its row of ALGO_RULES."""
+
+    needs_bc: bool = True  # pi_BC is loaded: the gate proposes its actions and/or the bootstrap scores them
+    q_estimation: bool = False  # phase 1 runs: pi_BC rollouts, V_phi on their MC returns, pi_RL's NLL init
+    init_critic: bool = False  # phase 1 also regresses Q_RL onto Qhat_BC
+    trains: bool = True  # online SAC updates at all
+    gate: Gate = "always_rl"  # which action runs: Q2RL's gate (and q2rl_gate), a_rl, a_bc, IBRL's greedy or softmax
+    scorer: Literal["qhat_bc", "critic", "target_critic"] = "critic"  # what scores a_bc (the target critic: a_rl too)
+    bc_mode: bool = False  # a_bc is always pi_BC's mode, whatever bc_action says (as IBRL publishes)
+    bootstrap: Literal["rl", "max_rl_bc"] = "rl"  # the TD bootstrap when the config leaves it empty
+    bc_weight: float = DEFAULT_BC_WEIGHT  # the actor's BC weight when the config leaves it empty
+    calibrated_conservatism: float = 0.0  # the critic regulariser's weight when left empty (it needs V_phi)
+    entropy: bool | None = None  # True: SAC's entropy term is forced on; None: the config's choice (default off)
+    uses_demos: bool | None = None  # True: 50/50 demo sampling is forced on; None: the config's use_demos
+
+
+_Q2RL = AlgoRules(q_estimation=True, init_critic=True, gate="qhat_bc", scorer="qhat_bc",
+                  calibrated_conservatism=DEFAULT_CALIBRATED_CONSERVATISM)
+_IBRL = AlgoRules(gate="critic_greedy", scorer="target_critic", bc_mode=True, bootstrap="max_rl_bc", bc_weight=0.0)
+ALGO_RULES: dict[str, AlgoRules] = {
+    "q2rl": _Q2RL,
+    "q2rl_no_qinit": dataclasses.replace(_Q2RL, init_critic=False),
+    "q2rl_no_gate": dataclasses.replace(_Q2RL, gate="always_rl"),
+    "ibrl": _IBRL,
+    "ibrl_soft": dataclasses.replace(_IBRL, gate="critic_softmax"),
+    "sac_bc": AlgoRules(),
+    "rlpd": AlgoRules(needs_bc=False, bc_weight=0.0, entropy=True, uses_demos=True),  # SAC, no BC term
+    "bc": AlgoRules(trains=False, gate="always_bc"),
+}
+_FITS_V_PHI = ", ".join(algo for algo, rules in ALGO_RULES.items() if rules.q_estimation)
 
 
 def _validate_decay(name: str, start: float, decay_updates: int, final: float, start_named: str,
@@ -58,7 +85,7 @@ PRESETS: dict[str, dict] = {
 
 @dataclasses.dataclass(frozen=True)
 class QEstimationConfig:
-    """Phase 1 (SPEC §1.1): roll out pi_BC, fit V_phi to MC returns, initialise Q_RL and pi_RL."""
+    """Phase 1 (docs/design.md#q-estimation): roll out pi_BC, fit V_phi to MC returns, initialise Q_RL and pi_RL."""
 
     rollout_episodes: int = doc(20, "Episodes of sampled pi_BC rollouts before online RL.")
     failure_return: Literal["discounted", "infinite_horizon"] = doc(
@@ -91,7 +118,7 @@ class QEstimationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """Algorithm and hyperparameters of the learner and the actor's gating (SPEC §1)."""
+    """Algorithm and hyperparameters of the learner and the actor's gating (docs/design.md#overview)."""
 
     algo: Algo = doc("q2rl", f"Algorithm: {', '.join(ALGOS)}.")
     preset: Literal["cpu", "paper"] = doc("cpu", "Size preset for fields left empty: cpu (this box) or paper (GPU).")
@@ -114,46 +141,46 @@ class AgentConfig:
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
     bc_weight: float | None = doc(
-        None, f"w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: {DEFAULT_BC_WEIGHT} (SPEC §1.3), but 0 for "
+        None, f"w in the actor loss (1-w)(-Q) + w NLL_piRL(a_bc|s). None: {DEFAULT_BC_WEIGHT} (docs/design.md#actor-loss), but 0 for "
               "ibrl/ibrl_soft, whose published actor (and the Q2RL authors' IBRL baseline) maximises Q alone, and "
               "for rlpd, which has no BC term.")
     bc_weight_decay_updates: int = doc(
         0, "Updates over which bc_weight falls linearly to bc_weight_final (0: it stays constant). pi_RL stays "
            "anchored to pi_BC while the critic knows little, and moves further from it later.")
     bc_weight_final: float = doc(0.0, "bc_weight the decay ends at and then keeps (e.g. 0.1 under 0.3).")
-    bootstrap: Literal["auto", "rl", "max_rl_bc"] = doc(
-        "auto", "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, SPEC §1.3), or the better of that and "
-                "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); auto: max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
+    bootstrap: Literal["rl", "max_rl_bc", "auto"] | None = doc(
+        None, "TD bootstrap at s': min-subset Q_target(s', a'~pi_RL) (rl, docs/design.md#critic-ensemble-and-bootstrap), or the better of that and "
+              "Q_target(s', pi_BC's mode) (max_rl_bc, IBRL's rule); None (or auto, as older config.yaml files say): "
+              "max_rl_bc for ibrl/ibrl_soft, rl otherwise.")
     calibrated_conservatism: float | None = doc(
         None, "Weight of a Cal-QL-style critic regulariser, max(Q(s, a~pi_RL), V_phi(s)) - Q(s, a_data): Q_RL at "
               f"pi_RL's actions is pulled down where it exceeds V_phi. None: {DEFAULT_CALIBRATED_CONSERVATISM} for "
-              f"{', '.join(Q2RL_FAMILY)} (measured in docs/sample_efficiency.md), 0 for the rest, which fit no "
-              "V_phi. 0 is the SPEC §1.3 critic.")
+              f"{_FITS_V_PHI} (docs/design.md#calibrated-conservatism), 0 for the rest, which fit no "
+              "V_phi. 0 is the plain critic.")
     calibrated_conservatism_decay_updates: int = doc(
         0, "Updates over which calibrated_conservatism falls linearly to calibrated_conservatism_final (0: it stays "
-           "constant). Measured on peg_insert with 5000 and a final 0: the dip comes back when the weight reaches 0 "
-           "(docs/sample_efficiency.md).")
+           "constant; docs/design.md#calibrated-conservatism).")
     calibrated_conservatism_final: float = doc(
         0.0, "Weight the decay ends at and then keeps (e.g. 1.0 under a start of 2.0: a stronger hold while data is "
              "thin, the constant weight after).")
-    actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (SPEC) or min (authors' code).")
-    entropy: bool = doc(False, "Add an entropy term (SAC) to the actor loss and the bootstrap.")
+    actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (as designed) or min (authors' code).")
+    entropy: bool | None = doc(None, "SAC's entropy term in the actor loss and the bootstrap (None: rlpd's only).")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
     target_entropy: float | None = doc(None, "Target entropy of the auto temperature (None: -action_dim/2).")
     actor_log_std_min: float = doc(-5.0, "Lower bound of pi_RL's log std.")
     actor_log_std_max: float = doc(2.0, "Upper bound of pi_RL's log std.")
     rl_action: Literal["sample", "mode"] = doc("sample", "a_rl on the robot: sampled from pi_RL or its mode.")
     bc_action: Literal["sample", "mode"] = doc(
-        "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (SPEC) or its mode "
+        "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (as designed) or its mode "
                   "(as ibrl always does).")
     q2rl_gate: Literal["qhat_bc", "prior_weighted"] = doc(
         "qhat_bc", "How the Q2RL gate scores its two candidates: min-head Q_RL(s, a_rl) against the frozen "
-                   "Qhat_BC(s, a_bc) (SPEC §1.2), or both by the live critic plus the prior, min-head Q_RL(s, a) + "
+                   "Qhat_BC(s, a_bc) (docs/design.md#gate-rule), or both by the live critic plus the prior, min-head Q_RL(s, a) + "
                    "alpha * max(log pi_BC(a|s), floor) (V_phi cancels, so the two estimators' different state "
                    "values cannot decide the choice; the recorded q_bc and q_rl are then these scores).")
     ibrl_beta: float = doc(10.0, "Softmax inverse temperature of ibrl_soft's action choice.")
     demo_fraction: float = doc(0.5, "Share of each batch drawn from the demo buffer when there is one.")
-    use_demos: bool = doc(False, "Keep a demo buffer and sample symmetrically (rlpd always does).")
+    use_demos: bool | None = doc(None, "Keep a demo buffer and sample batches 50/50 from it (None: rlpd's only).")
     random_steps: int = doc(0, "Uniform-random actions for the first online (post-phase-1) training steps of each "
                                "actor, recorded as RL steps; for algorithms without a BC prior (rlpd). Never in "
                                "evaluation episodes.")
@@ -161,13 +188,19 @@ class AgentConfig:
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
     def __post_init__(self) -> None:
-        # Both weights resolved here, so a dumped config shows the weights used and a resumed run keeps them even
-        # if a default changes later.
-        if self.calibrated_conservatism is None:
-            object.__setattr__(self, "calibrated_conservatism",
-                               DEFAULT_CALIBRATED_CONSERVATISM if self.algo in Q2RL_FAMILY else 0.0)
-        if self.bc_weight is None:
-            object.__setattr__(self, "bc_weight", default_bc_weight(self.algo))
+        # Resolved here, so a dumped config shows the values the run uses and a resumed run keeps them (idempotent).
+        # An older config.yaml (`bootstrap: auto`) says rlpd's `entropy/use_demos: false`, which it ignored: no error.
+        if self.algo not in ALGO_RULES:
+            raise ConfigError(f"algo: {self.algo!r} is not one of {', '.join(ALGOS)}")
+        for name, forced in (("entropy", self.rules.entropy), ("use_demos", self.rules.uses_demos)):
+            if forced and getattr(self, name) is False and self.bootstrap != "auto":
+                raise ConfigError(f"{name}: false, but {self.algo} is SAC with entropy and 50/50 demo sampling, both "
+                                  f"always on; remove {name}, or use sac_bc (SAC with a BC term, both optional)")
+            if getattr(self, name) is None or forced:
+                object.__setattr__(self, name, bool(forced))
+        for name in ("bc_weight", "calibrated_conservatism", "bootstrap"):
+            if getattr(self, name) in (None, "auto"):
+                object.__setattr__(self, name, getattr(self.rules, name))
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
@@ -179,9 +212,12 @@ class AgentConfig:
             elif getattr(self, name) is None:
                 object.__setattr__(self, name, value)
 
+    @property
+    def rules(self) -> AlgoRules:
+        """This algorithm's row of ALGO_RULES."""
+        return ALGO_RULES[self.algo]
+
     def validate(self) -> None:
-        if self.algo not in ALGOS:
-            raise ConfigError(f"algo: {self.algo!r} is not one of {', '.join(ALGOS)}")
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
             raise ConfigError(f"hidden_dims: {self.hidden_dims} must be positive widths")
         if self.ensemble_size < 1 or not 1 <= self.critic_subsample <= self.ensemble_size:
@@ -191,17 +227,17 @@ class AgentConfig:
             raise ConfigError(f"random_steps: {self.random_steps} must be >= 0")
         if self.calibrated_conservatism < 0:
             raise ConfigError(f"calibrated_conservatism: {self.calibrated_conservatism} must be >= 0")
-        if self.calibrated_conservatism > 0 and self.algo not in Q2RL_FAMILY:
+        if self.calibrated_conservatism > 0 and not self.rules.q_estimation:
             raise ConfigError(f"calibrated_conservatism: its reference is V_phi from Q-Estimation, which {self.algo} "
-                              f"does not fit; use it with {', '.join(Q2RL_FAMILY)}, or set it to 0")
+                              f"does not fit; use it with {_FITS_V_PHI}, or set it to 0")
         _validate_decay("calibrated_conservatism", self.calibrated_conservatism,
                        self.calibrated_conservatism_decay_updates, self.calibrated_conservatism_final,
                        start_named="calibrated_conservatism", example_start=2.0)
         if not 0.0 <= self.bc_weight <= 1.0:
             raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
-        if self.algo == "rlpd" and self.bc_weight > 0:
-            raise ConfigError(f"bc_weight: {self.bc_weight} would be ignored: rlpd's actor has no BC term; remove "
-                              "bc_weight, or use sac_bc (SAC with the BC term)")
+        if self.bc_weight > 0 and not self.rules.needs_bc:
+            raise ConfigError(f"bc_weight: {self.bc_weight} would be ignored: {self.algo}'s actor has no BC term; "
+                              "remove bc_weight, or use sac_bc (SAC with the BC term)")
         _validate_decay("bc_weight", self.bc_weight, self.bc_weight_decay_updates,
                        self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:

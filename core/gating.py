@@ -1,13 +1,13 @@
-"""Q-Gating (SPEC §1.2): one pure jitted function the actor calls at every step.
+"""Q-Gating (docs/design.md#q-gating): one pure jitted function the actor calls at every step.
 
     gate = make_gate(nets, cfg)                      # jitted; `deterministic=True` for evaluation episodes
     action, info = gate(params, obs, key)            # obs is ONE observation (no batch dim)
 
 q2rl: a_bc ~ pi_BC, a_rl ~ pi_RL, q_bc = Qhat_BC(s, a_bc) (frozen), q_rl = min_heads Q_RL(s, a_rl);
 execute a_rl when q_rl >= q_bc (ties go to RL). With `q2rl_gate: prior_weighted` both are scored by the live critic
-plus alpha log pi_BC instead (see prior_weighted_scores). The baselines reuse the same function (SPEC §1.4):
-ibrl scores both actions with the target critic (greedy, or softmax with beta for ibrl_soft); sac_bc, rlpd
-and q2rl_no_gate always run a_rl; bc always runs a_bc.
+plus alpha log pi_BC instead (see prior_weighted_scores). The baselines reuse the same function (docs/design.md#baselines-and-ablations),
+each by its row of ALGO_RULES (gate, scorer, bc_mode): ibrl scores both actions with the target critic (greedy,
+or softmax with beta for ibrl_soft); sac_bc, rlpd and q2rl_no_gate always run a_rl; bc always runs a_bc.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from q2rl.core.agent_config import IBRL_FAMILY, AgentConfig
+from q2rl.core.agent_config import AgentConfig
 from q2rl.core.q_estimation import bc_log_prior, qhat_bc
 from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values
-
-Q2RL_GATED = ("q2rl", "q2rl_no_qinit")
-ALWAYS_RL = ("q2rl_no_gate", "sac_bc", "rlpd")
 
 
 class GateInfo(NamedTuple):
@@ -61,28 +58,28 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     k_bc, k_rl, k_entropy, k_soft = jax.random.split(key, 4)
     if params.bc is not None:
         dist = bc_dist(params, batched)
-        use_mode = deterministic or cfg.algo in IBRL_FAMILY or cfg.bc_action == "mode"
+        use_mode = deterministic or cfg.rules.bc_mode or cfg.bc_action == "mode"
         a_bc_raw = dist.mode() if use_mode else dist.sample(k_bc)
     else:
         a_bc_raw = jnp.zeros((1, nets.action_dim), jnp.float32)
     a_bc = jnp.clip(a_bc_raw, -1.0, 1.0)
-    if cfg.algo == "bc":
+    if cfg.rules.gate == "always_bc":
         zero = jnp.zeros((), jnp.float32)
         return a_bc[0], GateInfo(a_bc[0], a_bc[0], zero, zero, jnp.asarray(False))
     rl = actor_dist(nets, params, batched)
     a_rl = rl.mode() if (deterministic or cfg.rl_action == "mode") else rl.sample(k_rl)
-    ibrl = cfg.algo in IBRL_FAMILY
-    q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=ibrl), axis=0)[0]
-    if cfg.algo in Q2RL_GATED and cfg.q2rl_gate == "prior_weighted":
+    target = cfg.rules.scorer == "target_critic"
+    q_rl = jnp.min(critic_values(nets, params, batched, a_rl, target=target), axis=0)[0]
+    if cfg.rules.gate == "qhat_bc" and cfg.q2rl_gate == "prior_weighted":
         q_bc, q_rl = prior_weighted_scores(nets, cfg, params, batched, dist, a_bc, a_rl, q_rl)
-    elif cfg.algo in Q2RL_GATED or cfg.algo == "q2rl_no_gate":
+    elif cfg.rules.scorer == "qhat_bc":
         # score the action that runs (clipped to the box), as phase 1 scored its executed actions
         q_bc = qhat_bc(nets, params, batched, a_bc, cfg.q_estimation, k_entropy)[0]
     else:
-        q_bc = jnp.min(critic_values(nets, params, batched, a_bc, target=ibrl), axis=0)[0]
-    if cfg.algo in ALWAYS_RL:
+        q_bc = jnp.min(critic_values(nets, params, batched, a_bc, target=target), axis=0)[0]
+    if cfg.rules.gate == "always_rl":
         use_rl = jnp.asarray(True)
-    elif cfg.algo == "ibrl_soft" and not deterministic:
+    elif cfg.rules.gate == "critic_softmax" and not deterministic:
         p_rl = jax.nn.sigmoid(cfg.ibrl_beta * (q_rl - q_bc))  # softmax over the two candidates
         use_rl = jax.random.uniform(k_soft) < p_rl
     else:

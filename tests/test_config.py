@@ -103,3 +103,48 @@ def test_the_run_configs_agent_section_is_validated(tmp_path, text, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(RunConfig, write(tmp_path, text))
     assert fragment in str(err.value)
+
+
+def test_an_agent_config_dumped_and_loaded_again_is_the_same_config(tmp_path):
+    """Every algorithm's rules are resolved when the config is built, so resolving the dump changes nothing."""
+    from q2rl.config import dump_yaml, from_dict
+    from q2rl.core.agent_config import ALGO_RULES, ALGOS, AgentConfig
+
+    assert tuple(ALGO_RULES) == ALGOS  # one row per algorithm the config accepts
+    for algo in ALGOS:
+        cfg = from_dict(AgentConfig, {"algo": algo})
+        dump_yaml(cfg, tmp_path / f"{algo}.yaml")
+        again = load_config(AgentConfig, tmp_path / f"{algo}.yaml")
+        assert again == cfg, algo
+        assert to_dict(again) == to_dict(cfg), algo
+        assert cfg.bootstrap in ("rl", "max_rl_bc") and isinstance(cfg.entropy, bool), algo
+
+
+def test_an_rlpd_run_config_yaml_says_what_the_run_uses(tmp_path):
+    """rlpd is SAC with entropy and 50/50 demo sampling: config.yaml says so, and a false there is an error."""
+    import yaml
+
+    from q2rl.config import dump_yaml
+    from q2rl.run_config import RunConfig
+
+    cfg = load_config(RunConfig, write(tmp_path, "agent: {algo: rlpd}\n"))
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    agent = yaml.safe_load((tmp_path / "config.yaml").read_text())["agent"]
+    assert (agent["entropy"], agent["use_demos"], agent["bootstrap"], agent["bc_weight"]) == (True, True, "rl", 0.0)
+    assert load_config(RunConfig, tmp_path / "config.yaml") == cfg
+    with pytest.raises(ConfigError, match="entropy: false, but rlpd is SAC with entropy"):
+        load_config(RunConfig, write(tmp_path, "agent: {algo: rlpd, entropy: false}\n"))
+
+
+@pytest.mark.parametrize("algo, bootstrap", [("q2rl", "rl"), ("ibrl", "max_rl_bc"), ("rlpd", "rl")])
+def test_an_old_config_yaml_with_bootstrap_auto_still_loads(tmp_path, algo, bootstrap):
+    """config.yaml files written before the resolution say `bootstrap: auto` and, for rlpd, `entropy: false` and
+    `use_demos: false`, which that run did not use: they load as the config the run used."""
+    from q2rl.config import from_dict
+    from q2rl.core.agent_config import AgentConfig
+    from q2rl.run_config import RunConfig
+
+    old = f"agent: {{algo: {algo}, bootstrap: auto, entropy: false, use_demos: false}}\n"
+    agent = load_config(RunConfig, write(tmp_path, old)).agent
+    assert agent == from_dict(AgentConfig, {"algo": algo})
+    assert (agent.bootstrap, agent.entropy, agent.use_demos) == (bootstrap, algo == "rlpd", algo == "rlpd")
