@@ -29,7 +29,7 @@ from q2rl.core.checkpoint import save_bc_policy
 from q2rl.core.encoders import augment_observation
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, make_policy_net
-from q2rl.demos.hdf5 import DemoDataset, Episode
+from q2rl.demos.hdf5 import DemoDataset, Demo
 
 
 class BCBatch(NamedTuple):
@@ -70,8 +70,8 @@ class BCResult:
     history: tuple[dict, ...]
 
 
-def split_episodes(episodes: Sequence[Episode], val_fraction: float, rng: np.random.Generator
-                   ) -> tuple[list[Episode], list[Episode]]:
+def split_episodes(episodes: Sequence[Demo], val_fraction: float, rng: np.random.Generator
+                   ) -> tuple[list[Demo], list[Demo]]:
     """Shuffle episodes and hold out round(val_fraction * n) of them (at least one when n >= 2)."""
     order = rng.permutation(len(episodes))
     n_val = int(round(val_fraction * len(episodes)))
@@ -83,7 +83,7 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float, rng: np.ran
     return train, val
 
 
-def flatten_episodes(episodes: Sequence[Episode], cameras: Sequence[str]) -> BCBatch:
+def flatten_episodes(episodes: Sequence[Demo], cameras: Sequence[str]) -> BCBatch:
     """Concatenate episodes into one BCBatch of state-action pairs."""
     obs: dict[str, Any] = {"state": np.concatenate([e.states for e in episodes]).astype(np.float32)}
     if cameras:
@@ -153,7 +153,7 @@ def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 512
     return eval_nll
 
 
-def select_episodes(dataset: DemoDataset, cfg: BCConfig) -> list[Episode]:
+def select_episodes(dataset: DemoDataset, cfg: BCConfig) -> list[Demo]:
     """The demos BC trains on: the first max_demos, successes only if configured."""
     episodes = list(dataset.episodes[:cfg.max_demos] if cfg.max_demos else dataset.episodes)
     if cfg.successes_only:

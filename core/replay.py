@@ -27,7 +27,7 @@ SOURCE_NAMES = {v: k for k, v in SOURCE_CODES.items()}
 
 
 class RewardShaping(NamedTuple):
-    """r' = scale * r + bias (SPEC §1.1), and the discount used for n-step sums."""
+    """r' = scale * r + bias (docs/design.md#reward-shaping-and-monte-carlo-returns), and the discount used for n-step sums."""
 
     scale: float = 5.0
     bias: float = -1.0
@@ -69,7 +69,7 @@ class Episode:
 
     @property
     def success(self) -> bool:
-        """Success terminates the episode (SPEC): the last step's terminated flag."""
+        """Success terminates the episode (docs/design.md#reward-shaping-and-monte-carlo-returns): the last step's terminated flag."""
         return bool(len(self) and self.terminated[-1])
 
     def validate(self) -> None:
@@ -376,7 +376,7 @@ class ReplayBuffer:
 
 
 def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> Episode:
-    """A demos.hdf5 Episode (`q2rl.demos.hdf5`) as a replay Episode (a_bc = the demonstrated action, source human)."""
+    """A demonstration (`q2rl.demos.hdf5.Demo`) as a replay Episode (a_bc = the demonstrated action, source human)."""
     n = len(demo.actions)
     last_state = demo.next_states[-1:] if demo.next_states is not None else demo.states[-1:]
     obs: dict = {"state": np.concatenate([demo.states, last_state]).astype(np.float32)}

@@ -1,4 +1,4 @@
-"""SAC with a critic ensemble and a BC-regularised actor (SPEC §1.3): networks, losses, one jitted update.
+"""SAC with a critic ensemble and a BC-regularised actor (docs/design.md#the-critic-and-its-regulariser): networks, losses, one jitted update.
 
     nets = make_networks(cfg, action_dim=7, camera_names=())
     state = init_state(nets, cfg, key, example_obs, bc=bc_policy)      # immutable pytree
@@ -57,7 +57,7 @@ class EnsembleCritic(nn.Module):
         return vmapped(self.hidden_dims, self.layer_norm, name="heads")(features, action)
 
 
-class Actor(nn.Module):
+class PolicyNet(nn.Module):
     """pi_RL(features) -> TanhGaussian with state-dependent, clipped log std."""
 
     action_dim: int
@@ -91,7 +91,7 @@ class Networks(NamedTuple):
     """The (static) flax modules of an agent."""
 
     encoder: ObsEncoder  # shared: trained by the critic loss, read through stop_gradient by the actor
-    actor: Actor
+    actor: PolicyNet
     critic: EnsembleCritic
     value: ValueNet
     action_dim: int
@@ -102,7 +102,7 @@ def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str]
     cams = tuple(camera_names)
     return Networks(
         encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim),
-        actor=Actor(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
+        actor=PolicyNet(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
         critic=EnsembleCritic(tuple(cfg.hidden_dims), cfg.ensemble_size, cfg.critic_layer_norm),
         value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim),
         action_dim=action_dim,
@@ -267,7 +267,7 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
     next_action, next_log_prob = dist.sample_and_log_prob(k_action)
     next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=True),
                            cfg.critic_subsample)
-    if cfg.bootstrap == "max_rl_bc":  # `auto` is resolved by agents.effective_config
+    if cfg.bootstrap == "max_rl_bc":  # resolved per algorithm when the config is built
         bc_action = jnp.clip(bc_dist(params, batch.next_obs).mode(), -1.0, 1.0)
         bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
                              cfg.critic_subsample)

@@ -49,7 +49,7 @@ def image_key(camera: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Episode:
+class Demo:
     """One demonstration, time-major. `images` maps camera name -> u8[T, H, W, 3]."""
 
     states: np.ndarray
@@ -98,7 +98,7 @@ class Episode:
 class DemoDataset:
     """All demonstrations of a file, in demo order, and the environment metadata they were recorded with."""
 
-    episodes: tuple[Episode, ...]
+    episodes: tuple[Demo, ...]
     env_args: dict
     path: str
     demo_names: tuple[str, ...] = ()
@@ -166,7 +166,7 @@ class DemoWriter:
                                  compression=self._image_compression,
                                  chunks=(1, *img.shape[1:]) if self._image_compression else None)
 
-    def add(self, episode: Episode) -> str:
+    def add(self, episode: Demo) -> str:
         """Append one episode as data/demo_N; returns its name."""
         episode.check()
         name = f"demo_{self._count}"
@@ -201,7 +201,7 @@ class DemoWriter:
         self.close()
 
 
-def write_demos(path: str | Path, episodes: Sequence[Episode], env_args: Mapping[str, Any],
+def write_demos(path: str | Path, episodes: Sequence[Demo], env_args: Mapping[str, Any],
                 overwrite: bool = False) -> Path:
     """Write a whole list of episodes (see DemoWriter for streaming)."""
     with DemoWriter(path, env_args, overwrite=overwrite) as writer:
@@ -226,7 +226,7 @@ def _resolve_image_keys(cameras: Sequence[str], image_keys: Mapping[str, str] | 
 
 
 def _read_episode(group: h5py.Group, state_keys: Sequence[str] | None, image_map: Mapping[str, str],
-                  load_next_obs: bool) -> Episode:
+                  load_next_obs: bool) -> Demo:
     if "obs" not in group:
         raise ValueError("has no 'obs' group")
     obs = group["obs"]
@@ -260,7 +260,7 @@ def _read_episode(group: h5py.Group, state_keys: Sequence[str] | None, image_map
         next_states = state_of(group["next_obs"])
         next_images = images_of(group["next_obs"]) if image_map else {}
     success = bool(group.attrs.get("success", bool(dones[-1]) if t else False))
-    episode = Episode(
+    episode = Demo(
         states=state_of(obs), actions=actions, rewards=rewards, dones=dones, images=images_of(obs),
         next_states=next_states, next_images=next_images, success=success,
         seed=int(group.attrs.get("seed", -1)),

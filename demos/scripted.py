@@ -3,7 +3,7 @@
     summary = record_scripted_demos(SimEnvConfig(task="pick_cube"), ScriptedDemoSpec(episodes=50, noise=0.3),
                                     out="demos.hdf5")
 
-Episode i resets with seed `seed + i`; the expert's imperfections come from one np.random.Generator(seed),
+Demo i resets with seed `seed + i`; the expert's imperfections come from one np.random.Generator(seed),
 so the same arguments give the same file.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from q2rl.config import ConfigError, to_dict
-from q2rl.demos.hdf5 import DemoWriter, Episode
+from q2rl.demos.hdf5 import DemoWriter, Demo
 
 KeepPolicy = Literal["all", "successes-only"]
 # Defaults chosen so BC on pick_cube lands in the middle of the success range (see the BC report / README).
@@ -81,8 +81,8 @@ def _copy_obs(obs: dict, cameras: tuple[str, ...]) -> tuple[np.ndarray, dict[str
     return np.array(obs["state"], np.float32), {c: np.array(obs["images"][c], np.uint8) for c in cameras}
 
 
-def run_expert_episode(env: Any, expert: Any, seed: int, cameras: tuple[str, ...]) -> Episode:
-    """One episode of the expert, as an Episode (actions as executed: clipped to [-1, 1])."""
+def run_expert_episode(env: Any, expert: Any, seed: int, cameras: tuple[str, ...]) -> Demo:
+    """One episode of the expert, as a Demo (actions as executed: clipped to [-1, 1])."""
     from q2rl.robot.sim.experts import expert_observation
 
     obs, _ = env.reset(seed=seed)
@@ -106,7 +106,7 @@ def run_expert_episode(env: Any, expert: Any, seed: int, cameras: tuple[str, ...
         success = success or bool(info.get("success", False))
         done = terminated or truncated
     stack = lambda xs: {c: np.stack(v) for c, v in xs.items()}
-    return Episode(
+    return Demo(
         states=np.stack(states), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
         dones=np.asarray(dones, bool), images=stack(images), next_states=np.stack(next_states),
         next_images=stack(next_images), success=success, seed=seed,

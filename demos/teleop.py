@@ -1,7 +1,7 @@
 """Teleoperated demonstrations: `q2rl demos record --config configs/real/<task>.yaml --out demos.hdf5`.
 
 The operator drives the end effector with the keyboard (or a 3Dconnexion SpaceMouse, `pip install -e
-'.[spacemouse]'`) from the same terminal console as training (SPEC §3), and marks every episode:
+'.[spacemouse]'`) from the same terminal console as training (docs/design.md#operator-keys), and marks every episode:
 `s` success (kept), `f` failure (discarded), `r` scene reset done — start the next episode, `p` pause, `q` quit,
 `h` help. Only successful episodes are written, in the scripted demos' HDF5 format (q2rl.demos.hdf5). A config
 with `env.backend: sim` teleoperates the simulator instead (that is how this is tested).
@@ -138,14 +138,14 @@ class _Recording:
             self.next_images.setdefault(c, []).append(np.array(next_obs["images"][c], np.uint8))
 
     def episode(self, success: bool, seed: int):
-        from q2rl.demos.hdf5 import Episode
+        from q2rl.demos.hdf5 import Demo
 
         rewards = np.asarray(self.rewards, np.float32)
         dones = np.asarray(self.dones, bool)
         if success and len(rewards):  # the operator's verdict is the reward, as on the robot during training
             rewards[-1], dones[-1] = 1.0, True
         stack = lambda d: {c: np.stack(v) for c, v in d.items()}  # noqa: E731
-        return Episode(
+        return Demo(
             states=np.stack(self.states), actions=np.stack(self.actions), rewards=rewards, dones=dones,
             images=stack(self.images), next_states=np.stack(self.next_states), next_images=stack(self.next_images),
             success=success, seed=seed,

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from q2rl.demos.cli import main as demos_main
-from q2rl.demos.hdf5 import DemoFileError, DemoWriter, Episode, read_demos, write_demos
+from q2rl.demos.hdf5 import DemoFileError, DemoWriter, Demo, read_demos, write_demos
 
 
-def _episode(rng: np.random.Generator, length: int, state_dim: int = 10, cameras=("wrist",), success=True) -> Episode:
+def _episode(rng: np.random.Generator, length: int, state_dim: int = 10, cameras=("wrist",), success=True) -> Demo:
     images = {c: rng.integers(0, 256, (length, 12, 16, 3), dtype=np.uint8) for c in cameras}
     next_images = {c: rng.integers(0, 256, (length, 12, 16, 3), dtype=np.uint8) for c in cameras}
     dones = np.zeros(length, bool)
     dones[-1] = success
-    return Episode(
+    return Demo(
         states=rng.normal(size=(length, state_dim)).astype(np.float32),
         actions=rng.uniform(-1, 1, (length, 7)).astype(np.float32),
         rewards=dones.astype(np.float32), dones=dones, images=images,
@@ -60,7 +60,7 @@ def test_writer_refuses_to_overwrite_and_rejects_bad_episodes(tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         DemoWriter(path, env_args={})
     bad = _episode(rng, 4)
-    bad = Episode(states=bad.states, actions=bad.actions.copy(), rewards=bad.rewards, dones=bad.dones)
+    bad = Demo(states=bad.states, actions=bad.actions.copy(), rewards=bad.rewards, dones=bad.dones)
     bad.actions[2, 1] = np.nan
     with DemoWriter(tmp_path / "e.hdf5", env_args={}) as writer, pytest.raises(ValueError, match="NaN"):
         writer.add(bad)

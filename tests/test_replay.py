@@ -145,7 +145,7 @@ def test_symmetric_sampling_half_from_demos():
 
 def test_demo_buffer_keeps_the_successful_demos_with_their_transitions():
     from q2rl.core.replay import demo_buffer
-    from q2rl.demos.hdf5 import Episode as Demo
+    from q2rl.demos.hdf5 import Demo
 
     def demo(seed: int, length: int, success: bool) -> Demo:
         states = np.stack([np.array([seed, t, 0.0], np.float32) for t in range(length)])
