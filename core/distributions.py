@@ -1,7 +1,7 @@
 """Action distributions as pytrees: sample, score and take the entropy from one and the same object.
 
 All distributions are batch-shaped over leading dimensions and event-shaped over the last (action) axis.
-`log_prob` and `entropy` return nats summed over action dimensions (SPEC §1.1 item 5):
+`log_prob` and `entropy` return nats summed over action dimensions (docs/design.md#closed-forms):
 
     log pi(a|s) = -1/2 * sum_i [ (a_i - mu_i)^2 / sigma_i^2 + log(2 pi sigma_i^2) ]
     H           =        sum_i 1/2 * log(2 pi e sigma_i^2)

@@ -1,4 +1,4 @@
-"""Q-Estimation (SPEC §1.1): the BC policy's Q-function from a few of its own rollouts.
+"""Q-Estimation (docs/design.md#q-estimation): the BC policy's Q-function from a few of its own rollouts.
 
     qe = QEstimation(nets, cfg)
     params, report = qe.fit(params, rollout_episodes, key)    # V_phi fitted and frozen, Q_RL and pi_RL initialised
@@ -57,7 +57,7 @@ def bc_log_prior(log_prob: jax.Array, alpha: float, log_prob_floor: float) -> ja
 
 def qhat_bc_from_terms(v: jax.Array, log_prob: jax.Array, entropy: jax.Array, alpha: float,
                        log_prob_floor: float) -> jax.Array:
-    """Qhat_BC = V + alpha * (max(log pi_BC(a|s), floor) + H) (paper Eq. 6, SPEC §1.1 item 4)."""
+    """Qhat_BC = V + alpha * (max(log pi_BC(a|s), floor) + H) (paper Eq. 6, docs/design.md#estimated-bc-q-function)."""
     return v + bc_log_prior(log_prob, alpha, log_prob_floor) + alpha * entropy
 
 

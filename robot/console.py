@@ -1,4 +1,4 @@
-"""The operator's terminal console (SPEC §3): single keys, a live status line, no X server.
+"""The operator's terminal console (docs/design.md#operator-keys): single keys, a live status line, no X server.
 
     with OperatorConsole.open(require_terminal=robot_is_real) as console:
         while True:

@@ -53,7 +53,7 @@ class RobotVersionError(RobotError):
 
 
 class OperatorSignals:
-    """Thread-safe mailbox for the operator's verdict on the running episode (SPEC §3: s = success, f = failure)."""
+    """Thread-safe mailbox for the operator's verdict on the running episode (docs/design.md#operator-keys: s = success, f = failure)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

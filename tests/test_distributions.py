@@ -1,4 +1,4 @@
-"""Action distributions against scipy and against their own definitions (SPEC §1.1 item 5)."""
+"""Action distributions against scipy and against their own definitions (docs/design.md#closed-forms)."""
 
 from __future__ import annotations
 

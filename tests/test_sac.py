@@ -99,7 +99,7 @@ def test_critic_loss_by_numpy():
     q = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))  # [E, B]
     assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
-    assert float(metrics.conservative_term) == 0.0  # SPEC's critic: no conservative term
+    assert float(metrics.conservative_term) == 0.0  # the plain critic: no conservative term
     assert float(metrics.q_head_std) == pytest.approx(q.std(axis=0).mean(), rel=1e-4)
     assert float(metrics.q_head_std) > 0  # heads initialised apart disagree
 
@@ -130,7 +130,7 @@ def test_calibrated_conservative_term_by_numpy():
 
 
 def test_critic_step_adds_the_weighted_conservative_term():
-    """With weight w the critic's gradient is that of TD + w * term; w = 0 leaves the step as SPEC's."""
+    """With weight w the critic's gradient is that of TD + w * term; w = 0 leaves the plain critic's step."""
     agent, params = agent_and_params(calibrated_conservatism=2.0)
     state = agent.init_state(params)
     b, key = batch(4), jax.random.PRNGKey(11)
@@ -193,7 +193,7 @@ def test_critic_step_reads_the_decayed_weight_from_the_state_step():
 
 
 def test_calibrated_conservatism_defaults_to_one_for_the_q2rl_family_only():
-    """Left empty, the weight is 1 where Q-Estimation fits V_phi and 0 elsewhere; an explicit 0 (the SPEC's plain
+    """Left empty, the weight is 1 where Q-Estimation fits V_phi and 0 elsewhere; an explicit 0 (the plain
     critic) stays 0; the resolved value is what a dumped config carries, so a resumed run keeps its weight."""
     for algo in ("q2rl", "q2rl_no_qinit", "q2rl_no_gate"):
         assert from_dict(AgentConfig, {"algo": algo}).calibrated_conservatism == 1.0

@@ -33,7 +33,8 @@ class SimEnvConfig:
     shadows: bool = doc(False, "Render shadows (slow in software EGL).")
     reflections: bool = doc(False, "Render reflections (slow in software EGL).")
     render_slices: int = doc(
-        12, "Tessellation of round shapes in images (MuJoCo's default 28 renders ~2x slower in software GL)."
+        12, "Tessellation of round shapes in images (MuJoCo's default is 28; fewer slices render faster in software GL, "
+            "bench/sim_speed.py)."
     )
     antialias_samples: int = doc(0, "Multisample anti-aliasing samples (0 = off; >0 is slow in software EGL).")
 
