@@ -8,12 +8,13 @@ Per step: the newest parameters the source holds (never waits for them), one jit
 Before the learner's first parameters (the Q-Estimation rollouts) the gate is pi_BC alone.
 
 Pacing: a real robot runs at its control rate. A simulator runs as fast as the learner keeps up: the learner
-publishes, per actor, the highest seq it may send ("pacing" subset; UTD target + slack), and the loop holds
+publishes, per actor, the highest seq it may send (Grants; UTD target + slack), and the loop holds
 before a step that would exceed it. Holding reads only in-memory state (no network), so stop and console
 keys are still served within a millisecond.
 
-Evaluation episodes (every `actor.eval_every_episodes`, or key e) act deterministically, are not sent for
-training, and are reported with `eval=True` so the learner can draw the eval success curve.
+Evaluation episodes (every `actor.eval_every_episodes`, key e, or `evaluate(n)`) act with the policies' modes
+(`actor.eval_deterministic`), are not sent for training, and are reported with `eval=True` so the learner can draw
+the eval success curve. `run_episode` is the one episode loop: training, evaluation, and checkpoint evaluation.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import jax
 import numpy as np
 
 from q2rl.core.agents import make_agent
-from q2rl.core.trainer import policy_obs
-from q2rl.interfaces import ACTION_DIM, EpisodeReport, ParameterSource, Transition, TransitionSink
-from q2rl.learner.learner import PACING, apply_parameter_set, camera_shapes, example_obs, init_agent_params
-from q2rl.learner.progress import ActorStatus, StatusWriter, write_actor_status
+from q2rl.core.parameters import apply_parameter_set, init_agent_params
+from q2rl.interfaces import (ACTION_DIM, EpisodeReport, Grants, ParameterSource, Transition, TransitionSink,
+                             example_obs, policy_obs)
+from q2rl.progress import ActorStatus, StatusWriter, write_actor_status
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +88,17 @@ class Actor:
         self._status_writer = (StatusWriter(lambda st: write_actor_status(self.status_dir, st))
                                if self.status_dir is not None else None)
         self.clock, self.sleep = clock, sleep
-        images = camera_shapes(cfg.env)
+        images = cfg.env.camera_shapes()
         self.cameras = tuple(images)
         self.agent = make_agent(self.acfg, ACTION_DIM, self.cameras)
         state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
         self.key = jax.random.PRNGKey(cfg.actor.seed)
         self.key, k = jax.random.split(self.key)
         self.template = init_agent_params(self.agent, k, example_obs(state_dim, images), bc)
-        deterministic_eval = cfg.actor.eval_deterministic
-        self.gate_eval = self.agent.eval_gate if deterministic_eval else self.agent.gate
-        self.bc_act_eval = self.agent.bc_mode_act if deterministic_eval else self.agent.bc_act
         self._warm_up(example_obs(state_dim, images))
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
-        self._seen_version = -1
-        self.pacing: dict[str, Any] | None = None
+        self.pacing: Grants | None = None
         self.seq = first_seq
         self.first_seq = first_seq
         # agent.random_steps: uniform exploration once parameters arrive; a resumed actor counts what it sent
@@ -119,10 +116,11 @@ class Actor:
 
     def _warm_up(self, obs) -> None:
         """Compile every decision function now: the first gated step must not stall the control loop."""
-        for fn in (self.agent.bc_act, self.bc_act_eval):
+        functions = [self.agent.bc_act, self.agent.gate]
+        if self.cfg.actor.eval_deterministic:  # evaluation acts with the modes
+            functions += [self.agent.bc_mode_act, self.agent.eval_gate]
+        for fn in functions:
             jax.block_until_ready(fn(self.template, obs, self.key))
-        for gate in (self.agent.gate, self.gate_eval):
-            jax.block_until_ready(gate(self.template, obs, self.key))
         if self.acfg.random_steps:
             jax.block_until_ready(self.agent.random_act(self.key))
 
@@ -131,16 +129,13 @@ class Actor:
         """Adopt the newest parameter set the source holds (no waiting)."""
         if self.source is None:
             return
+        self.pacing = self.source.grants()
         got = self.source.latest()
-        if got is None or got[0] == self._seen_version:
+        if got is None or (self.params is not None and got[0] == self.version):
             return
         version, subsets = got
-        self._seen_version = version
-        self.pacing = subsets.get(PACING)
-        params = apply_parameter_set(self.template, subsets)
-        if params is not None:
-            self.params = jax.device_put(params)
-            self.version = version
+        self.params = jax.device_put(apply_parameter_set(self.template, subsets))
+        self.version = version
 
     def set_params(self, params, version: int) -> None:
         """Use fixed parameters (final evaluation from a checkpoint)."""
@@ -148,13 +143,7 @@ class Actor:
 
     def grant(self) -> int | None:
         """The highest seq the learner lets this actor send now (None: no limit known)."""
-        if self.pacing is None:
-            return None
-        mine = self.pacing.get(self.actor_id)
-        if mine is not None:
-            return int(mine)
-        default = self.pacing.get("*")
-        return None if default is None else self.first_seq + int(default)
+        return None if self.pacing is None else self.pacing.for_actor(self.actor_id, self.first_seq)
 
     def _hold_for_learner(self, stop: threading.Event) -> None:
         """Sim pacing: wait (polling memory, never the network) until this step's seq is granted."""
@@ -233,22 +222,26 @@ class Actor:
             self._status_writer.close()
         return self.summary
 
-    def evaluate(self, episodes: int, stop: threading.Event | None = None) -> float:
-        """Run `episodes` evaluation episodes; their success rate."""
+    def evaluate(self, episodes: int, stop: threading.Event | None = None, first_seed: int | None = None,
+                 deterministic: bool | None = None, report: bool = True) -> list[EpisodeReport]:
+        """Run `episodes` evaluation episodes (reset seeds first_seed, first_seed + 1, ... when given, so every
+        evaluation sees the same scenes; `deterministic` overrides actor.eval_deterministic; `report=False` keeps
+        them from the sink) and return their reports."""
         stop = stop or threading.Event()
-        before = (self.summary.eval_episodes, self.summary.eval_successes)
-        for _ in range(episodes):
-            self.run_episode(stop, evaluate=True)
-        n = self.summary.eval_episodes - before[0]
-        return (self.summary.eval_successes - before[1]) / max(1, n)
+        return [self.run_episode(stop, evaluate=True, deterministic=deterministic, report=report,
+                                 seed=None if first_seed is None else first_seed + i) for i in range(episodes)]
 
-    def run_episode(self, stop: threading.Event, evaluate: bool = False) -> EpisodeReport:
-        """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit."""
+    def run_episode(self, stop: threading.Event, evaluate: bool = False, seed: int | None = None,
+                    deterministic: bool | None = None, report: bool = True) -> EpisodeReport:
+        """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit. An evaluation episode
+        acts with modes unless `deterministic` (default actor.eval_deterministic) says otherwise."""
         self._wait_for_reset(stop)
         episode_id = self.episode_id
         self.episode_id += 1
         self._mode = "eval" if evaluate else "train"
-        seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
+        modes = evaluate and (self.cfg.actor.eval_deterministic if deterministic is None else deterministic)
+        if seed is None:
+            seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
         obs = policy_obs(self.env.reset(seed=seed)[0], self.cameras)
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
@@ -268,7 +261,7 @@ class Actor:
                 if stop.is_set():
                     raise _Quit
                 self._step = step
-                action, info = self._decide(obs, evaluate)
+                action, info = self._decide(obs, evaluate, modes)
                 self._note_loop_gap()
                 raw_next, reward, terminated, truncated, env_info = self.env.step(action)
                 next_obs = policy_obs(raw_next, self.cameras)
@@ -294,13 +287,15 @@ class Actor:
                     success = bool(terminated and (env_info.get("success", True) or reward > 0))
                     break
         except _Quit:
-            self._report(EpisodeReport(self.actor_id, episode_id, step, False, total_reward,
-                                       bc_steps / max(1, step), eval=evaluate, cut=True, fault="stopped"))
+            if report:
+                self._report(EpisodeReport(self.actor_id, episode_id, step, False, total_reward,
+                                           bc_steps / max(1, step), eval=evaluate, cut=True, fault="stopped"))
             self.summary.cut_episodes += 1
             raise
-        report = EpisodeReport(self.actor_id, episode_id, step, success, total_reward, bc_steps / max(1, step),
+        result = EpisodeReport(self.actor_id, episode_id, step, success, total_reward, bc_steps / max(1, step),
                                eval=evaluate)
-        self._report(report)
+        if report:
+            self._report(result)
         if evaluate:
             self.summary.eval_episodes += 1
             self.summary.eval_successes += success
@@ -308,13 +303,14 @@ class Actor:
             self.summary.episodes += 1
             self.summary.successes += success
             self._recent = (self._recent + [success])[-20:]
-        return report
+        return result
 
-    def _decide(self, obs, evaluate: bool):
-        """The gate's action and record, as numpy (pi_BC alone until parameters arrive)."""
+    def _decide(self, obs, evaluate: bool, modes: bool):
+        """The gate's action and record, as numpy (pi_BC alone until parameters arrive); `modes`: act with the
+        policies' modes."""
         self.key, k = jax.random.split(self.key)
         if self.params is None:  # phase 1: pi_BC alone (sampled; its mode in evaluation)
-            act = self.bc_act_eval if evaluate else self.agent.bc_act
+            act = self.agent.bc_mode_act if modes else self.agent.bc_act
             action = np.asarray(jax.device_get(act(self.template, obs, k)), np.float32)
             record = (action, action, 0.0, 0.0, False)
         elif self._random_left > 0 and not evaluate:
@@ -322,7 +318,7 @@ class Actor:
             action = np.asarray(jax.device_get(self.agent.random_act(k)), np.float32)
             record = (action, action, 0.0, 0.0, True)
         else:
-            gate = self.gate_eval if evaluate else self.agent.gate
+            gate = self.agent.eval_gate if modes else self.agent.gate
             action, info = jax.device_get(gate(self.params, obs, k))
             action = np.asarray(action, np.float32)
             record = (np.asarray(info.a_bc, np.float32), np.asarray(info.a_rl, np.float32),

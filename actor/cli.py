@@ -26,7 +26,7 @@ log = logging.getLogger("q2rl.actor")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.learner.run_dir import CHECKPOINTS
+    from q2rl.run_dir import CHECKPOINTS
     from q2rl.run_config import command_parser
 
     parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.")
@@ -120,35 +120,35 @@ def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event, check
     time, to RUN/evaluations.jsonl (all of them)."""
     import datetime
 
-    import jax
-
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
-    from q2rl.learner.learner import Learner
-    from q2rl.learner.run_dir import CHECKPOINTS, EVAL_FILES, EVALUATIONS_LOG, append_jsonl, write_json
+    from q2rl.core.parameters import load_checkpoint_params
+    from q2rl.run_dir import CHECKPOINTS, EVAL_FILES, EVALUATIONS_LOG, append_jsonl, write_json
     from q2rl.robot.envs import make_env
 
     bc = load_bc_policy(cfg.bc.checkpoint)
-    learner = Learner(cfg, run_dir, bc, int(bc.normalizer.state_mean.shape[-1]), [jax.local_devices()[0]])
-    if not learner.restore_checkpoint(CHECKPOINTS[checkpoint]):
+    path = run_dir / CHECKPOINTS[checkpoint]
+    if not path.is_file():
         why = ("it is written when an evaluation window (learner.eval_window evaluation episodes) closes with the best "
                "success so far" if checkpoint == "best" else "the learner writes it every learner.checkpoint_every_s")
-        print(f"q2rl actor: {run_dir / CHECKPOINTS[checkpoint]} does not exist, so there is no {checkpoint} checkpoint "
+        print(f"q2rl actor: {path} does not exist, so there is no {checkpoint} checkpoint "
               f"to evaluate; {why}", file=sys.stderr)
         return 2
     env = make_env(cfg.env)
     actor = Actor(cfg, env, bc, sink=None, source=None)
-    online = learner.saved_book.phase == "online"
+    params, metadata = load_checkpoint_params(path, actor.template)  # no Learner: only what acting needs
+    book = metadata["book"]
+    online = book["phase"] == "online"
     if online:
-        actor.set_params(learner.state.params, learner.saved_book.param_version)
-    rate = actor.evaluate(episodes, stop)
-    result = {"success_rate": rate, "episodes": actor.summary.eval_episodes, "policy": "gated" if online else "bc",
+        actor.set_params(params, book["param_version"])
+    reports = actor.evaluate(episodes, stop)
+    result = {"success_rate": sum(r.success for r in reports) / max(1, len(reports)), "episodes": len(reports),
+              "policy": "gated" if online else "bc",
               "actions": "modes" if cfg.actor.eval_deterministic else "sampled",  # the two can differ by 0.1
-              "checkpoint": checkpoint, "param_version": learner.saved_book.param_version,
-              "updates": learner.saved_book.updates,
+              "checkpoint": checkpoint, "param_version": book["param_version"], "updates": book["updates"],
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if checkpoint == "best":  # what it was chosen on: the training-time window, a biased (best-of) figure
-        result["chosen_on"] = learner.saved_book.best_eval
+        result["chosen_on"] = book["best_eval"]
     append_jsonl(run_dir / EVALUATIONS_LOG, result)
     write_json(run_dir / EVAL_FILES[checkpoint], result)
     print(json.dumps(result))

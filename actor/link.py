@@ -6,6 +6,7 @@
     seq, episode_id = link.next_seq, link.next_episode_id   # continue numbering where the spool left off
     while running:
         got = link.latest()                   # (version, {"policy": tree, "critic": tree, "value": tree}) | None
+        grants = link.grants()                # sim pacing: Grants | None
         ...
         link.add(Transition(..., seq=seq, ...)); seq += 1            # spooled to disk; returns in microseconds
         if done: link.end_episode(EpisodeReport(...)); episode_id += 1
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
-import re
 import struct
 import threading
 import time
@@ -36,14 +35,13 @@ from typing import Any, NamedTuple
 import grpc
 
 from q2rl import recordio, wire
-from q2rl.interfaces import EpisodeReport, Transition
+from q2rl.interfaces import EpisodeReport, Grants, Transition
 from q2rl.wire import ClientTls, Keepalive, pb
 
 log = logging.getLogger(__name__)
 
 _TRANSITION, _REPORT = 0, 1
 _PREFIX = struct.Struct("<Bqq")  # kind, seq (a report: the seq before it), episode id
-_SEGMENT_FILE = re.compile(r"^seg-(\d{9,})\.rec$")
 
 
 class LinkRefused(RuntimeError):
@@ -78,14 +76,6 @@ class LinkHealth(NamedTuple):
     refused: str  # the learner's refusal reason, "" when none
 
 
-class _Segment:
-    def __init__(self, index: int, path: Path) -> None:
-        self.index, self.path = index, path
-        self.end = 0  # committed bytes (what a reader may read)
-        self.max_seq = -1
-        self.max_report_episode = -1
-
-
 class _SpoolEntry(NamedTuple):
     kind: int
     seq: int
@@ -97,48 +87,26 @@ class Spool:
     """Append-only segment files of not-yet-acknowledged items; survives crashes of the actor process."""
 
     def __init__(self, directory: str | Path, segment_bytes: int = 8 << 20, max_bytes: int = 16 << 30) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.segment_bytes, self.max_bytes = segment_bytes, max_bytes
+        self.directory, self.max_bytes = Path(directory), max_bytes
+        self._log = recordio.SegmentLog(directory, segment_bytes)
         self._lock = threading.Lock()
-        self._segments: list[_Segment] = []
-        self._unsynced: list[Path] = []  # closed segments not yet fsync'd
+        self._maxima: dict[int, tuple[int, int]] = {}  # segment index -> (max seq, max report episode) in it
         self.next_seq, self.next_episode_id, self.min_seq = 0, 0, -1
-        found = sorted(
-            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_FILE.match(p.name))
-        )
-        for index, path in found:
-            self._segments.append(self._scan(index, path))
-        if self._segments:
-            last = self._segments[-1]
-            self._file = recordio.open_for_append(last.path, last.end)
+        for seg, records in self._log.scan():
+            for rec in records:
+                self._note(seg.index, *_PREFIX.unpack_from(rec))
+        self._log.open()  # cuts a torn tail off the newest segment
+
+    def _note(self, index: int, kind: int, seq: int, episode: int) -> None:
+        max_seq, max_report = self._maxima.get(index, (-1, -1))
+        if kind == _TRANSITION:
+            max_seq = max(max_seq, seq)
+            self.min_seq = seq if self.min_seq < 0 else min(self.min_seq, seq)
         else:
-            self._file = self._new_segment(0)
-
-    def _scan(self, index: int, path: Path) -> _Segment:
-        seg = _Segment(index, path)
-        result = recordio.read_records(path)
-        if result.torn_bytes:
-            log.warning("%s: ignoring a torn tail of %d bytes (crash mid-write)", path, result.torn_bytes)
-        seg.end = max(result.good_end, len(recordio.MAGIC))
-        for rec in result.records:
-            kind, seq, episode = _PREFIX.unpack_from(rec)
-            if kind == _TRANSITION:
-                seg.max_seq = max(seg.max_seq, seq)
-                self.min_seq = seq if self.min_seq < 0 else min(self.min_seq, seq)
-                self.next_seq = max(self.next_seq, seq + 1)
-            else:
-                seg.max_report_episode = max(seg.max_report_episode, episode)
-                self.next_seq = max(self.next_seq, seq + 1)
-            self.next_episode_id = max(self.next_episode_id, episode + 1)
-        return seg
-
-    def _new_segment(self, index: int):
-        seg = _Segment(index, self.directory / f"seg-{index:09d}.rec")
-        f = recordio.open_for_append(seg.path)
-        seg.end = f.tell()
-        self._segments.append(seg)
-        return f
+            max_report = max(max_report, episode)
+        self._maxima[index] = (max_seq, max_report)
+        self.next_seq = max(self.next_seq, seq + 1)
+        self.next_episode_id = max(self.next_episode_id, episode + 1)
 
     @property
     def acked_floor(self) -> int:
@@ -148,37 +116,24 @@ class Spool:
     @property
     def size_bytes(self) -> int:
         with self._lock:
-            return sum(s.end for s in self._segments)
+            return self._log.size
 
     def append(self, kind: int, seq: int, episode_id: int, item: bytes) -> None:
         """Append one item and hand it to the OS (readable by the sender, safe from a process crash)."""
         record = recordio.encode_record(_PREFIX.pack(kind, seq, episode_id) + item)
         with self._lock:
-            seg = self._segments[-1]
-            if seg.end + len(record) > self.segment_bytes and seg.end > len(recordio.MAGIC):
-                if sum(s.end for s in self._segments) + len(record) > self.max_bytes:
-                    raise SpoolFull(
-                        f"spool {self.directory} holds {self.max_bytes} bytes the learner has not acknowledged; "
-                        "is the learner running and reachable?"
-                    )
-                self._file.close()  # flushed to the OS; fsync'd by the background thread (never in add())
-                self._unsynced.append(seg.path)
-                self._file = self._new_segment(seg.index + 1)
-                seg = self._segments[-1]
-            self._file.write(record)
-            self._file.flush()
-            seg.end += len(record)
-            if kind == _TRANSITION:
-                seg.max_seq = max(seg.max_seq, seq)
-                if self.min_seq < 0:
-                    self.min_seq = seq
-            else:
-                seg.max_report_episode = max(seg.max_report_episode, episode_id)
+            if self._log.would_roll(len(record)) and self._log.size + len(record) > self.max_bytes:
+                raise SpoolFull(
+                    f"spool {self.directory} holds {self.max_bytes} bytes the learner has not acknowledged; "
+                    "is the learner running and reachable?"
+                )
+            self._log.write(record)  # fsync'd by the background thread (never in add())
+            self._note(self._log.segments[-1].index, kind, seq, episode_id)
 
     def read(self, cursor: tuple[int, int], acked_seq: int, acked_episode: int, max_bytes: int, max_items: int):
         """Entries after `cursor` not yet acknowledged, up to the limits; returns (entries, new cursor)."""
         with self._lock:
-            segments = [(s.index, s.path, s.end) for s in self._segments]
+            segments = list(self._log.segments)
         entries: list[_SpoolEntry] = []
         index, offset = cursor
         total = 0
@@ -216,44 +171,29 @@ class Spool:
 
     def start_cursor(self) -> tuple[int, int]:
         with self._lock:
-            return (self._segments[0].index, len(recordio.MAGIC))
+            return (self._log.segments[0].index, len(recordio.MAGIC))
 
     def trim(self, acked_seq: int, acked_episode: int) -> None:
         """Delete segments (never the one being written) whose every item is acknowledged."""
-        doomed = []
         with self._lock:
-            while len(self._segments) > 1:
-                s = self._segments[0]
-                if s.max_seq > acked_seq or s.max_report_episode > acked_episode:
+            done = 0
+            for seg in self._log.segments[:-1]:
+                max_seq, max_report = self._maxima.get(seg.index, (-1, -1))
+                if max_seq > acked_seq or max_report > acked_episode:
                     break
-                doomed.append(self._segments.pop(0))
-            if doomed:
+                self._maxima.pop(seg.index, None)
+                done += 1
+            if done:
+                self._log.delete_oldest(done)
                 self.min_seq = acked_seq + 1
-        for s in doomed:
-            s.path.unlink(missing_ok=True)
 
     def fsync(self) -> None:
         """Make everything appended so far durable (called from the background thread, not from add())."""
-        with self._lock:
-            fd = os.dup(self._file.fileno())
-            closed, self._unsynced = self._unsynced, []
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        for path in closed:
-            try:
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-            except FileNotFoundError:
-                pass  # acknowledged and trimmed already
-        recordio.fsync_dir(self.directory)
+        self._log.sync(self._lock)
 
     def close(self) -> None:
         with self._lock:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._log.close()
 
 
 def _channel(address: str, tls: ClientTls | None, options: list) -> grpc.Channel:
@@ -334,6 +274,7 @@ class ActorLink:
         self._closing = threading.Event()
         self._new_data = threading.Event()
         self._latest: tuple[int, dict[str, Any]] | None = None
+        self._grants: Grants | None = None
         self._threads: list[threading.Thread] = []
         if start:
             self.start()
@@ -388,6 +329,10 @@ class ActorLink:
     def latest(self) -> tuple[int, dict[str, Any]] | None:
         """(version, {subset: pytree of numpy arrays}) of the newest complete parameter set, or None."""
         return self._latest
+
+    def grants(self) -> Grants | None:
+        """The newest pacing grants the learner sent, or None."""
+        return self._grants
 
     def health(self) -> LinkHealth:
         with self._state:
@@ -594,13 +539,16 @@ class ActorLink:
             call = channel.unary_stream(
                 f"/{wire.SERVICE_NAME}/Parameters",
                 request_serializer=pb.ParameterRequest.SerializeToString,
-                response_deserializer=pb.ParameterChunk.FromString,
+                response_deserializer=pb.ParameterUpdate.FromString,
             )
             assembler = wire.ParameterAssembler()
             have = self._latest[0] if self._latest else -1
             try:
-                for chunk in call(pb.ParameterRequest(session_id=session, have_version=have)):
-                    done = assembler.add(chunk)
+                for update in call(pb.ParameterRequest(session_id=session, have_version=have)):
+                    if update.HasField("pacing"):
+                        self._grants = wire.decode_grants(update.pacing)  # one reference swap, like _latest
+                        continue
+                    done = assembler.add(update.chunk)
                     if done is not None:
                         self._latest = done  # one reference swap: readers see the old or the new set
                         with self._state:

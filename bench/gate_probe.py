@@ -3,11 +3,12 @@
     .venv/bin/python bench/gate_probe.py --task peg_insert --seed 1 --online-steps 2000 \
         --agent-overrides '{"utd": 4, "ensemble_size": 10}' --out runs/bench/sample_efficiency
 
-That probes the default critic (calibrated_conservatism 1); add `"calibrated_conservatism": 0` to probe the SPEC
-§1.3 critic, whose post-Q-Estimation dip on peg_insert this probe was written to explain.
+That probes the default critic (calibrated_conservatism 1); add `"calibrated_conservatism": 0` to probe the plain
+critic, whose post-Q-Estimation dip on peg_insert this probe was written to explain.
 
 1. The BC policy of `bench/sample_efficiency.py` (cached under --out; trained there if missing).
-2. Q-Estimation and `--online-steps` steps of online RL in-process (core.trainer), no evaluations.
+2. Q-Estimation and `--online-steps` steps of online RL: the session's actor and learner in this process
+   (q2rl.local.LocalRun with the benchmark's run config), no evaluations.
 3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
    candidates are scored by min-head Q_RL (Q_RL(s, a_rl) and Q_RL(s, a_bc)), by the prior (Qhat_BC(s, a_bc) and
    Qhat_BC(s, a_rl)), by pi_BC's log-likelihood, and by the std over the critic's heads (whether the
@@ -60,7 +61,7 @@ def probe_episodes(agent, params, env, episodes: int, eval_seed: int) -> dict:
     """Run the deterministic gate for `episodes` episodes and summarise its per-step records."""
     import jax
 
-    from q2rl.core.trainer import policy_obs
+    from q2rl.interfaces import policy_obs
 
     probe = make_probe(agent)
     key = jax.random.PRNGKey(0)  # unused by the deterministic gate
@@ -107,24 +108,22 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sample_efficiency import prepare_bc
+    import tempfile
 
-    from q2rl.config import from_dict
-    from q2rl.core.agent_config import AgentConfig
-    from q2rl.core.agents import make_agent
-    from q2rl.core.trainer import Trainer, TrainerConfig
-    from q2rl.robot.sim import make_sim_env
-    from q2rl.robot.sim.config import SimEnvConfig
+    from sample_efficiency import EVAL_SEED, bench_run_config, prepare_bc
+
+    from q2rl.local import LocalRun, LocalSchedule
+    from q2rl.robot.envs import make_env
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bc, _ = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps)
-    cfg = from_dict(AgentConfig, {"algo": "q2rl", "preset": args.preset, **json.loads(args.agent_overrides)})
-    agent = make_agent(cfg, action_dim=7)
-    trainer_cfg = TrainerConfig(online_steps=args.online_steps, eval_every=10**9, eval_episodes=0, seed=args.seed)
-    make_env = lambda: make_sim_env(SimEnvConfig(task=args.task))
-    result = Trainer(agent, make_env, bc, trainer_cfg, log=print).run()
-    summary = probe_episodes(agent, result.params, make_env(), args.episodes, trainer_cfg.eval_seed)
+    bc, demos_file = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps)
+    cfg = bench_run_config(args.task, "q2rl", args.seed, eval_episodes=1, eval_deterministic=True,
+                           preset=args.preset, agent_overrides=json.loads(args.agent_overrides), demos=str(demos_file))
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = LocalRun(cfg, bc, run_dir)
+        result = run.run(LocalSchedule(online_steps=args.online_steps, eval_every=0))
+    summary = probe_episodes(run.learner.agent, result.params, make_env(cfg.env), args.episodes, EVAL_SEED)
     print(json.dumps({"task": args.task, "seed": args.seed, "online_steps": args.online_steps, **summary}))
 
 

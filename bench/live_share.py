@@ -61,7 +61,7 @@ def bare_updates_per_s(cfg, bc, updates: int) -> float:
 
 def live_updates_per_s(config: str, bc_path: str, seconds: float, tmp: Path) -> dict:
     """Updates/s of a live learner fed by one unpaced actor, from its status file."""
-    from q2rl.learner.run_dir import ADDRESS_FILE, STATUS_FILE, read_json
+    from q2rl.run_dir import ADDRESS_FILE, STATUS_FILE, read_json
 
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     q2rl = [sys.executable, "-m", "q2rl.cli"]

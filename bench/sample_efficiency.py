@@ -4,9 +4,10 @@
         --env-steps 6000 --out runs/bench/sample_efficiency
 
 1. Scripted demos (noisy expert) -> a BC policy (cached under --out) whose success sits in the 30-70 % band.
-2. Every algorithm x seed runs in-process (core.trainer): eval success (modes, as the authors evaluate; the BC
-   reference is pi_BC's mode; --no-eval-deterministic samples; --paired-eval does both on the same parameters),
-   the share of BC actions and the success of the training episodes vs env steps.
+2. Every algorithm x seed runs the same Actor and Learner as `q2rl session`, in one process (q2rl.local.LocalRun,
+   run config from `bench_run_config`): eval success (modes, as the authors evaluate; the BC reference is pi_BC's
+   mode; --no-eval-deterministic samples; --paired-eval does both on the same parameters), the share of BC actions
+   and the success of the training episodes vs env steps, as the learner draws its eval curve.
 3. Writes <out>/<task>.md (table) and <out>/<task>.png (two panels); the last stdout line is JSON:
    {"task": ..., "bc_success": ..., "bc_mode_success": ..., "results": {"<algo>": {"final_success": ...,
     "steps_to_bc_plus_20": ..., "dip_below_bc": ...}}}: issue #3's three targets, read off the mean curve
@@ -29,7 +30,7 @@ def record_demos(task: str, episodes: int, noise: float, seed: int):
     """Scripted, noisy expert demonstrations as a DemoDataset (in memory)."""
     from q2rl.config import to_dict
     from q2rl.demos.hdf5 import DemoDataset
-    from q2rl.demos.hdf5 import Episode as Demo
+    from q2rl.demos.hdf5 import Demo
     from q2rl.robot.sim import make_sim_env
     from q2rl.robot.sim.config import SimEnvConfig
     from q2rl.robot.sim.experts import make_expert
@@ -58,18 +59,36 @@ def record_demos(task: str, episodes: int, noise: float, seed: int):
 
 
 def prepare_bc(task: str, out: Path, demos: int, noise: float, bc_steps: int, log=print):
-    """Train (or load the cached) BC policy for `task`; returns (policy, demo dataset)."""
+    """Train (or load the cached) BC policy for `task`; returns (policy, demos.hdf5 it was trained on)."""
     from q2rl.bc.config import BCConfig
     from q2rl.bc.train import train_bc
     from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.demos.hdf5 import write_demos
 
-    dataset = record_demos(task, demos, noise, seed=0)
     bc_dir = out / f"bc_{task}_{demos}demos_noise{noise}_{bc_steps}steps"
-    if (bc_dir / "policy.ckpt").exists() or any(bc_dir.glob("*.ckpt")):
-        return load_bc_policy(bc_dir), dataset
+    demos_file = bc_dir / "demos.hdf5"  # what a demo buffer (rlpd, agent.use_demos) samples
+    if (bc_dir / "policy.ckpt").exists() and demos_file.is_file():
+        return load_bc_policy(bc_dir), demos_file
+    dataset = record_demos(task, demos, noise, seed=0)
+    bc_dir.mkdir(parents=True, exist_ok=True)
+    write_demos(demos_file, dataset.episodes, dataset.env_args, overwrite=True)
+    if (bc_dir / "policy.ckpt").exists():
+        return load_bc_policy(bc_dir), demos_file
     log(f"training BC on {demos} scripted demos (noise {noise}) -> {bc_dir}")
     result = train_bc(dataset, BCConfig(steps=bc_steps), out_dir=bc_dir, progress=False)
-    return result.policy, dataset
+    return result.policy, demos_file
+
+
+def session_bc(config: str, task: str):
+    """The BC policy a session of `config` uses (trained from scripted demos and cached, as `q2rl session` does),
+    and the demos.hdf5 it was trained on."""
+    from q2rl.config import load_config
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.learner.bc_source import with_bc_source
+    from q2rl.run_config import RunConfig
+
+    cfg = with_bc_source(load_config(RunConfig, config, [f"env.sim.task={task}"]))
+    return load_bc_policy(cfg.bc.checkpoint), cfg.bc.demos
 
 
 def bc_mode_cache(out: Path, task: str) -> Path:
@@ -91,23 +110,15 @@ def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
     cache = bc_mode_cache(out, task)
     if cache.exists():
         return read_bc_mode(cache)
-    import jax
+    import tempfile
 
-    from q2rl.config import from_dict
-    from q2rl.core.agent_config import AgentConfig
-    from q2rl.core.agents import make_agent
-    from q2rl.core.trainer import TrainerConfig, evaluate, policy_obs
-    from q2rl.robot.sim import make_sim_env
-    from q2rl.robot.sim.config import SimEnvConfig
+    from q2rl.local import LocalRun
 
-    agent = make_agent(from_dict(AgentConfig, {"algo": "bc"}), action_dim=7)
-    env = make_sim_env(SimEnvConfig(task=task))
-    eval_seed = TrainerConfig().eval_seed
-    obs, _ = env.reset(seed=eval_seed)
-    params = agent.init_params(jax.random.PRNGKey(0), policy_obs(obs, ()), bc)
-    success, _ = evaluate(agent, params, env, episodes, eval_seed, jax.random.PRNGKey(0), use_bc=True,
-                          deterministic=True)
-    env.close()
+    cfg = bench_run_config(task, "bc", 0, eval_episodes=episodes, eval_deterministic=True)
+    with tempfile.TemporaryDirectory() as run_dir:
+        actor = LocalRun(cfg, bc, run_dir, log=lambda s: None).actor  # no parameters: it acts as pi_BC alone
+        reports = actor.evaluate(episodes, first_seed=EVAL_SEED, report=False)
+    success = float(np.mean([r.success for r in reports]))
     cache.write_text(json.dumps({"bc_mode_success": success, "episodes": episodes}))
     return success
 
@@ -123,9 +134,20 @@ def steps_to_reach(steps, success, threshold: float) -> int | None:
 def bc_reference(curves: dict, field: str = "success_rate") -> float | None:
     """pi_BC's success under a protocol: the mean of the BC-based runs' first evaluation (every such run evaluates
     pi_BC first, on the same resets; rlpd has no pi_BC). None when no run recorded `field` (NaN)."""
-    starts = [getattr(c[0], field) for a, cs in curves.items() if a != "rlpd" for c in cs]
+    starts = [_number(getattr(c[0], field)) for a, cs in curves.items() if a != "rlpd" for c in cs]
     starts = [x for x in starts if np.isfinite(x)]
     return float(np.mean(starts)) if starts else None
+
+
+def _number(x: float | None) -> float:
+    """A curve's value as a float (NaN where not recorded: None in new curves, NaN in older files)."""
+    return float("nan") if x is None else float(x)
+
+
+def training_bc_share(p) -> float:
+    """The BC share of the training steps since the previous point; the evaluation's own where none ran (the
+    first point, pi_BC alone)."""
+    return _number(p.eval_bc_share if p.bc_share is None else p.bc_share)
 
 
 def bc_plus_20(bc_success: float) -> float:
@@ -146,30 +168,54 @@ def curve_figures(steps, success: np.ndarray, bc_success: float) -> dict:
     }
 
 
-def run_one(task: str, algo: str, seed: int, bc, dataset, args, log=print):
-    from q2rl.config import from_dict
-    from q2rl.core.agent_config import AgentConfig
-    from q2rl.core.agents import make_agent
-    from q2rl.core.trainer import Trainer, TrainerConfig
-    from q2rl.robot.sim import make_sim_env
-    from q2rl.robot.sim.config import SimEnvConfig
+EVAL_SEED = 1_000_000  # reset seed of the first evaluation episode: every evaluation sees the same scenes
 
-    overrides = dict(algo=algo, preset=args.preset)
-    overrides.update(json.loads(args.agent_overrides))
-    agent_cfg = from_dict(AgentConfig, overrides)
-    agent = make_agent(agent_cfg, action_dim=7)
-    trainer_cfg = TrainerConfig(online_steps=args.env_steps, eval_every=args.eval_every,
-                                eval_episodes=args.eval_episodes, seed=seed, learning_starts=args.learning_starts,
-                                eval_deterministic=args.eval_deterministic, paired_eval=args.paired_eval)
-    trainer = Trainer(agent, lambda: make_sim_env(SimEnvConfig(task=task)), bc, trainer_cfg, demos=dataset.episodes,
-                      log=log)
-    return trainer.run()
+
+def bench_run_config(task: str, algo: str, seed: int, *, eval_episodes: int, eval_deterministic: bool,
+                     preset: str = "cpu", agent_overrides: dict | None = None, learning_starts: int = 500,
+                     ahead_steps: int = 1, demos: str = "", base_config: str = ""):
+    """The run config of one benchmark run: a session's config (the defaults, or `base_config`, e.g.
+    configs/sim/pick_cube.yaml, which `make run` runs) with the benchmark's protocol laid over it: a window of
+    `eval_episodes` per point and no interleaved evaluations, and `ahead_steps` of pacing slack (1: the actor acts
+    with the parameters of the update made after the step before, as a synchronous benchmark should; the lab's
+    default slack is learner.ahead_steps)."""
+    from q2rl.config import from_dict, merged, read_yaml
+    from q2rl.run_config import RunConfig
+
+    protocol = {
+        "env": {"backend": "sim", "sim": {"task": task}},
+        "agent": {**({"preset": preset} if not base_config else {}), **(agent_overrides or {}), "algo": algo},
+        "learner": {"seed": seed, "eval_window": eval_episodes, "learning_starts": learning_starts,
+                    "ahead_steps": ahead_steps},
+        "actor": {"seed": 1000 * (seed + 1), "pace": "learner", "eval_every_episodes": 0,
+                  "eval_deterministic": eval_deterministic},
+        "session": {"env_steps": 10**9},  # the schedule ends the run
+    }
+    if demos:
+        protocol["bc"] = {"demos": demos}
+    return from_dict(RunConfig, merged(read_yaml(base_config) if base_config else {}, protocol))
+
+
+def run_one(task: str, algo: str, seed: int, bc, demos_file, args, log=print):
+    """One algorithm and seed through q2rl.local.LocalRun: the session's actor and learner in this process."""
+    import tempfile
+
+    from q2rl.local import LocalRun, LocalSchedule
+
+    cfg = bench_run_config(task, algo, seed, eval_episodes=args.eval_episodes,
+                           eval_deterministic=args.eval_deterministic, preset=args.preset,
+                           agent_overrides=json.loads(args.agent_overrides), learning_starts=args.learning_starts,
+                           ahead_steps=args.ahead_steps, demos=str(demos_file), base_config=args.config)
+    schedule = LocalSchedule(online_steps=args.env_steps, eval_every=args.eval_every, eval_seed=EVAL_SEED,
+                             paired_eval=args.paired_eval)
+    with tempfile.TemporaryDirectory() as run_dir:
+        return LocalRun(cfg, bc, run_dir, log=log).run(schedule)
 
 
 def load_curves(paths: list[str], algos: list[str]) -> tuple[dict, set[bool]]:
     """{algo: [curve per seed]} from *_curves.jsonl files written by earlier runs of this script, and the set of
     their evaluation protocols (eval_deterministic; rows written before the flag existed sampled)."""
-    from q2rl.core.trainer import EvalPoint
+    from q2rl.progress import EvalPoint
 
     runs: dict[tuple[str, int], list] = {}
     protocols: set[bool] = set()
@@ -202,9 +248,9 @@ def summarise(curves: dict, bc_success: float) -> dict:
         n = min(len(r) for r in runs)
         steps = [p.env_steps for p in runs[0]][:n]
         success = np.mean([[p.success_rate for p in r[:n]] for r in runs], axis=0)
-        bc_share = np.mean([[p.bc_share for p in r[:n]] for r in runs], axis=0)
+        bc_share = np.mean([[training_bc_share(p) for p in r[:n]] for r in runs], axis=0)
         # training episodes are many more than the eval episodes: the last three windows are a steadier figure
-        late_train = [p.train_success for r in runs for p in r[max(1, n - 3):n]]
+        late_train = [_number(p.train_success) for r in runs for p in r[max(1, n - 3):n]]
         late_train = [t for t in late_train if np.isfinite(t)]
         figures = curve_figures(steps, success, bc_success)
         results[algo] = {
@@ -214,7 +260,7 @@ def summarise(curves: dict, bc_success: float) -> dict:
             "bc_share": [round(float(s), 3) for s in bc_share],
             **success_data(runs, n, steps, figures["steps_to_bc_plus_20"]),
         }
-        other = np.mean([[p.other_protocol_success for p in r[:n]] for r in runs], axis=0)
+        other = np.mean([[_number(p.other_protocol_success) for p in r[:n]] for r in runs], axis=0)
         if other_bc is not None and np.all(np.isfinite(other)):  # every run evaluated with --paired-eval
             results[algo]["other_protocol"] = {"bc_success": other_bc, **curve_figures(steps, other, other_bc)}
     return results
@@ -316,7 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate every point with the other protocol on the same parameters and resets "
                         "(doubles evaluation time); the report adds that protocol's curve, final success, dip and "
                         "BC+20 point against pi_BC under that protocol")
+    p.add_argument("--config", default="", help="start from this run config (e.g. configs/sim/pick_cube.yaml, what "
+                   "`make run` runs: its agent preset and its BC policy, trained and cached as a session does) "
+                   "instead of the defaults and the benchmark's 10-demo BC; --preset is then ignored")
     p.add_argument("--learning-starts", type=int, default=500)
+    p.add_argument("--ahead-steps", type=int, default=1, help="learner.ahead_steps: env steps the actor may run "
+                   "ahead of the updates (1: it acts with the update made after the step before)")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--agent-overrides", default="{}", help='JSON of AgentConfig fields, e.g. {"utd": 4}')
     p.add_argument("--demos", type=int, default=10, help="scripted demos for BC")
@@ -344,14 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         args.eval_deterministic = protocols == {True}
         algos = []
     else:
-        bc, dataset = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log)
+        bc, demos_file = (session_bc(args.config, args.task) if args.config else
+                          prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps, log))
     for algo in algos:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            result = run_one(args.task, algo, seed, bc, dataset, args, log)
+            result = run_one(args.task, algo, seed, bc, demos_file, args, log)
             curves.setdefault(algo, []).append(result.curve)
             with open(out / f"{args.task}_curves.jsonl", "a") as f:
                 f.write(json.dumps({"algo": algo, "seed": seed, "eval_deterministic": args.eval_deterministic,
-                                    "curve": [p._asdict() for p in result.curve],
+                                    "curve": [dataclasses.asdict(p) for p in result.curve],
                                     "q_estimation": result.q_estimation._asdict() if result.q_estimation else None})
                         + "\n")
     bc_success = bc_reference(curves)
@@ -371,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         meta = {"env_steps": args.env_steps, "seeds": args.seeds, "first_seed": args.first_seed,
                 "preset": args.preset, "overrides": json.loads(args.agent_overrides), "demos": args.demos,
+                "config": args.config, "ahead_steps": args.ahead_steps, "learning_starts": args.learning_starts,
+                "code_path": "q2rl.local.LocalRun (the session's Actor and Learner in one process)",
                 "eval_episodes": args.eval_episodes, "eval_deterministic": args.eval_deterministic,
                 "paired_eval": args.paired_eval,
                 "wall_s": round(time.time() - t0)}

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from q2rl.config import ConfigError, dump_yaml, load_config
-from q2rl.learner.run_dir import ADDRESS_FILE, CONFIG_FILE, atomic_write, create_run_dir, default_run_name, open_run_dir
+from q2rl.recordio import atomic_write
+from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, create_run_dir, default_run_name, open_run_dir
 
 log = logging.getLogger("q2rl.learner")
 
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s learner %(levelname)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from q2rl.learner.run_dir import RunDirError
+    from q2rl.run_dir import RunDirError
 
     try:
         cfg, run_dir, resumed = prepare_run(args)
@@ -89,38 +90,37 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
     from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
     from q2rl.learner.episode_store import EpisodeStore
     from q2rl.learner.learner import DivergedError, Learner, select_devices
-    from q2rl.learner.progress import write_learner_status
-    from q2rl.learner.service import LearnerService, LearnerStatus, ParameterBoard, ServiceAuth, serve
+    from q2rl.learner.service import LearnerService, ParameterBoard, ServiceStatus, ServiceAuth, serve
     from q2rl.run_config import compatibility_hash, file_digest
 
     bc = load_bc_policy(cfg.bc.checkpoint)
     state_dim = int(bc.normalizer.state_mean.shape[-1])
-    learner = Learner(cfg, run_dir, bc, state_dim, select_devices(cfg.learner.devices))
+    inbox: queue.Queue = queue.Queue(maxsize=4096)  # bounded: a full inbox back-pressures the actors' streams
+    board = ParameterBoard()
+    driver = _Driver(cfg, board, run_dir)
+    learner = driver.learner = Learner(cfg, run_dir, bc, state_dim, select_devices(cfg.learner.devices),
+                                       on_phase_change=driver.on_phase_change)
     store = EpisodeStore(run_dir)
     if resumed:
         learner.resume_from(store)
         log.info("resumed %s: %d transitions, phase %s, %d updates", run_dir, learner.book.env_steps,
                  learner.book.phase, learner.book.updates)
-    inbox: queue.Queue = queue.Queue(maxsize=4096)  # bounded: a full inbox back-pressures the actors' streams
-    board = ParameterBoard()
     auth = ServiceAuth(config_hash=compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
                        token=cfg.learner.token)
 
-    def status_fn() -> LearnerStatus:
-        return LearnerStatus(phase=learner.book.phase, replay_size=len(learner.replay),
+    def status_fn() -> ServiceStatus:
+        return ServiceStatus(phase=learner.book.phase, replay_size=len(learner.replay),
                              updates_per_s=learner.updates_per_s())
 
-    service = LearnerService(store, on_transitions=lambda ts: inbox.put(("t", ts)),
-                             on_episode=lambda r: inbox.put(("r", r)), param_board=board, auth=auth,
-                             status_fn=status_fn)
+    service = driver.service = LearnerService(
+        store, on_transitions=lambda ts: inbox.put(("t", ts)), on_episode=lambda r: inbox.put(("r", r)),
+        param_board=board, auth=auth, status_fn=status_fn, on_actor_lost=lambda a: inbox.put(("lost", a)))
     tls = wire.TlsFiles(cfg.learner.tls_cert, cfg.learner.tls_key) if cfg.learner.tls_cert else None
     server = serve(cfg.learner.address, service, max_actors=max(8, cfg.session.actors + 2), tls=tls)
     atomic_write(run_dir / ADDRESS_FILE, server.address)
     log.info("serving on %s (run %s)", server.address, run_dir)
-    driver = _Driver(cfg, learner, board, service, run_dir, write_learner_status)
-    learner.on_phase_change = driver.on_phase_change
     try:
-        driver.publish(force=True)
+        learner.publish(board, force=True)
         while not stop.is_set():
             driver.drain(inbox)
             # Before the next updates move the state on from the one the window closed on (a window that closed in
@@ -145,16 +145,15 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
 
 
 class _Driver:
-    """The learner process's periodic chores around the learner: inbox, publishing, status, checkpoints."""
+    """The learner process's periodic chores around the learner: inbox, publishing, status, checkpoints, lost
+    actors. `learner` and `service` are set once built (the learner takes the driver's phase hook)."""
 
-    def __init__(self, cfg, learner, board, service, run_dir: Path, write_status):
-        self.cfg, self.learner, self.board, self.service, self.run_dir = cfg, learner, board, service, run_dir
-        self._write_status = write_status
+    def __init__(self, cfg, board, run_dir: Path):
+        self.cfg, self.board, self.run_dir = cfg, board, run_dir
+        self.learner = self.service = None
         self.started = time.monotonic()
         self.last_publish = self.last_status = self.last_checkpoint = time.monotonic()
-        self.published_key = None
-        self.disconnected_since: dict[str, float] = {}
-        self.connected = 0
+        self.lost_since: dict[str, float] = {}  # actors whose stream ended, and when
 
     def drain(self, inbox: queue.Queue, wait_s: float = 0.0) -> int:
         n = 0
@@ -164,73 +163,48 @@ class _Driver:
                 if kind == "t":
                     for t in payload:
                         self.learner.ingest_transition(t)
-                else:
+                elif kind == "r":
                     self.learner.ingest_report(payload)
+                else:
+                    self.lost_since.setdefault(payload, time.monotonic())
                 n += 1
                 kind, payload = inbox.get_nowait()
         except queue.Empty:
             return n
 
-    def publish(self, force: bool = False) -> None:
-        book = self.learner.book
-        grants = self.learner.grants()
-        key = (book.phase, book.updates, tuple(sorted(grants.items())))
-        if not force and key == self.published_key:
-            return
-        book.param_version += 1
-        version, subsets = self.learner.parameters()
-        self.board.publish(version, subsets)
-        self.published_key = key
-        self.last_publish = time.monotonic()
-
-    def on_phase_change(self) -> None:
+    def on_phase_change(self, phase: str) -> None:
         self.write_status(force=True)
-        self.publish(force=True)
+        self.learner.publish(self.board, force=True)
+        self.last_publish = time.monotonic()
 
     def tick(self) -> None:
         now = time.monotonic()
         if now - self.last_publish >= self.cfg.learner.publish_every_s:
-            self.publish()
+            self.learner.publish(self.board)
+            self.last_publish = now
         if now - self.last_status >= self.cfg.learner.status_every_s:
-            self.check_actors(now)
+            self.cut_lost_actors(now)
             self.write_status()
         if now - self.last_checkpoint >= self.cfg.learner.checkpoint_every_s:
             self.learner.save()
             self.last_checkpoint = time.monotonic()
 
-    def check_actors(self, now: float) -> None:
-        """Count connected actors; an actor gone longer than actor_lost_after_s has its open episode cut."""
-        from q2rl import wire
-
-        reply = self.service.Status(wire.pb.StatusRequest(), _InProcessCall(self.cfg.learner.token))
-        self.connected = sum(a.connected for a in reply.actors)
-        for a in reply.actors:
-            if a.connected:
-                self.disconnected_since.pop(a.actor_id, None)
-                continue
-            since = self.disconnected_since.setdefault(a.actor_id, now)
-            if now - since >= self.cfg.learner.actor_lost_after_s:
-                self.learner.actor_lost(a.actor_id)
+    def cut_lost_actors(self, now: float) -> None:
+        """An actor whose stream ended actor_lost_after_s ago and that has not come back has its open episode cut."""
+        connected = self.service.connected_actors()
+        for actor_id, since in list(self.lost_since.items()):
+            if actor_id in connected:
+                del self.lost_since[actor_id]
+            elif now - since >= self.cfg.learner.actor_lost_after_s:
+                del self.lost_since[actor_id]
+                self.learner.actor_lost(actor_id)
 
     def write_status(self, force: bool = False, message: str = "") -> None:
+        from q2rl.progress import write_learner_status
+
         status = self.learner.status()
-        status.actors_connected = self.connected
+        status.actors_connected = 0 if self.service is None else len(self.service.connected_actors())
         status.wall_s = time.monotonic() - self.started
         status.message = message
-        self._write_status(self.run_dir, status)
+        write_learner_status(self.run_dir, status)
         self.last_status = time.monotonic()
-
-
-class _InProcessCall:
-    """The minimal gRPC call context for asking our own service's Status handler in-process (with the token)."""
-
-    def __init__(self, token: str):
-        self.token = token
-
-    def invocation_metadata(self):
-        from q2rl import wire
-
-        return ((wire.TOKEN_METADATA_KEY, self.token),)
-
-    def abort(self, code, details):
-        raise RuntimeError(f"status refused: {details}")

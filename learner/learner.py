@@ -1,21 +1,23 @@
-"""The learner's phase driver: replay in, Q-Estimation, online SAC, parameters out (SPEC §1, §2).
+"""The learner's phase driver: replay in, Q-Estimation, online SAC, parameters out (docs/design.md#phases-and-pacing).
 
-    learner = Learner(cfg, run_dir, bc_policy)          # or Learner.resume(cfg, run_dir, bc_policy, store)
-    learner.ingest_transition(t); learner.ingest_report(r)     # from the gRPC service (or a test)
+    learner = Learner(cfg, run_dir, bc_policy, state_dim, on_phase_change=hook)   # then .resume_from(store)
+    learner.ingest_transition(t); learner.ingest_report(r)     # from the gRPC service or the in-process link
     learner.work()                                      # a chunk of whatever the phase needs
-    version, subsets = learner.parameters()             # what to publish (policy, critic, value, pacing)
+    learner.publish(board)                              # parameters (a new version) and pacing grants, if changed
 
-Phases:
+Phases (docs/design.md#phases-and-pacing):
     rollout       the actors run pi_BC (they have no parameters yet); wait for `rollout_episodes` episodes
+                  (the Q2RL family only: the others go online at once)
     q_estimation  fit V_phi to MC returns, regress Q_RL onto Qhat_BC, pre-train pi_RL (one blocking call)
-    online        one jitted update call (UTD critic minibatches + 1 actor step) per stored env step
+    online        one jitted update call (UTD critic minibatches + 1 actor step) per stored env step, from
+                  `learner.learning_starts` stored transitions on
     done          the session's env-step budget is spent
 
 UTD against the measured insert rate: the learner owes one update call per online env step and never runs
-ahead of the data; sim actors are paced by the "pacing" subset it publishes — per actor, the highest seq it
-may send — so they run exactly as fast as the updates keep up (`learner.ahead_steps` of slack; before online RL,
-as fast as the learner stores their steps), while a
-real robot ignores the pacing and runs at its control rate (the learner then just falls behind or idles).
+ahead of the data; sim actors are paced by the Grants it publishes — per actor, the highest seq it may send — so
+they run exactly as fast as the updates keep up (`learner.ahead_steps` of slack; before online RL, as fast as the
+learner stores their steps), while a real robot ignores the pacing and runs at its control rate (the learner then
+just falls behind or idles).
 """
 
 from __future__ import annotations
@@ -25,41 +27,23 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from q2rl.config import ConfigError
-from q2rl.core.agents import make_agent, publishable, with_subsets
+from q2rl.core.agents import make_agent
 from q2rl.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND, init_agent_params, non_finite_leaves, publishable
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
-from q2rl.core.sac import AgentParams, SacState, UpdateMetrics
-from q2rl.interfaces import ACTION_DIM, EpisodeReport, Transition
-from q2rl.learner.progress import EvalPoint, LearnerStatus
-from q2rl.learner.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE
+from q2rl.core.sac import SacState, UpdateMetrics
+from q2rl.interfaces import ACTION_DIM, EpisodeReport, Grants, ParameterBoard, Transition, example_obs
+from q2rl.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE
+from q2rl.progress import EvalPoint, LearnerStatus
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_KIND = "learner_state"
-PACING = "pacing"  # the parameter subset that carries the sim pacing grants
-
-
-def camera_shapes(env_cfg) -> dict[str, tuple[int, int, int]]:
-    """Image shapes the observations carry, from the env config (empty: state only)."""
-    if env_cfg.backend == "sim":
-        s = env_cfg.sim.image_size
-        return {name: (s, s, 3) for name in env_cfg.sim.cameras}
-    return {c.name: (c.height, c.width, 3) for c in getattr(env_cfg.franka, "cameras", ())}
-
-
-def example_obs(state_dim: int, images: dict[str, tuple[int, int, int]]) -> dict:
-    """One zero observation with the contract's layout (shapes only; initialises the networks)."""
-    obs: dict[str, Any] = {"state": np.zeros((state_dim,), np.float32)}
-    if images:
-        obs["images"] = {k: np.zeros(v, np.uint8) for k, v in images.items()}
-    return obs
 
 
 def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...]) -> ReplayBuffer:
@@ -88,20 +72,8 @@ def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...]) -> ReplayBuf
     return buffer
 
 
-def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
-    """The agent's fresh parameters, initialised in one compiled call (eagerly, every op compiles on its own:
-    several times slower at process start)."""
-    return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
-
-
 class DivergedError(RuntimeError):
     """The learner's parameters stopped being finite: they are neither published to the actors nor checkpointed."""
-
-
-def non_finite_leaves(tree: Any) -> list[str]:
-    """Paths of the floating-point leaves of a host pytree that hold a NaN or an infinity."""
-    return [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-            if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(leaf))]
 
 
 def learning_metrics(metrics: UpdateMetrics | None) -> dict[str, float]:
@@ -115,26 +87,6 @@ def learning_metrics(metrics: UpdateMetrics | None) -> dict[str, float]:
               "entropy": actor.entropy, "temperature": actor.temperature,
               "q_head_std_data": critic.q_head_std, "q_head_std_policy": actor.q_head_std}
     return {name: float(v) if np.isfinite(v) else None for name, v in values.items()}
-
-
-def parameter_set(params: AgentParams, grants: dict[str, int] | None) -> dict[str, Any]:
-    """What the learner publishes: the agent's named subsets (policy, critic, value) and the pacing grants."""
-    subsets: dict[str, Any] = publishable(params) if params is not None else {}
-    if grants is not None:
-        subsets[PACING] = {a: np.asarray(g, np.int64) for a, g in grants.items()}
-    return subsets
-
-
-def apply_parameter_set(template: AgentParams, subsets: dict[str, Any]) -> AgentParams | None:
-    """The actor's params from a received set (None when it carries no policy yet, only pacing)."""
-    from flax.serialization import from_state_dict
-
-    trees = {k: v for k, v in subsets.items() if k != PACING}
-    if not trees:
-        return None
-    typed = {name: {field: from_state_dict(getattr(template, field), tree) for field, tree in fields.items()}
-             for name, fields in trees.items()}
-    return with_subsets(template, typed)
 
 
 @dataclasses.dataclass
@@ -158,9 +110,12 @@ class Bookkeeping:
 class Learner:
     """Replay, phases, updates and bookkeeping of one run; the gRPC service feeds it, `run_learner` drives it."""
 
-    def __init__(self, cfg, run_dir: Path, bc, state_dim: int, devices: list | None = None):
+    def __init__(self, cfg, run_dir: Path, bc, state_dim: int, devices: list | None = None,
+                 on_phase_change: Callable[[str], None] = lambda phase: None):
+        """`on_phase_change(phase)` runs when a phase starts (the driver writes its status and publishes)."""
         self.cfg, self.acfg, self.run_dir = cfg, cfg.agent, Path(run_dir)
-        self.images = camera_shapes(cfg.env)
+        self.on_phase_change = on_phase_change
+        self.images = cfg.env.camera_shapes()
         self.agent = make_agent(self.acfg, ACTION_DIM, tuple(self.images))
         self.spec = self.agent.spec
         self.key = jax.random.PRNGKey(cfg.learner.seed)
@@ -183,13 +138,18 @@ class Learner:
         self.open_episode: dict[str, int] = {}
         self.train_results: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.bc_steps: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
-        self.pending_eval: list[bool] = []
+        self.pending_eval: list[EpisodeReport] = []
+        self._since_eval: list[EpisodeReport] = []  # training episodes finished since the last eval point
         self.best_due = False  # an eval window beat the best so far: save_best() writes best.ckpt
         self.duplicates = 0
         self._cut_keys: set[tuple[str, int]] = set()
         self.finished = False  # the env-step budget is spent and every owed update done
         self._rate = RateMeter()
         self.metrics = None  # the last update's UpdateMetrics (device arrays)
+        self.q_estimation_report = None
+        self._started = time.monotonic()
+        self._published_grants: Grants | None = None
+        self._published_updates: int | None = None
 
     # ------------------------------------------------------------------------------------------ ingest
     def ingest_transition(self, t: Transition) -> None:
@@ -214,17 +174,9 @@ class Learner:
         """Count a finished episode: training success, BC share, the eval curve, cut episodes."""
         if r.eval:
             self.book.eval_episodes += 1
-            self.pending_eval.append(bool(r.success))
+            self.pending_eval.append(r)
             if len(self.pending_eval) >= self.cfg.learner.eval_window:
-                point = EvalPoint(self.book.env_steps, float(np.mean(self.pending_eval)), len(self.pending_eval),
-                                  train_episodes_total=self.book.episodes,
-                                  train_successes_total=self.book.train_successes)
-                self.book.eval_curve.append(dataclasses.asdict(point))
-                self.pending_eval = []
-                best = self.book.best_eval
-                if best is None or point.success_rate >= best["success_rate"]:
-                    self.book.best_eval = dataclasses.asdict(point)
-                    self.best_due = True
+                self._close_eval_window()
             return
         if r.cut:
             if (r.actor_id, r.episode_id) not in self._cut_keys:
@@ -234,6 +186,23 @@ class Learner:
         self.book.train_successes += int(bool(r.success))
         self.train_results.append(bool(r.success))
         self.bc_steps.append((r.bc_share * r.length, r.length))
+        self._since_eval.append(r)
+
+    def _close_eval_window(self) -> None:
+        """A point of the eval curve from the pending evaluation episodes; best.ckpt is due if it is the best."""
+        evals, trained = self.pending_eval, self._since_eval
+        point = EvalPoint(
+            self.book.env_steps, float(np.mean([r.success for r in evals])), len(evals), self.book.updates,
+            time.monotonic() - self._started, bc_share=_bc_share(trained),
+            train_success=float(np.mean([r.success for r in trained])) if trained else None,
+            eval_bc_share=_bc_share(evals), train_episodes_total=self.book.episodes,
+            train_successes_total=self.book.train_successes)
+        self.book.eval_curve.append(dataclasses.asdict(point))
+        self.pending_eval, self._since_eval = [], []
+        best = self.book.best_eval
+        if best is None or point.success_rate >= best["success_rate"]:
+            self.book.best_eval = dataclasses.asdict(point)
+            self.best_due = True
 
     def actor_lost(self, actor_id: str) -> None:
         """The service lost this actor (crash, network): its open episode is cut."""
@@ -270,6 +239,8 @@ class Learner:
         return n
 
     def _rollouts_ready(self) -> bool:
+        if not self.spec.q_estimation:
+            return True  # no phase 1: online (with learning_starts) from the first step
         needed = self.acfg.q_estimation.rollout_episodes
         return len(self.book.rollout_keys) >= needed and len(self.replay) >= self.acfg.batch_size
 
@@ -277,7 +248,7 @@ class Learner:
         """End of rollouts: Q-Estimation (for the Q2RL family), then online updates owed per new env step."""
         if self.spec.q_estimation:
             self.book.phase = "q_estimation"
-            self.on_phase_change()
+            self.on_phase_change(self.book.phase)
             episodes = [self.replay.export_episode(a, e) for a, e in self.book.rollout_keys]
             self.key, k = jax.random.split(self.key)
             started = time.monotonic()
@@ -287,15 +258,12 @@ class Learner:
             self.q_estimation_report = report
             self.state = self.mesh.replicate(self.agent.init_state(params))
         self.book.phase = "online"
-        self.book.online_start_steps = self.book.env_steps
-        self.book.param_version += 1
-        self.on_phase_change()
-
-    def on_phase_change(self) -> None:
-        """Hook for the process driver (status file, publish); a no-op in tests."""
+        # Updates are owed from here on, but not before learning_starts transitions are stored.
+        self.book.online_start_steps = max(self.book.env_steps, self.cfg.learner.learning_starts)
+        self.on_phase_change(self.book.phase)
 
     def owed_updates(self) -> int:
-        """Update calls owed to the data: one per online env step (SPEC: UTD against the insert rate)."""
+        """Update calls owed to the data: one per online env step (UTD against the insert rate, docs/design.md#update-pacing)."""
         if self.book.phase != "online" or not self.spec.trains:
             return 0
         return self.book.env_steps - self.book.online_start_steps - self.book.updates
@@ -310,11 +278,11 @@ class Learner:
         self._rate.tick()
 
     # ------------------------------------------------------------------------------------------ outputs
-    def grants(self) -> dict[str, int]:
-        """Per actor, the highest seq it may send now (sim pacing); '*' is for actors not heard from yet."""
+    def grants(self) -> Grants:
+        """Per actor, the highest seq it may send now (sim pacing)."""
         phase, ahead = self.book.phase, self.cfg.learner.ahead_steps
         if phase not in ("rollout", "online"):
-            return {**{a: s for a, s in self.last_seq.items()}, "*": -1}
+            return Grants(dict(self.last_seq), -1)
         if phase == "online" and self.spec.trains:
             paid = self.book.online_start_steps + self.book.updates + ahead  # UTD: one update call per step
         else:
@@ -328,14 +296,21 @@ class Learner:
         # Rounded up: with N actors and fewer than N steps of headroom a floor would grant nobody anything and
         # stall the session just short of its budget; at most N-1 steps of overshoot is harmless.
         share = -(-headroom // max(1, len(self.last_seq)))
-        grants = {a: s + share for a, s in self.last_seq.items()}
-        grants["*"] = share - 1
-        return grants
+        return Grants({a: s + share for a, s in self.last_seq.items()}, share - 1)
 
-    def parameters(self) -> tuple[int, dict[str, Any]]:
-        """(version, subsets) to publish: the pacing alone before the first parameters exist."""
-        params = self._finite(jax.device_get(self.state.params)) if self.book.phase == "online" else None
-        return self.book.param_version, parameter_set(params, self.grants())
+    def publish(self, board: ParameterBoard, force: bool = False) -> None:
+        """The one place parameters leave the learner: the grants when they changed, and in the online phase a new
+        parameter version when updates moved the state on (`force`: both, e.g. on a fresh board)."""
+        grants = self.grants()
+        if force or grants != self._published_grants:
+            board.publish_grants(grants)
+            self._published_grants = grants
+        if self.book.phase != "online" or (not force and self.book.updates == self._published_updates):
+            return
+        subsets = publishable(self._finite(jax.device_get(self.state.params)))
+        self.book.param_version += 1
+        board.publish(self.book.param_version, subsets)
+        self._published_updates = self.book.updates
 
     def _finite(self, tree: Any) -> Any:
         """`tree` (on the host) if every value in it is finite, else a DivergedError that says what is intact."""
@@ -405,7 +380,7 @@ class Learner:
 
     def _save_to(self, file: str) -> Path:
         meta = {
-            "kind": CHECKPOINT_KIND,
+            "kind": LEARNER_CHECKPOINT_KIND,
             "book": dataclasses.asdict(self.book),
             "key": np.asarray(jax.random.key_data(self.key) if jnp.issubdtype(self.key.dtype, jax.dtypes.prng_key)
                               else self.key).tolist(),
@@ -444,7 +419,7 @@ class Learner:
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path, target=jax.device_get(self.state))
-        if ckpt.metadata.get("kind") != CHECKPOINT_KIND:
+        if ckpt.metadata.get("kind") != LEARNER_CHECKPOINT_KIND:
             raise ValueError(f"{path}: not a learner checkpoint (kind {ckpt.metadata.get('kind')!r})")
         self.state = self.mesh.replicate(ckpt.state)
         book = ckpt.metadata["book"]
@@ -452,6 +427,12 @@ class Learner:
         self.key = jnp.asarray(np.asarray(ckpt.metadata["key"], np.uint32))
         self.rng.bit_generator.state = ckpt.metadata["rng"]
         return True
+
+
+def _bc_share(reports: list[EpisodeReport]) -> float | None:
+    """The share of steps that ran pi_BC's action over these episodes (None: no steps)."""
+    steps = sum(r.length for r in reports)
+    return sum(r.bc_share * r.length for r in reports) / steps if steps else None
 
 
 class RateMeter:

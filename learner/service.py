@@ -4,7 +4,7 @@
     board = ParameterBoard()
     service = LearnerService(store, on_transitions=replay_queue.put_many, on_episode=reports.put,
                              param_board=board, auth=ServiceAuth(config_hash=config_hash(cfg), token=""),
-                             status_fn=lambda: LearnerStatus(phase="sac", replay_size=len(replay)))
+                             status_fn=lambda: ServiceStatus(phase="sac", replay_size=len(replay)))
     server = serve("127.0.0.1:50051", service, keepalive=Keepalive())   # .bound_port, .stop(grace)
     ...
     board.publish(version, {"policy": pi_params, "critic": q_params, "value": v_params})   # encoded once
@@ -39,7 +39,7 @@ import grpc
 
 from q2rl.learner.episode_store import EpisodeStore, EpisodeSummary, check_actor_id
 from q2rl import wire
-from q2rl.interfaces import EpisodeReport, Transition
+from q2rl.interfaces import EpisodeReport, Grants, Transition
 from q2rl.wire import Keepalive, TlsFiles, pb  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ServiceAuth:
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnerStatus:
+class ServiceStatus:
     """What the learner reports through the Status RPC (filled by the learner's `status_fn`)."""
 
     phase: str = "starting"
@@ -68,36 +68,50 @@ MAX_BATCH_BYTES = 8 << 20  # the actor keeps its batches below this; the server 
 
 
 class ParameterBoard:
-    """The latest parameter set, encoded once, for every actor's parameter stream (latest-only)."""
+    """The learner's ParameterBoard for gRPC: the latest parameter set, encoded once, and the latest pacing grants,
+    for every actor's parameter stream (latest-only; grants never wait behind a parameter set)."""
 
     def __init__(self, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES) -> None:
         self._chunk_bytes = chunk_bytes
         self._cond = threading.Condition()
         self._version = -1
         self._chunks: list = []
+        self._grants: "pb.ParameterUpdate | None" = None
+        self._grants_serial = 0  # counts publish_grants calls
         self._closed = False
 
     def publish(self, version: int, subsets: Mapping[str, Any]) -> None:
         """Encode {subset: pytree} (flax msgpack, chunked) and make it the set every stream sends next."""
         if version <= self._version:
             raise ValueError(f"parameter version {version} is not newer than the published {self._version}")
-        chunks = wire.encode_parameter_set(version, subsets, self._chunk_bytes)
+        chunks = [pb.ParameterUpdate(chunk=c) for c in wire.encode_parameter_set(version, subsets, self._chunk_bytes)]
         with self._cond:
             self._version, self._chunks = version, chunks
+            self._cond.notify_all()
+
+    def publish_grants(self, grants: Grants) -> None:
+        message = wire.encode_grants(grants)
+        with self._cond:
+            self._grants, self._grants_serial = message, self._grants_serial + 1
             self._cond.notify_all()
 
     @property
     def version(self) -> int:
         return self._version
 
-    def wait_newer(self, have_version: int, timeout: float) -> tuple[int, list] | None:
-        """(version, chunks) of a set newer than `have_version`, waiting up to `timeout` s; else None."""
+    def wait_newer(self, have_version: int, have_grants: int, timeout: float) -> tuple[int, int, list] | None:
+        """(version, grants serial, messages) with whatever is newer than what a stream has sent (grants first),
+        waiting up to `timeout` s; None when nothing is."""
         with self._cond:
-            if self._version <= have_version and not self._closed:
+            fresh = lambda: self._version > have_version or self._grants_serial > have_grants
+            if not fresh() and not self._closed:
                 self._cond.wait(timeout)
+            if not fresh():
+                return None
+            messages = [self._grants] if self._grants_serial > have_grants else []
             if self._version > have_version:
-                return self._version, self._chunks
-            return None
+                messages += self._chunks
+            return self._version, self._grants_serial, messages
 
     def close(self) -> None:
         with self._cond:
@@ -139,7 +153,7 @@ class LearnerService:
         on_episode: Callable[[EpisodeReport], None],
         param_board: ParameterBoard,
         auth: ServiceAuth,
-        status_fn: Callable[[], LearnerStatus] = LearnerStatus,
+        status_fn: Callable[[], ServiceStatus] = ServiceStatus,
         param_poll_s: float = 0.5,
         on_actor_lost: Callable[[str], None] | None = None,
     ) -> None:
@@ -313,21 +327,21 @@ class LearnerService:
 
     # ------------------------------------------------------------------ parameters, status
 
-    def Parameters(self, request: "pb.ParameterRequest", context) -> Iterator["pb.ParameterChunk"]:
+    def Parameters(self, request: "pb.ParameterRequest", context) -> Iterator["pb.ParameterUpdate"]:
         with self._lock:
             known = request.session_id in self._sessions
         if not known:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or replaced session: handshake first")
-        have = request.have_version
+        have, have_grants = request.have_version, 0
         while context.is_active() and not self._stopping.is_set():
             with self._lock:
                 if request.session_id not in self._sessions:
                     return  # the actor reconnected with a new session; that one has its own stream
-            newer = self.board.wait_newer(have, self._param_poll_s)
+            newer = self.board.wait_newer(have, have_grants, self._param_poll_s)
             if newer is None:
                 continue
-            have, chunks = newer
-            yield from chunks
+            have, have_grants, messages = newer
+            yield from messages
 
     def Status(self, request: "pb.StatusRequest", context) -> "pb.StatusReply":
         token = dict(context.invocation_metadata()).get(wire.TOKEN_METADATA_KEY, "")
@@ -355,6 +369,12 @@ class LearnerService:
             )
         return reply
 
+    def connected_actors(self) -> set[str]:
+        """The actors whose transition stream is open now."""
+        with self._lock:
+            actors = list(self._actors.items())
+        return {actor_id for actor_id, a in actors if a.connected}
+
     def stop(self) -> None:
         self._stopping.set()
         self.board.close()
@@ -374,7 +394,7 @@ class LearnerService:
                     self.SendTransitions, raw_bytes, pb.Ack.SerializeToString
                 ),
                 "Parameters": grpc.unary_stream_rpc_method_handler(
-                    self.Parameters, pb.ParameterRequest.FromString, pb.ParameterChunk.SerializeToString
+                    self.Parameters, pb.ParameterRequest.FromString, pb.ParameterUpdate.SerializeToString
                 ),
                 "Status": grpc.unary_unary_rpc_method_handler(
                     self.Status, pb.StatusRequest.FromString, pb.StatusReply.SerializeToString

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from q2rl.config import ConfigError, load_config, to_dict
-from q2rl.learner.progress import (
+from q2rl.progress import (
     EvalPoint,
     LearnerStatus,
     format_curve,
@@ -33,7 +33,7 @@ from q2rl.learner.progress import (
     read_actor_statuses,
     read_learner_status,
 )
-from q2rl.learner.run_dir import (
+from q2rl.run_dir import (
     ADDRESS_FILE,
     BEST_CHECKPOINT_FILE,
     BEST_EVAL_FILE,
@@ -42,6 +42,7 @@ from q2rl.learner.run_dir import (
     STATUS_FILE,
     SUMMARY_FILE,
     default_run_name,
+    RunDirError,
     open_run_dir,
     read_json,
     write_json,
@@ -157,13 +158,31 @@ class SessionResult:
     best_final_eval_episodes: int = 0
 
 
-def prepare_bc(cfg) -> list[str]:
-    """Overrides naming the BC checkpoint the run uses (one trained from scripted demos for sim, cached) and the
-    demos it was trained on (for a demo buffer)."""
+def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
+    """The run directory and the run's config, resolved once and written once to its config.yaml, which every
+    process of the run reads: a new directory (pi_BC prepared, the run named), or the one to resume, whose
+    config.yaml takes the command line's overrides (the previous file is kept beside it)."""
+    from q2rl.config import dump_yaml
     from q2rl.learner.bc_source import with_bc_source
+    from q2rl.run_dir import CONFIG_FILE, create_run_dir
 
-    bc = with_bc_source(cfg).bc
-    return [f"bc.checkpoint={bc.checkpoint}"] + ([f"bc.demos={bc.demos}"] if bc.demos else [])
+    if resume:
+        run_dir = open_run_dir(resume)
+        # The last run's live files would read as "already serving there" and "budget already spent"; the
+        # resumed learner rewrites both (its durable state is the checkpoint and the episode store).
+        for stale in (ADDRESS_FILE, STATUS_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
+        if to_dict(cfg) != to_dict(load_config(type(cfg), run_dir / CONFIG_FILE)):
+            previous = run_dir / CONFIG_FILE
+            previous.rename(run_dir / f"config-before-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            dump_yaml(cfg, run_dir / CONFIG_FILE)
+        return run_dir, cfg
+    cfg = with_bc_source(cfg)
+    name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
+    cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
+    run_dir = create_run_dir(cfg.learner.run_root, name)
+    dump_yaml(cfg, run_dir / CONFIG_FILE)
+    return run_dir, cfg
 
 
 def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:
@@ -179,28 +198,12 @@ def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -
     return None
 
 
-def run_session(cfg, overrides: list[str], config_path: str, resume: str | None) -> SessionResult:
+def run_session(cfg, resume: str | None) -> SessionResult:
     """Start, watch and stop one session; returns what happened."""
     started = time.monotonic()
-    root = Path(cfg.learner.run_root)
-    overrides = list(overrides)
-    if resume:
-        run_dir = open_run_dir(resume)
-        # The last run's live files would read as "already serving there" and "budget already spent"; the
-        # resumed learner rewrites both (its durable state is the checkpoint and the episode store).
-        for stale in (ADDRESS_FILE, STATUS_FILE):
-            (run_dir / stale).unlink(missing_ok=True)
-        learner_argv = q2rl_command("learner", "--resume", str(run_dir), *overrides)
-    else:
-        if not cfg.bc.checkpoint:
-            overrides.extend(prepare_bc(cfg))
-        name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
-        overrides.append(f"learner.run_name={name}")
-        run_dir = root / name
-        learner_argv = q2rl_command("learner", "--config", config_path, *overrides)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, cfg = prepare_run_dir(cfg, resume)
     print(f"session: run directory {run_dir}")
-    learner = spawn(learner_argv, run_dir / "learner.log")
+    learner = spawn(q2rl_command("learner", "--resume", str(run_dir)), run_dir / "learner.log")
     actors: dict[str, subprocess.Popen] = {}
     restarts: dict[str, int] = {}
     display = Display()
@@ -360,13 +363,17 @@ def main(argv: list[str]) -> int:
     if args.env_steps is not None:
         overrides.append(f"session.env_steps={args.env_steps}")
     config_path = str(Path(args.resume) / "config.yaml") if args.resume else args.config
-    cfg = load_config(RunConfig, config_path, overrides)
+    cfg = load_config(RunConfig, config_path, overrides)  # resolved here, written once by prepare_run_dir
     if cfg.env.backend != "sim":
         raise ConfigError("env.backend: a session runs simulated actors; for a real robot start `q2rl learner` and `q2rl actor`")
     os.environ.update(child_environment(cfg.session.compile_cache))  # inherited by every child process
-    result = run_session(cfg, overrides, config_path, args.resume)
+    try:
+        result = run_session(cfg, args.resume)
+    except RunDirError as e:
+        print(f"q2rl session: {e}", file=sys.stderr)
+        return 2
     summary = dataclasses.asdict(result)
-    summary["config"] = to_dict(cfg)
+    summary["config"] = to_dict(load_config(RunConfig, Path(result.run_dir) / "config.yaml"))  # as the run used it
     write_json(Path(result.run_dir) / SUMMARY_FILE, summary)
     print(format_summary(result))
     failed = result.reason.startswith(("the learner exited", "actor-"))

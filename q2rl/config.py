@@ -197,6 +197,14 @@ def read_yaml_with_overrides(path: str | Path | None, overrides: typing.Sequence
     return data
 
 
+def merged(base: dict, updates: dict) -> dict:
+    """`base` with `updates` laid over it, section by section (neither is modified)."""
+    out = dict(base)
+    for key, value in updates.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Load `cls` from a YAML file (or defaults), apply `a.b=value` overrides, validate."""
     data = read_yaml_with_overrides(path, overrides)

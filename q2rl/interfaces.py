@@ -3,14 +3,19 @@
     env = make_env(cfg.env)                     # robot.sim (MuJoCo) or robot.franka (real): same contract
     obs, info = env.reset(seed=0)
     while running:
-        params = source.latest()                # ParameterSource: gRPC receiver or in-process learner
+        params = source.latest()                # ParameterSource: gRPC receiver or in-process link
+        hold while source.grants() forbids the next seq   # sim pacing; a real robot keeps its control rate
         action, gate = select_action(params, obs, key)   # core: pure, jitted
         next_obs, reward, terminated, truncated, info = env.step(action)
-        sink.add(Transition(...))               # TransitionSink: gRPC sender (spooled) or in-process replay
+        sink.add(Transition(...))               # TransitionSink: gRPC sender (spooled) or in-process link
         if terminated or truncated:
             sink.end_episode(EpisodeReport(...))
 
-gRPC is one implementation of ParameterSource / TransitionSink; an in-process one serves tests.
+    learner.publish(board)                      # ParameterBoard: the learner's side of the same link
+
+Two implementations of these seams, one system: gRPC between processes (actor.link.ActorLink and
+learner.service.LearnerService with its ParameterBoard), and in one process (q2rl.local.LocalLink), which
+the benchmarks and tests use to run the very same Actor and Learner without a network.
 
 Observation contract (sim and real alike):
     obs = {"state": float32[D], "images": {"wrist": uint8[H, W, 3], "front": uint8[H, W, 3]}}
@@ -33,7 +38,7 @@ ACTION_DIM = 7
 
 @dataclasses.dataclass(frozen=True)
 class Transition:
-    """One environment step as the actor records it (SPEC §1.2, §2).
+    """One environment step as the actor records it (docs/design.md#per-step-record).
 
     `next_obs` is the observation after the step; a replay stores images once per frame, so senders may
     drop `next_obs` images when the next transition's `obs` carries the same frame.
@@ -72,6 +77,36 @@ class EpisodeReport:
     fault: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Grants:
+    """Sim pacing: the highest seq each actor may send now. An actor the learner has not heard from yet may send
+    up to its first seq + `new_actor_steps` (-1: nothing yet)."""
+
+    max_seq: Mapping[str, int]
+    new_actor_steps: int = -1
+
+    def for_actor(self, actor_id: str, first_seq: int) -> int:
+        """The highest seq `actor_id` may send; `first_seq` is the seq it started this process at."""
+        mine = self.max_seq.get(actor_id)
+        return int(mine) if mine is not None else first_seq + self.new_actor_steps
+
+
+def example_obs(state_dim: int, images: Mapping[str, tuple[int, int, int]]) -> dict:
+    """One zero observation with the contract's layout (shapes only; initialises the networks)."""
+    obs: dict[str, Any] = {"state": np.zeros((state_dim,), np.float32)}
+    if images:
+        obs["images"] = {k: np.zeros(v, np.uint8) for k, v in images.items()}
+    return obs
+
+
+def policy_obs(obs: Observation, cameras: tuple[str, ...]) -> dict:
+    """Only the parts of an observation the networks read (a fixed structure for the jitted functions)."""
+    out: dict = {"state": np.asarray(obs["state"], np.float32)}
+    if cameras:
+        out["images"] = {c: obs["images"][c] for c in cameras}
+    return out
+
+
 @runtime_checkable
 class RobotEnv(Protocol):
     """What an environment (simulated or real Franka) must do: a gymnasium env with the contract above."""
@@ -91,8 +126,23 @@ class ParameterSource(Protocol):
     """Where the actor gets the learner's latest parameters. Never blocks."""
 
     def latest(self) -> tuple[int, Any] | None:
-        """(version, params) of the newest set received, or None before the first one."""
+        """(version, {subset: tree}) of the newest parameter set received, or None before the first one."""
         ...
+
+    def grants(self) -> Grants | None:
+        """The newest pacing grants received, or None before the first."""
+        ...
+
+
+@runtime_checkable
+class ParameterBoard(Protocol):
+    """Where the learner publishes: the newest parameter set (latest only) and the pacing grants."""
+
+    def publish(self, version: int, subsets: Mapping[str, Any]) -> None:
+        """Make {subset: tree} the newest set; `version` increases with every set."""
+        ...
+
+    def publish_grants(self, grants: Grants) -> None: ...
 
 
 @runtime_checkable

@@ -13,20 +13,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from q2rl.learner.run_dir import STATUS_FILE, read_json, write_json
+from q2rl.run_dir import STATUS_FILE, read_json, write_json
 
 
 @dataclasses.dataclass
 class EvalPoint:
-    """Eval success over a window of evaluation episodes, at the learner's env-step count.
+    """One point of the eval success curve: a window of evaluation episodes that closed at the learner's env-step
+    count. The session, the lab's learner and the benchmarks all draw their curves from these.
 
-    `train_episodes_total`/`train_successes_total` count every training episode finished when the window closed
-    (the Q-Estimation rollouts included): how many successes the robot had practised by then; named as in the
-    in-process trainer's curve (core.trainer.EvalPoint). None in the curves of runs recorded before they were kept."""
+    `bc_share` and `train_success` describe the training episodes finished since the previous point (None when
+    none finished); `eval_bc_share` the evaluation episodes themselves. `train_episodes_total` and
+    `train_successes_total` count every training episode finished so far, the Q-Estimation rollouts included: the
+    success data in replay against which a climb's timing can be read. The `other_protocol_*` fields are set only by
+    a paired evaluation (bench/sample_efficiency.py --paired-eval). Curves recorded before a field existed load
+    with its default."""
 
     env_steps: int
     success_rate: float
-    episodes: int
+    episodes: int = 0
+    updates: int = 0
+    wall_s: float = 0.0
+    bc_share: float | None = None
+    train_success: float | None = None
+    eval_bc_share: float | None = None
+    other_protocol_success: float | None = None
+    other_protocol_bc_share: float | None = None
     train_episodes_total: int | None = None
     train_successes_total: int | None = None
 

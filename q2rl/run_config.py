@@ -42,6 +42,13 @@ class EnvConfig:
             return self.sim.task
         return str(getattr(self.franka, "task", "franka"))
 
+    def camera_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Image shapes the observations carry (empty: state only)."""
+        if self.backend == "sim":
+            s = self.sim.image_size
+            return {name: (s, s, 3) for name in self.sim.cameras}
+        return {c.name: (c.height, c.width, 3) for c in getattr(self.franka, "cameras", ())}
+
     @property
     def control_hz(self) -> float:
         return float(self.sim.control_hz if self.backend == "sim" else getattr(self.franka, "control_hz", 10.0))
@@ -81,6 +88,9 @@ class LearnerConfig:
     tls_ca: str = doc("", "PEM CA the actors check the learner's certificate with (empty: plaintext).")
     seed: int = doc(0, "Seed of the learner's RNG (initialisation, minibatch sampling).")
     replay_capacity: int = doc(200_000, "Transitions kept in the replay buffer.")
+    learning_starts: int = doc(500, "Stored transitions before the first update: the algorithms without "
+                               "Q-Estimation collect them with their initial policy; the Q2RL family's rollouts "
+                               "usually exceed it.")
     publish_every_s: float = doc(0.5, "Publish parameters at most this often (seconds).")
     checkpoint_every_s: float = doc(120.0, "Checkpoint the learner state this often (seconds); always at exit.")
     status_every_s: float = doc(1.0, "Rewrite status.json this often (seconds).")
@@ -100,6 +110,8 @@ class LearnerConfig:
         for name in ("publish_every_s", "checkpoint_every_s", "status_every_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0 seconds")
+        if self.learning_starts < 0:
+            raise ConfigError(f"learning_starts: {self.learning_starts} must be >= 0")
         if self.updates_per_chunk < 1 or self.ahead_steps < 1 or self.eval_window < 1 or self.train_window < 1:
             raise ConfigError("updates_per_chunk, ahead_steps, eval_window, train_window: must be >= 1")
 

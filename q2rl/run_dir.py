@@ -12,17 +12,18 @@
         best_eval.json       the latest evaluation of checkpoint/best.ckpt (`... --evaluate RUN --checkpoint best`)
         evaluations.jsonl    every such evaluation, appended, so a second one (other protocol) loses nothing
 
-Every write that replaces a file goes through `atomic_write`: a crash mid-write leaves the old file intact.
+Every write that replaces a file goes through `q2rl.recordio.atomic_write`: a crash mid-write leaves the old
+file intact.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from q2rl.recordio import atomic_write
 
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
@@ -41,33 +42,6 @@ EVALUATIONS_LOG = "evaluations.jsonl"
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists already, missing, or not a run)."""
-
-
-def atomic_write(path: str | Path, data: bytes | str, durable: bool = True) -> None:
-    """Replace `path` with `data` so that readers see either the old or the new file, never a torn one.
-    `durable=False` skips the fsyncs (live status files: a crash may lose the last one, which is fine, and an
-    fsync can stall for seconds on a busy disk)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if not durable:
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path: str | Path, obj: Any, durable: bool = True) -> None:

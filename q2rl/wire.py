@@ -21,14 +21,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from q2rl.interfaces import EpisodeReport, Transition
+from q2rl.interfaces import EpisodeReport, Grants, Transition
 
 try:
     from q2rl.protos import q2rl_pb2 as pb
 except ImportError as e:  # the stubs are generated at build time, not committed
     raise ImportError("q2rl gRPC stubs are missing: run `make protos` (or `make setup`) in the repository") from e
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: pacing grants travel as PacingGrants, no longer as a parameter subset
 SERVICE_NAME = "q2rl.v1.Learner"
 SESSION_METADATA_KEY = "q2rl-session"
 TOKEN_METADATA_KEY = "q2rl-token"  # the Status RPC's credential when the learner has a token
@@ -390,6 +390,16 @@ def encode_parameter_set(
                 )
             )
     return chunks
+
+
+def encode_grants(grants: Grants) -> "pb.ParameterUpdate":
+    """The parameter stream's pacing message."""
+    return pb.ParameterUpdate(pacing=pb.PacingGrants(max_seq=dict(grants.max_seq),
+                                                     new_actor_steps=grants.new_actor_steps))
+
+
+def decode_grants(m: "pb.PacingGrants") -> Grants:
+    return Grants(dict(m.max_seq), int(m.new_actor_steps))
 
 
 class ParameterAssembler:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from q2rl.config import merged
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,23 +35,15 @@ def tiny_run_config(tmp: Path, bc_checkpoint: str = "", **sections) -> Path:
                "cache_root": str(tmp / "bc-cache"), "train": {"steps": 100, "eval_every": 50}},
         "agent": tiny_agent(),
         "learner": {"run_root": str(tmp / "runs"), "publish_every_s": 0.2, "status_every_s": 0.2,
-                    "checkpoint_every_s": 2.0, "actor_lost_after_s": 2.0, "ahead_steps": 50},
+                    "checkpoint_every_s": 2.0, "actor_lost_after_s": 2.0, "ahead_steps": 50, "learning_starts": 0},
         "actor": {"eval_every_episodes": 2},
         "session": {"actors": 1, "env_steps": 200, "final_eval_episodes": 2, "refresh_s": 0.2,
                     "shutdown_timeout_s": 30.0},
     }
-    for section, values in sections.items():
-        cfg[section] = _merge(cfg.get(section, {}), values)
+    cfg = merged(cfg, sections)
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 def tiny_bc_policy(base: Path) -> str:

@@ -32,62 +32,32 @@ def run_config(tmp_path, bc_checkpoint, **sections):
     return load_config(RunConfig, tiny_run_config(tmp_path, bc_checkpoint, **sections))
 
 
-class InProcessLink:
-    """TransitionSink + ParameterSource wired straight into a Learner (what gRPC does between processes)."""
-
-    def __init__(self, learner):
-        self.learner = learner
-        self.published = None
-        self.max_seq_over_grant = -(10**9)
-
-    def publish(self):
-        from q2rl.wire import params_from_bytes, params_to_bytes
-
-        self.learner.book.param_version += 1
-        version, subsets = self.learner.parameters()
-        # exactly what the wire does to a parameter set: flax msgpack per subset, decoded into nested dicts
-        self.published = version, {name: params_from_bytes(params_to_bytes(tree)) for name, tree in subsets.items()}
-
-    def add(self, t: Transition) -> None:
-        grants = self.published[1]["pacing"]
-        grant = int(grants.get(t.actor_id, grants["*"]))
-        self.max_seq_over_grant = max(self.max_seq_over_grant, t.seq - grant)
-        self.learner.ingest_transition(t)
-
-    def end_episode(self, report: EpisodeReport) -> None:
-        self.learner.ingest_report(report)
-        self.after_episode()
-
-    def after_episode(self) -> None:
-        """Overridden by a test to give the learner a turn (in its own process it runs concurrently)."""
-
-    def latest(self):
-        return self.published
-
-
 def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_checkpoint):
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
     from q2rl.learner.learner import Learner
+    from q2rl.local import LocalLink
     from q2rl.robot.envs import make_env
 
     cfg = run_config(tmp_path, bc_checkpoint, session={"env_steps": 150}, learner={"eval_window": 2})
     bc = load_bc_policy(bc_checkpoint)
-    learner = Learner(cfg, tmp_path, bc, int(bc.normalizer.state_mean.shape[-1]))
-    link = InProcessLink(learner)
-    phases = []
-    learner.on_phase_change = lambda: (phases.append(learner.book.phase), link.publish())
-    link.publish()
-
+    phases, over_grant = [], []
+    learner = Learner(cfg, tmp_path, bc, int(bc.normalizer.state_mean.shape[-1]),
+                      on_phase_change=lambda phase: (phases.append(phase), learner.publish(link, force=True)))
     done = threading.Event()
 
     def learner_turn(_seconds):  # the actor's pacing hold lets the learner work (one thread, deterministic)
         learner.work()
-        link.publish()
+        learner.publish(link)
         if learner.finished:
             done.set()  # what the session does once the env-step budget is spent: stop the actor
 
-    link.after_episode = lambda: learner_turn(0)
+    def add(t):
+        over_grant.append(t.seq - link.grants().for_actor(t.actor_id, 0))
+        learner.ingest_transition(t)
+
+    link = LocalLink(add, lambda r: (learner.ingest_report(r), learner_turn(0)))
+    learner.publish(link, force=True)
     env = make_env(cfg.env)
     actor = Actor(cfg, env, bc, sink=link, source=link, sleep=learner_turn)
     assert actor.paced_by_learner  # sim + pace auto
@@ -101,7 +71,7 @@ def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_ch
     # UTD against the insert rate: exactly one update call per online env step, none ahead of the data.
     assert book.updates == book.env_steps - book.online_start_steps > 0
     # Pacing: the actor never sent a seq beyond its grant, and it did have to wait for the learner.
-    assert link.max_seq_over_grant <= 0
+    assert max(over_grant) <= 0
     assert actor.summary.paced_s > 0
     assert book.env_steps == actor.summary.env_steps == len(learner.replay)
     # Parameters reached the actor and its steps record the version they were decided with.
@@ -113,7 +83,7 @@ def test_phases_pacing_and_one_update_per_online_step_in_process(tmp_path, bc_ch
     assert status.phase == "done" and status.env_steps >= 150
     assert 0.0 <= status.bc_share <= 1.0
     # The last update's losses reach status.json and the live line (what an operator watches for divergence).
-    from q2rl.learner.progress import LearnerStatus, format_status_line
+    from q2rl.progress import LearnerStatus, format_status_line
 
     assert np.isfinite(status.learning["q_mean"]) and np.isfinite(status.learning["critic_loss"])
     # q2rl's default critic carries the calibrated term (weight 1), so the learner reports it.
@@ -195,7 +165,7 @@ def test_rlpd_learner_samples_half_of_every_batch_from_the_demos_pi_bc_was_train
 def test_a_demo_buffer_without_usable_demos_is_a_config_error(tmp_path, bc_checkpoint):
     from q2rl.config import ConfigError
     from q2rl.core.checkpoint import load_bc_policy
-    from q2rl.demos.hdf5 import Episode as Demo
+    from q2rl.demos.hdf5 import Demo
     from q2rl.demos.hdf5 import write_demos
     from q2rl.learner.learner import Learner
 
@@ -229,11 +199,11 @@ def test_pacing_grants_leave_no_actor_stuck_short_of_the_budget(tmp_path, bc_che
     learner.book.phase, learner.book.online_start_steps = "online", 60
     learner.book.updates, learner.book.env_steps = 179, 239  # paid = min(60 + 179 + 50, 240) = 240
     learner.last_seq.update({"actor-0": 143, "actor-1": 94})
-    grants = learner.grants()
+    grants = learner.grants().max_seq
     assert grants["actor-0"] >= 144 and grants["actor-1"] >= 95  # each may send its next step
     assert grants["actor-0"] - 143 + grants["actor-1"] - 94 <= 240 - 239 + 1  # overshoot below one step per actor
     learner.book.env_steps = 240  # budget spent: nobody may send more
-    grants = learner.grants()
+    grants = learner.grants().max_seq
     assert (grants["actor-0"], grants["actor-1"]) == (143, 94)
 
 
@@ -241,23 +211,24 @@ def test_rollout_and_bc_grants_keep_actors_within_ahead_steps_of_what_the_learne
     """No updates to wait for is no licence to run free: a learner slow to ingest (a loaded 2-core box) once let a
     sim actor run 400 pi_BC steps past the switch to online RL and past a 150-step budget."""
     from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.interfaces import Grants
     from q2rl.learner.learner import Learner
 
     bc = load_bc_policy(bc_checkpoint)
     dim = int(bc.normalizer.state_mean.shape[-1])
-    for algo, phase in (("sac_bc", "rollout"), ("q2rl", "rollout"), ("bc", "online")):
+    for algo, phase in (("q2rl", "rollout"), ("bc", "online")):
         cfg = run_config(tmp_path, bc_checkpoint, agent={"algo": algo}, session={"env_steps": 500},
                          learner={"ahead_steps": 50})
         learner = Learner(cfg, tmp_path, bc, dim)
         learner.book.phase = phase
-        assert learner.grants() == {"*": 49}  # nobody heard from yet: seqs 0..49
+        assert learner.grants() == Grants({}, 49)  # nobody heard from yet: seqs 0..49
         learner.last_seq.update({"actor-0": 99, "actor-1": 79})
         learner.book.env_steps = 180  # stored so far; the two actors share 50 more
-        assert learner.grants() == {"actor-0": 124, "actor-1": 104, "*": 24}
+        assert learner.grants() == Grants({"actor-0": 124, "actor-1": 104}, 24)
         learner.book.env_steps = 490  # the budget caps it: 10 more steps, 5 each
-        assert learner.grants() == {"actor-0": 104, "actor-1": 84, "*": 4}
+        assert learner.grants() == Grants({"actor-0": 104, "actor-1": 84}, 4)
     learner.book.phase = "q_estimation"  # phase 1's fit: everyone holds
-    assert learner.grants() == {"actor-0": 99, "actor-1": 79, "*": -1}
+    assert learner.grants() == Grants({"actor-0": 99, "actor-1": 79}, -1)
 
 
 def test_checkpoint_round_trip_restores_state_and_bookkeeping(tmp_path, bc_checkpoint):
@@ -296,8 +267,8 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
     from q2rl.core.checkpoint import load_bc_policy, load_checkpoint
     from q2rl.learner.episode_store import EpisodeStore
     from q2rl.learner.learner import Learner
-    from q2rl.learner.progress import EvalPoint
-    from q2rl.learner.run_dir import BEST_CHECKPOINT_FILE
+    from q2rl.progress import EvalPoint
+    from q2rl.run_dir import BEST_CHECKPOINT_FILE
 
     cfg = run_config(tmp_path, bc_checkpoint, learner={"eval_window": 2})
     bc = load_bc_policy(bc_checkpoint)
@@ -319,9 +290,14 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
             learner.ingest_report(EpisodeReport("a", next(episode), 5, s, 0.0, 0.5, eval=True))
         return learner.save_best()
 
+    def chosen(point: dict) -> dict:
+        """What the choice rests on (a point also has its wall time, updates and BC shares)."""
+        keys = ("env_steps", "success_rate", "episodes", "train_episodes_total", "train_successes_total")
+        return {k: point[k] for k in keys}
+
     def saved():
         ckpt = load_checkpoint(best_file, target=jax.device_get(learner.state))
-        return int(ckpt.state.step), ckpt.metadata["book"]["best_eval"]
+        return int(ckpt.state.step), chosen(ckpt.metadata["book"]["best_eval"])
 
     def practise(*successes: bool):
         for s in successes:
@@ -338,7 +314,9 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
     assert window(400, (True, True), step=4) == best_file  # a tie: the later, longer-trained state
     best = {"env_steps": 400, "success_rate": 1.0, "episodes": 2, "train_episodes_total": 4, "train_successes_total": 2}
     assert saved() == (4, best)
-    assert learner.status().best_eval == EvalPoint(400, 1.0, 2, train_episodes_total=4, train_successes_total=2)
+    assert chosen(dataclasses.asdict(learner.status().best_eval)) == best
+    # and the success of the training episodes finished since the window before (None: none finished)
+    assert [p["train_success"] for p in learner.book.eval_curve] == [None, pytest.approx(1 / 3), 1.0, None]
     assert [p["success_rate"] for p in learner.book.eval_curve] == [0.5, 0.0, 1.0, 1.0]
     # each window carries the training episodes (and their successes) finished when it closed; eval ones not
     assert [(p["train_episodes_total"], p["train_successes_total"]) for p in learner.book.eval_curve] == [
@@ -348,7 +326,7 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
     # A learner that resumes (here before any learner.ckpt was written) takes the best from best.ckpt itself.
     resumed = Learner(cfg, tmp_path, bc, dim)
     resumed.resume_from(EpisodeStore(tmp_path))
-    assert resumed.book.best_eval == best
+    assert chosen(resumed.book.best_eval) == best
     for i, s in enumerate((True, False)):
         resumed.ingest_report(EpisodeReport("a", 200 + i, 5, s, 0.0, 0.5, eval=True))
     assert resumed.save_best() is None and saved()[0] == 4
@@ -364,10 +342,13 @@ def test_non_finite_parameters_are_neither_published_nor_checkpointed(tmp_path, 
     cfg = run_config(tmp_path, bc_checkpoint)
     bc = load_bc_policy(bc_checkpoint)
     dim = int(bc.normalizer.state_mean.shape[-1])
+    from q2rl.local import LocalLink
+
     learner = Learner(cfg, tmp_path, bc, dim)
     learner.book.phase, learner.book.updates = "online", 7
-    version, subsets = learner.parameters()
-    assert "policy" in subsets  # finite parameters publish as before
+    board = LocalLink(lambda t: None, lambda r: None)
+    learner.publish(board)
+    assert "policy" in board.latest()[1] and board.latest()[0] == 1  # finite parameters publish as before
     learner.save()
     good = (tmp_path / CHECKPOINT_FILE).read_bytes()
 
@@ -377,7 +358,7 @@ def test_non_finite_parameters_are_neither_published_nor_checkpointed(tmp_path, 
     learner.state = learner.state.replace(params=learner.state.params.replace(critic=poisoned))
     learner.book.updates = 9
     with pytest.raises(DivergedError) as publish_error:
-        learner.parameters()
+        learner.publish(board)
     message = str(publish_error.value)
     assert "after update 9" in message and "critic" in message and "not sent to the actors" in message
     assert str(tmp_path / CHECKPOINT_FILE) in message and "agent.critic_lr" in message
@@ -556,7 +537,7 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
 def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation(tmp_path, bc_checkpoint):
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy
-    from q2rl.core.trainer import policy_obs
+    from q2rl.interfaces import policy_obs
     from q2rl.robot.envs import make_env
 
     cfg = run_config(tmp_path, bc_checkpoint, agent={"random_steps": 5})
@@ -564,10 +545,10 @@ def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation
     env = make_env(cfg.env)
     actor = Actor(cfg, env, bc, sink=None, source=None, first_seq=2)  # resumed: 2 of its steps were sent before
     obs = policy_obs(env.reset(seed=0)[0], actor.cameras)
-    assert actor._decide(obs, evaluate=False)[1][4] is False  # phase 1: pi_BC alone, no random steps yet
+    assert actor._decide(obs, evaluate=False, modes=False)[1][4] is False  # phase 1: pi_BC alone, no random steps yet
     actor.params = actor.template  # parameters have arrived
-    assert actor._decide(obs, evaluate=True)[1][2:] != (0.0, 0.0, True)  # evaluation: the gate, not a draw
-    records = [actor._decide(obs, evaluate=False)[1] for _ in range(4)]
+    assert actor._decide(obs, evaluate=True, modes=True)[1][2:] != (0.0, 0.0, True)  # evaluation: the gate, not a draw
+    records = [actor._decide(obs, evaluate=False, modes=False)[1] for _ in range(4)]
     env.close()
     random_draws = [r for r in records if r[2:] == (0.0, 0.0, True)]  # recorded as RL without values
     assert len(random_draws) == 3  # 5 - the 2 already sent

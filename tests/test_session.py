@@ -139,7 +139,7 @@ def test_a_malformed_override_is_a_config_error_naming_the_field(tmp_path):
 
 def test_summary_json_is_plain_json(tmp_path):
     """The summary is for humans and scripts: JSON (never pickle), readable without q2rl."""
-    from q2rl.learner.progress import EvalPoint
+    from q2rl.progress import EvalPoint
     from q2rl.learner.session import SessionResult, format_summary
 
     result = SessionResult(run_dir=str(tmp_path), reason="reached 10 env steps", wall_s=61.0, env_steps=10,

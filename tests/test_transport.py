@@ -49,7 +49,7 @@ class RawClient:
 
 
 @pytest.mark.parametrize("what, expected", [
-    ("version", "protocol version mismatch: actor speaks 99, learner speaks 1"),
+    ("version", "protocol version mismatch: actor speaks 99, learner speaks 2"),
     ("hash", "run config hash mismatch: actor 'ffffffffffffffff' != learner '0123456789abcdef'"),
     ("token", "token rejected"),
 ])
@@ -216,9 +216,9 @@ def test_parameters_above_the_message_limit_arrive_exactly_and_latest_only(learn
 
 
 def test_status_reports_phase_and_links(tmp_path):
-    from q2rl.learner.service import LearnerStatus
+    from q2rl.learner.service import ServiceStatus
 
-    server, *_ = start_learner(tmp_path / "run", status_fn=lambda: LearnerStatus("q_estimation", 42, 3.5, 7.0))
+    server, *_ = start_learner(tmp_path / "run", status_fn=lambda: ServiceStatus("q_estimation", 42, 3.5, 7.0))
     try:
         link = new_link(server, tmp_path, actor_id="robot-1")
         assert link.wait_connected(10)

@@ -1,0 +1,61 @@
+"""An agent's parameters outside the update: initialised once, published as named subsets, applied on the actor,
+read back from a learner checkpoint for evaluation, and checked for finiteness before they leave the learner.
+
+    params = init_agent_params(agent, key, example_obs(state_dim, images), bc)
+    subsets = publishable(params)                          # learner: {"policy", "critic", "value"}
+    params = apply_parameter_set(template, subsets)        # actor: the received subsets on its template
+    params, meta = load_checkpoint_params(path, template)  # evaluation: no Learner, no optimizer state
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from q2rl.core.agents import publishable, with_subsets  # noqa: F401  (publishable re-exported for the learner)
+from q2rl.core.sac import AgentParams
+
+LEARNER_CHECKPOINT_KIND = "learner_state"
+
+
+def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
+    """The agent's fresh parameters, initialised in one compiled call (eagerly, every op compiles on its own:
+    several times slower at process start)."""
+    return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
+
+
+def apply_parameter_set(template: AgentParams, subsets: Mapping[str, Any]) -> AgentParams:
+    """The actor's params: a received set of named subsets (nested dicts of arrays off the wire, or the learner's
+    own typed trees in one process) typed like `template`."""
+    from flax.serialization import from_state_dict, to_state_dict
+
+    typed = {name: {field: from_state_dict(getattr(template, field), to_state_dict(tree))
+                    for field, tree in fields.items()}
+             for name, fields in subsets.items()}
+    return with_subsets(template, typed)
+
+
+def load_checkpoint_params(path: str | Path, template: AgentParams) -> tuple[AgentParams, dict]:
+    """The parameters saved in a learner checkpoint, typed like `template`, and the checkpoint's metadata.
+    Only what acting needs is read; the optimizer state stays in the file."""
+    from flax.serialization import from_state_dict
+
+    from q2rl.core.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    kind = ckpt.metadata.get("kind")
+    if kind != LEARNER_CHECKPOINT_KIND or "params" not in ckpt.state:
+        raise CheckpointError(f"{path}: not a learner checkpoint (kind {kind!r})")
+    try:
+        return from_state_dict(template, ckpt.state["params"]), ckpt.metadata
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: its parameters do not match this run's networks ({e})") from None
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+    """Paths of the floating-point leaves of a host pytree that hold a NaN or an infinity."""
+    return [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(leaf))]

@@ -1,0 +1,110 @@
+"""The session's Actor and Learner run in one process (q2rl.local.LocalRun, what the benchmarks use), end to end
+on the real simulator with tiny networks and budgets."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from q2rl.config import from_dict
+from q2rl.core.agents import publishable
+from q2rl.core.normalization import ObsNormalizer
+from q2rl.core.parameters import apply_parameter_set
+from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
+from q2rl.core.replay import SOURCE_CODES
+from q2rl.local import LocalRun, LocalSchedule
+
+TINY = {"hidden_dims": [16, 16], "value_hidden_dims": [16], "ensemble_size": 2, "batch_size": 8, "utd": 2,
+        "q_estimation": {"rollout_episodes": 2, "value_updates": 20, "critic_updates": 20, "actor_updates": 20,
+                         "batch_size": 16}}
+EPISODE = 15  # steps of a truncated episode (an untrained BC never lifts the cube)
+
+
+def run_config(algo: str, seed: int = 3, eval_deterministic: bool = True, **agent):
+    from q2rl.run_config import RunConfig
+
+    return from_dict(RunConfig, {
+        "env": {"sim": {"task": "pick_cube", "max_episode_steps": EPISODE}},
+        "agent": {**TINY, **agent, "algo": algo},
+        "learner": {"seed": seed, "eval_window": 1, "learning_starts": 10, "ahead_steps": 1},
+        "actor": {"seed": seed, "pace": "learner", "eval_every_episodes": 0, "eval_deterministic": eval_deterministic},
+        "session": {"env_steps": 10**9}})
+
+
+@pytest.fixture(scope="module")
+def bc():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from q2rl.robot.sim import make_sim_env
+    from q2rl.robot.sim.config import SimEnvConfig
+
+    state_dim = make_sim_env(SimEnvConfig(task="pick_cube")).reset(seed=0)[0]["state"].shape[0]
+    net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [16]}), 7)
+    return BCPolicy(net, net.init(jax.random.PRNGKey(0), {"state": jnp.zeros((1, state_dim))}),
+                    ObsNormalizer.identity(state_dim))
+
+
+@pytest.mark.slow
+def test_q2rl_phase1_then_online(bc, tmp_path):
+    run = LocalRun(run_config("q2rl"), bc, tmp_path, log=lambda s: None)
+    result = run.run(LocalSchedule(online_steps=40, eval_every=20))
+    rollout = 2 * EPISODE
+    # pi_BC first, after Q-Estimation, then at the first episode boundary past every 20 online steps, and at the end
+    assert [p.env_steps for p in result.curve] == [0, rollout, rollout + 2 * EPISODE, rollout + 3 * EPISODE]
+    assert result.q_estimation.num_episodes == 2 and result.q_estimation.num_steps == rollout
+    # one update call per online env step, from the first (phase 1 filled the replay past learning_starts)
+    assert result.curve[-1].updates == run.learner.book.updates == 3 * EPISODE
+    assert [p.train_episodes_total for p in result.curve] == [0, 2, 4, 5]
+    assert result.curve[-1].train_successes_total == 0
+    assert result.curve[0].bc_share is None and result.curve[0].eval_bc_share == 1.0  # pi_BC alone
+    for point in result.curve[2:]:
+        assert 0.0 <= point.bc_share <= 1.0 and point.train_success == 0.0 and 0.0 <= point.eval_bc_share <= 1.0
+        assert point.other_protocol_success is None  # not paired
+    replay = run.learner.replay
+    # phase-1 episodes are ordinary BC transitions in the replay
+    first = replay.export_episode(*run.learner.book.rollout_keys[0])
+    assert len(first) == EPISODE and np.all(first.source == SOURCE_CODES["bc"]) and not first.success
+    np.testing.assert_array_equal(first.actions, first.a_bc)
+    # V_phi was fitted on the MC returns: all failures -> r'_neg / (1 - gamma) = -100
+    assert float(result.params.value_stats[0]) == pytest.approx(-100.0, abs=1e-3)
+    # online steps record the gate's choice and the parameter version it used (published after every update)
+    online = replay.export_episode(*replay.completed_episodes[-1])
+    assert set(online.source) <= {SOURCE_CODES["bc"], SOURCE_CODES["rl"]}
+    # the actor acts on the learner's latest parameters, as the named subsets the wire carries
+    obs = {"state": first.obs["state"][0]}
+    restored = apply_parameter_set(run.actor.template, publishable(result.params))
+    a1, _ = run.learner.agent.eval_gate(result.params, obs, jax.random.PRNGKey(0))
+    a2, _ = run.learner.agent.eval_gate(restored, obs, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(a1, a2)
+    assert run.actor.version == run.learner.book.param_version
+
+
+def test_bc_baseline_runs_without_updates(bc, tmp_path):
+    lines = []
+    run = LocalRun(run_config("bc"), bc, tmp_path, log=lines.append)
+    result = run.run(LocalSchedule(online_steps=20, eval_every=10, paired_eval=True))
+    assert [p.updates for p in result.curve] == [0, 0, 0]
+    assert all(p.bc_share in (None, 1.0) for p in result.curve)
+    # paired evaluation: each point is also evaluated with the other protocol (here sampled), all BC actions
+    assert all(p.eval_bc_share == 1.0 and p.other_protocol_bc_share == 1.0 for p in result.curve)
+    assert all(p.other_protocol_success in (0.0, 1.0) for p in result.curve)
+    assert len(lines) == 3 and all("other_protocol_success=" in line for line in lines)
+
+
+def test_random_steps_take_uniform_actions_then_the_gate(bc, tmp_path):
+    # sac_bc has no phase 1: it is online from the first step, learning from learning_starts transitions on
+    run = LocalRun(run_config("sac_bc", seed=1, random_steps=30), bc, tmp_path, log=lambda s: None)
+    run.run(LocalSchedule(online_steps=60, eval_every=0))
+    assert run.learner.book.online_start_steps == 10 and run.learner.book.updates == 60 - 10
+    replay = run.learner.replay
+    episodes = [replay.export_episode(*k) for k in replay.completed_episodes[:4]]
+    actions = np.concatenate([e.actions for e in episodes])
+    random_part = actions[:30]
+    # uniform on [-1, 1]^7: mean |a| = 0.5, spread over the whole box; recorded as RL steps without values
+    assert np.mean(np.abs(random_part)) == pytest.approx(0.5, abs=0.1)
+    assert random_part.min() < -0.8 and random_part.max() > 0.8
+    assert np.all(np.concatenate([e.source for e in episodes])[:30] == SOURCE_CODES["rl"])
+    assert np.all(np.concatenate([e.q_rl for e in episodes])[:30] == 0.0)
+    # afterwards the gate runs pi_RL: its (untrained) samples are not the uniform draws, and q_rl is scored
+    assert np.any(np.concatenate([e.q_rl for e in episodes])[30:] != 0.0)
