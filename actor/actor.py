@@ -357,7 +357,7 @@ class Actor:
         self._last_status = now
         health = getattr(self.source, "health", None)
         h = health() if callable(health) else None
-        link = "local" if h is None else ("connected" if h.connected else (f"refused" if h.refused else "reconnecting"))
+        link = "local" if h is None else ("connected" if h.connected else ("refused" if h.refused else "reconnecting"))
         if self.console is not None:
             from q2rl.robot.console import StatusLine
 

@@ -7,7 +7,6 @@
     state = agent.init_state(params)
     state, metrics = agent.update(state, batches, key)          # learner (batches: [utd, B, ...])
     action, info = agent.gate(params, obs, key)                   # actor, one observation
-    subsets = publishable(state.params)                           # {"policy", "critic", "value"} for the wire
 
 Per algorithm, what differs is only its row of ALGO_RULES (agent_config.py), read here, by the gate and by the config.
 """
@@ -26,31 +25,6 @@ from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
 from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, bc_dist, init_params,
                            init_state, make_networks, make_optimizers, make_update)
-
-
-# Parameter subsets sent from the learner to the actors (docs/design.md#parameter-sets), by name.
-SUBSETS: dict[str, tuple[str, ...]] = {
-    "policy": ("encoder", "actor"),
-    "critic": ("critic", "critic_target", "encoder_target"),
-    "value": ("value", "value_stats", "normalizer"),
-}
-
-
-def publishable(params: AgentParams, names: Sequence[str] = tuple(SUBSETS)) -> dict[str, dict[str, Any]]:
-    """The named parameter subsets {policy, critic, value} the learner publishes (BC is loaded actor-side)."""
-    return {name: {field: getattr(params, field) for field in SUBSETS[name]} for name in names}
-
-
-def with_subsets(params: AgentParams, subsets: dict[str, dict[str, Any]]) -> AgentParams:
-    """`params` with the received subsets swapped in (unknown names are an error)."""
-    fields: dict[str, Any] = {}
-    for name, values in subsets.items():
-        if name not in SUBSETS:
-            raise ValueError(f"unknown parameter subset {name!r}; known: {', '.join(SUBSETS)}")
-        if set(values) != set(SUBSETS[name]):
-            raise ValueError(f"parameter subset {name!r} has fields {sorted(values)}, expected {sorted(SUBSETS[name])}")
-        fields.update(values)
-    return params.replace(**fields)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,15 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from q2rl.core.agents import publishable, with_subsets  # noqa: F401  (publishable re-exported for the learner)
 from q2rl.core.sac import AgentParams
 
 LEARNER_CHECKPOINT_KIND = "learner_state"
+# What the learner publishes, by subset name (docs/design.md#parameter-sets); pi_BC is loaded on both sides.
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "policy": ("encoder", "actor"),
+    "critic": ("critic", "critic_target", "encoder_target"),
+    "value": ("value", "value_stats", "normalizer"),
+}
 
 
 def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
@@ -27,15 +32,24 @@ def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
     return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
 
 
+def publishable(params: AgentParams) -> dict[str, dict[str, Any]]:
+    """The named parameter subsets {policy, critic, value} the learner publishes."""
+    return {name: {field: getattr(params, field) for field in fields} for name, fields in SUBSETS.items()}
+
+
 def apply_parameter_set(template: AgentParams, subsets: Mapping[str, Any]) -> AgentParams:
-    """The actor's params: a received set of named subsets (nested dicts of arrays off the wire, or the learner's
-    own typed trees in one process) typed like `template`."""
+    """The actor's params: `template` with a received set of named subsets (nested dicts of arrays off the wire, or
+    the learner's own typed trees in one process) swapped in, typed like it; unknown names are an error."""
     from flax.serialization import from_state_dict, to_state_dict
 
-    typed = {name: {field: from_state_dict(getattr(template, field), to_state_dict(tree))
-                    for field, tree in fields.items()}
-             for name, fields in subsets.items()}
-    return with_subsets(template, typed)
+    fields: dict[str, Any] = {}
+    for name, values in subsets.items():
+        if name not in SUBSETS:
+            raise ValueError(f"unknown parameter subset {name!r}; known: {', '.join(SUBSETS)}")
+        if set(values) != set(SUBSETS[name]):
+            raise ValueError(f"parameter subset {name!r} has fields {sorted(values)}, expected {sorted(SUBSETS[name])}")
+        fields.update({f: from_state_dict(getattr(template, f), to_state_dict(tree)) for f, tree in values.items()})
+    return template.replace(**fields)
 
 
 def load_checkpoint_params(path: str | Path, template: AgentParams) -> tuple[AgentParams, dict]:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from q2rl.config import ConfigError, dump_yaml, load_config
+from q2rl.config import dump_yaml, load_config
 from q2rl.recordio import atomic_write
 from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, create_run_dir, default_run_name, open_run_dir
 

@@ -35,59 +35,6 @@ def check_actor_id(actor_id: str) -> None:
         raise ValueError(f"actor id {actor_id!r}: use 1-64 characters of letters, digits, '_', '.', '-'")
 
 
-class EpisodeArrays(NamedTuple):
-    """One episode's transitions as stacked numpy arrays (leading axis = step)."""
-
-    actor_id: str
-    episode_id: int
-    seq: np.ndarray  # int64[T]
-    step: np.ndarray  # int64[T]
-    obs_state: np.ndarray  # float32[T, D]
-    obs_images: dict  # name -> uint8[T, H, W, 3]
-    action: np.ndarray  # float32[T, A]
-    reward: np.ndarray  # float64[T]
-    terminated: np.ndarray  # bool[T]
-    truncated: np.ndarray  # bool[T]
-    next_obs_state: np.ndarray
-    next_obs_images: dict
-    a_bc: np.ndarray
-    a_rl: np.ndarray
-    q_bc: np.ndarray
-    q_rl: np.ndarray
-    source: np.ndarray  # str[T]: bc | rl | human
-    param_version: np.ndarray
-
-
-def stack_transitions(transitions: Sequence[Transition]) -> EpisodeArrays:
-    """Stack a non-empty list of linked transitions of one episode."""
-    t0 = transitions[0]
-
-    def images(key: str) -> dict:
-        names = t0.obs.get("images", {}).keys() if key == "obs" else t0.next_obs.get("images", {}).keys()
-        return {n: np.stack([getattr(t, key)["images"][n] for t in transitions]) for n in names}
-
-    return EpisodeArrays(
-        actor_id=t0.actor_id,
-        episode_id=t0.episode_id,
-        seq=np.array([t.seq for t in transitions], np.int64),
-        step=np.array([t.step for t in transitions], np.int64),
-        obs_state=np.stack([t.obs["state"] for t in transitions]),
-        obs_images=images("obs"),
-        action=np.stack([t.action for t in transitions]),
-        reward=np.array([t.reward for t in transitions], np.float64),
-        terminated=np.array([t.terminated for t in transitions], bool),
-        truncated=np.array([t.truncated for t in transitions], bool),
-        next_obs_state=np.stack([t.next_obs["state"] for t in transitions]),
-        next_obs_images=images("next_obs"),
-        a_bc=np.stack([t.a_bc for t in transitions]),
-        a_rl=np.stack([t.a_rl for t in transitions]),
-        q_bc=np.array([t.q_bc for t in transitions], np.float64),
-        q_rl=np.array([t.q_rl for t in transitions], np.float64),
-        source=np.array([t.source for t in transitions]),
-        param_version=np.array([t.param_version for t in transitions], np.int64),
-    )
-
-
 class EpisodeSummary:
     """Running totals of one episode's stored transitions (to report an episode its actor never reported)."""
 
@@ -131,9 +78,6 @@ class StoredEpisode(NamedTuple):
     report: EpisodeReport | None
     transitions: list[Transition]
     unlinked: int
-
-    def arrays(self) -> EpisodeArrays | None:
-        return stack_transitions(self.transitions) if self.transitions else None
 
 
 class _ActorLog:

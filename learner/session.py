@@ -332,7 +332,7 @@ def format_summary(result: SessionResult) -> str:
     lines += [
         "",
         f"run files in {run}/",
-        f"  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
+        "  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
         f"  status.json   {SUMMARY_FILE}   {FINAL_EVAL_FILE}   {BEST_EVAL_FILE}   actors/ (actor status)   *.log (process logs)",
         f"continue it: q2rl session --resume {run}",
         f"run a checkpoint: q2rl actor --config {run}/config.yaml --evaluate {run} --checkpoint best|last --episodes N",

@@ -11,7 +11,6 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from q2rl.run_dir import STATUS_FILE, read_json, write_json
 
@@ -221,6 +220,3 @@ def format_curve(curve: list[EvalPoint], width: int = 40) -> str:
         rows.append(f"{p.env_steps:>10d}  {100 * p.success_rate:11.0f}%  {episodes:>10}  {practised:>15}  {bar}")
     return "\n".join(rows)
 
-
-def status_age(data: dict[str, Any] | None, now: float) -> float:
-    return float("inf") if not data else now - float(data.get("updated_at", 0.0))

@@ -41,11 +41,6 @@ def encode_record(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def write_record(f: BinaryIO, payload: bytes) -> int:
-    """Append one record; returns the bytes written (header + payload)."""
-    return f.write(encode_record(payload))
-
-
 def read_records(path: str | Path) -> ReadResult:
     """All intact records of a file, in order, and where the intact part ends."""
     data = Path(path).read_bytes()

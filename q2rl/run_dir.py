@@ -28,7 +28,6 @@ from q2rl.recordio import atomic_write
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 ADDRESS_FILE = "learner.addr"
-EPISODE_LOG = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
 FINAL_EVAL_FILE = "final_eval.json"
 BEST_EVAL_FILE = "best_eval.json"
@@ -59,21 +58,6 @@ def read_json(path: str | Path) -> Any | None:
 def append_jsonl(path: str | Path, obj: Any) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(obj, sort_keys=True) + "\n")
-
-
-def read_jsonl(path: str | Path) -> list[Any]:
-    """All complete lines of a JSON-lines file (a torn last line from a crash is skipped)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def default_run_name(task: str, now: datetime.datetime | None = None) -> str:

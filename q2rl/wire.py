@@ -33,7 +33,6 @@ SERVICE_NAME = "q2rl.v1.Learner"
 SESSION_METADATA_KEY = "q2rl-session"
 TOKEN_METADATA_KEY = "q2rl-token"  # the Status RPC's credential when the learner has a token
 DEFAULT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
-PARAMETER_SUBSETS = ("policy", "critic", "value")
 
 _SOURCE_TO_PB = {"bc": pb.ACTION_SOURCE_BC, "rl": pb.ACTION_SOURCE_RL, "human": pb.ACTION_SOURCE_HUMAN}
 _SOURCE_FROM_PB = {v: k for k, v in _SOURCE_TO_PB.items()}

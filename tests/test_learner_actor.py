@@ -4,7 +4,6 @@ learner (then --resume) without losing or duplicating a transition."""
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -267,7 +266,6 @@ def test_the_best_eval_window_saves_best_ckpt_with_the_state_it_closed_on_and_a_
     from q2rl.core.checkpoint import load_bc_policy, load_checkpoint
     from q2rl.learner.episode_store import EpisodeStore
     from q2rl.learner.learner import Learner
-    from q2rl.progress import EvalPoint
     from q2rl.run_dir import BEST_CHECKPOINT_FILE
 
     cfg = run_config(tmp_path, bc_checkpoint, learner={"eval_window": 2})

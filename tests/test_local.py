@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from q2rl.config import from_dict
-from q2rl.core.agents import publishable
 from q2rl.core.normalization import ObsNormalizer
-from q2rl.core.parameters import apply_parameter_set
+from q2rl.core.parameters import apply_parameter_set, publishable
 from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
 from q2rl.core.replay import SOURCE_CODES
 from q2rl.local import LocalRun, LocalSchedule

@@ -102,11 +102,9 @@ def test_transitions_and_reports_round_trip_exactly(learner, tmp_path, images):
     assert [(e.episode_id, e.complete, e.report) for e in episodes] == [(i, True, reports[i]) for i in range(3)]
     for a, b in zip(sent, [t for e in episodes for t in e.transitions]):
         assert_transition_equal(a, b)
-    arrays = episodes[0].arrays()
-    np.testing.assert_array_equal(arrays.obs_state, np.stack([t.obs["state"] for t in sent[:7]]))
-    np.testing.assert_array_equal(arrays.reward, [t.reward for t in sent[:7]])
-    if images:
-        np.testing.assert_array_equal(arrays.next_obs_images["front"][3], sent[3].next_obs["images"]["front"])
+    if images:  # a frame that travelled once is linked back as the next_obs of the step before
+        np.testing.assert_array_equal(episodes[0].transitions[3].next_obs["images"]["front"],
+                                      sent[3].next_obs["images"]["front"])
 
 
 def test_duplicates_are_dropped_and_acks_mean_stored(learner, tmp_path):

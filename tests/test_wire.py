@@ -146,13 +146,13 @@ def test_record_file_torn_tail_is_ignored_and_cut(tmp_path):
     path = tmp_path / "x.rec"
     with recordio.open_for_append(path) as f:
         for i in range(5):
-            recordio.write_record(f, bytes([i]) * (100 + i))
+            f.write(recordio.encode_record(bytes([i]) * (100 + i)))
     whole = path.read_bytes()
     path.write_bytes(whole[:-30])  # crash in the middle of the last record
     result = recordio.read_records(path)
     assert [r[0] for r in result.records] == [0, 1, 2, 3] and result.torn_bytes == 104 + 8 - 30
     with recordio.open_for_append(path, result.good_end) as f:
-        recordio.write_record(f, b"next")
+        f.write(recordio.encode_record(b"next"))
     assert recordio.read_records(path).records[-1] == b"next" and recordio.read_records(path).torn_bytes == 0
     flipped = bytearray(path.read_bytes())
     flipped[-1] ^= 0xFF  # bad CRC on the last record
