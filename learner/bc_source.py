@@ -4,9 +4,9 @@
     cfg = with_bc_source(cfg)           # the same, with bc.checkpoint and bc.demos (the demos.hdf5 beside it) set
 
 The cache key is a hash of everything that shapes the policy: the sim task config, the demo settings and the
-BC training config. Training runs the ordinary commands (`q2rl demos scripted`, `q2rl bc train`,
-`q2rl bc eval`) as child processes, so what `make run` does is exactly what a user can do by hand. A
-half-built cache entry (interrupted run) is never mistaken for a finished one: the policy directory is
+BC training config. Training calls what `q2rl demos scripted`, `q2rl bc train` and `q2rl bc eval` call, with the
+run config's own sections (no command-line strings in between), so what `make run` does is what a user can do by
+hand. A half-built cache entry (interrupted run) is never mistaken for a finished one: the policy directory is
 renamed into place only after training succeeded.
 """
 
@@ -16,8 +16,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from q2rl.config import ConfigError, to_dict
@@ -38,62 +36,57 @@ def bc_cache_dir(cfg) -> Path:
     return Path(cfg.bc.cache_root) / f"{cfg.env.sim.task}-{digest}"
 
 
-def _sets(prefix: str, tree: dict) -> list[str]:
-    """--set FIELD=VALUE arguments for every leaf of a config mapping (values as JSON, which YAML reads)."""
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _sets(f"{prefix}{key}.", value)
-        else:
-            out += ["--set", f"{prefix}{key}={json.dumps(value)}"]
-    return out
-
-
-def _run(argv: list[str], what: str) -> str:
-    print(f"session: {what}", flush=True)
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {' '.join(argv)}")
-    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-
-
 def ensure_bc_policy(cfg, progress: bool = True) -> str:
     """The BC checkpoint for this run (trained and cached here for sim when bc.checkpoint is empty)."""
     if cfg.bc.checkpoint:
         return cfg.bc.checkpoint
     if cfg.env.backend != "sim":
         raise ConfigError("bc.checkpoint: a real-robot run needs a trained BC policy (q2rl demos record, q2rl bc train)")
+    from q2rl.bc.train import train_bc
+    from q2rl.demos.hdf5 import read_demos
+    from q2rl.demos.scripted import ScriptedDemoSpec, default_noise, record_scripted_demos
+
     root = bc_cache_dir(cfg)
     policy_dir = root / BC_DIR
     if (policy_dir / "policy.ckpt").is_file():
         print(f"session: using the cached BC policy {policy_dir}", flush=True)
         return str(policy_dir)
     root.mkdir(parents=True, exist_ok=True)
-    q2rl = [sys.executable, "-m", "q2rl.cli"]
-    quiet = [] if progress else ["--no-progress"]
-    demos = root / DEMOS_FILE
-    sim = to_dict(cfg.env.sim)
-    sim_sets = _sets("", {k: v for k, v in sim.items() if k != "task"})
-    argv = q2rl + ["demos", "scripted", "--task", cfg.env.sim.task, "--episodes", str(cfg.bc.demo_episodes),
-                   "--seed", str(cfg.bc.demo_seed), "--out", str(demos), "--force", *sim_sets, *quiet]
-    if cfg.bc.demo_noise >= 0:
-        argv += ["--noise", str(cfg.bc.demo_noise)]
-    _run(argv, f"recording {cfg.bc.demo_episodes} scripted demos of {cfg.env.sim.task} -> {demos}")
+    demos, task = root / DEMOS_FILE, cfg.env.sim.task
+    noise = default_noise(task) if cfg.bc.demo_noise < 0 else cfg.bc.demo_noise
+    print(f"session: recording {cfg.bc.demo_episodes} scripted demos of {task} -> {demos}", flush=True)
+    record_scripted_demos(cfg.env.sim, ScriptedDemoSpec(cfg.bc.demo_episodes, noise, cfg.bc.demo_seed), demos,
+                          overwrite=True, progress=progress)
     staging = root / (BC_DIR + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    _run(q2rl + ["bc", "train", "--demos", str(demos), "--out", str(staging), *_sets("", to_dict(cfg.bc.train)), *quiet],
-         f"training pi_BC ({cfg.bc.train.policy.kind}, {cfg.bc.train.steps} steps) -> {policy_dir}")
+    train = cfg.bc.train
+    print(f"session: training pi_BC ({train.policy.kind}, {train.steps} steps) -> {policy_dir}", flush=True)
+    train_bc(read_demos(demos, cameras=train.cameras), train, out_dir=staging, progress=progress)
     staging.rename(policy_dir)
     if cfg.bc.eval_episodes > 0:
-        line = _run(q2rl + ["bc", "eval", "--policy", str(policy_dir), "--episodes", str(cfg.bc.eval_episodes), *quiet],
-                    f"evaluating pi_BC alone over {cfg.bc.eval_episodes} episodes")
-        try:
-            result = json.loads(line)
-            (root / BC_EVAL_FILE).write_text(json.dumps(result))
-            print(f"session: pi_BC alone succeeds in {100 * result['success_rate']:.0f}% of episodes", flush=True)
-        except (json.JSONDecodeError, KeyError):
-            pass
+        result = evaluate_bc(policy_dir, cfg.bc.eval_episodes, progress)
+        (root / BC_EVAL_FILE).write_text(json.dumps(result))
+        print(f"session: pi_BC alone succeeds in {100 * result['success_rate']:.0f}% of episodes", flush=True)
     return str(policy_dir)
+
+
+def evaluate_bc(policy_dir: Path, episodes: int, progress: bool) -> dict:
+    """What `q2rl bc eval` measures and prints for a policy directory, as a dict."""
+    from q2rl.bc.cli import DEFAULT_EVAL_SEED
+    from q2rl.bc.evaluate import eval_env_config, evaluate_policy
+    from q2rl.core.checkpoint import load_bc_policy_with_metadata
+    from q2rl.robot.sim import make_sim_env
+
+    print(f"session: evaluating pi_BC alone over {episodes} episodes", flush=True)
+    policy, meta = load_bc_policy_with_metadata(policy_dir)
+    env_cfg = eval_env_config(meta)
+    action = meta.get("bc_config", {}).get("eval_action", "sample")
+    env = make_sim_env(env_cfg)
+    try:
+        result = evaluate_policy(policy, env, episodes, DEFAULT_EVAL_SEED, action, progress=progress)
+    finally:
+        env.close()
+    return result.summary(task=env_cfg.task, policy=str(policy_dir), seed=DEFAULT_EVAL_SEED, action=action)
 
 
 def with_bc_source(cfg):
