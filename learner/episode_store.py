@@ -3,12 +3,14 @@
     store = EpisodeStore(run_dir)                 # loads what is there; a torn tail record is cut with a warning
     store.stored_seq("sim-0")                     # highest contiguous seq on disk (-1: nothing) -> the ack
     store.append("sim-0", [(raw_item_bytes, parsed_item), ...])   # write, flush, fsync: then acknowledge
-    for ep in store.episodes(): replay.add_episode(ep.arrays())    # rebuild replay on --resume
+    for ep in store.episodes(contract): ...                      # rebuild replay on --resume (checked records)
 
 Layout: run_dir/episodes/<actor_id>/seg-<n:09d>.rec, an append-only log per actor (q2rl.recordio.SegmentLog, a
 new segment about every `segment_bytes`) whose records are the wire `Item` bytes exactly as received: transitions
 (images once per frame) and EpisodeReports, in the actor's order. One log per actor means one fsync per received batch.
 An episode is complete when its report is stored or its last transition terminated/truncated.
+The service checks every item before it is stored (q2rl.contract); reading back checks them again, so a record
+an older learner stored unchecked, or one a damaged file lost, is left out with a warning instead of a crash.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from q2rl import recordio, wire
+from q2rl.contract import LastStep, TransitionContract, check_report, check_transition
 from q2rl.interfaces import EpisodeReport, Transition
 
 log = logging.getLogger(__name__)
@@ -36,18 +39,21 @@ def check_actor_id(actor_id: str) -> None:
 
 
 class EpisodeSummary:
-    """Running totals of one episode's stored transitions (to report an episode its actor never reported)."""
+    """Running totals of one episode's stored transitions (to report an episode its actor never reported), and its
+    newest step (which the actor's next transition must continue)."""
 
     def __init__(self, episode_id: int) -> None:
         self.episode_id, self.length, self.ret, self.bc_steps = episode_id, 0, 0.0, 0
         self.terminated = self.truncated = self.reported = False
         self.last_seq = -1
+        self.last: LastStep | None = None
 
     def add(self, t: "wire.pb.Transition") -> None:
         self.length += 1
         self.ret += t.reward
         self.bc_steps += t.source == wire.pb.ACTION_SOURCE_BC
         self.terminated, self.truncated, self.last_seq = t.terminated, t.truncated, t.seq
+        self.last = LastStep.of(t)
 
     def cut_report(self, actor_id: str) -> EpisodeReport:
         ended = self.terminated or self.truncated
@@ -117,7 +123,12 @@ class EpisodeStore:
         self._lock = threading.Lock()
         self._actors: dict[str, _ActorLog] = {}
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            self._actors[directory.name] = self._scan(directory)
+            try:
+                self._actors[directory.name] = self._scan(directory)
+            except recordio.RecordFileError as e:  # a damaged header: nothing in that file can be trusted
+                raise recordio.RecordFileError(
+                    f"{e}; move it aside (rename it to end in .damaged: only seg-*.rec files are read) and resume "
+                    "again: the episodes in it are then missing from replay, everything else is kept") from None
 
     # ------------------------------------------------------------------ loading
 
@@ -126,7 +137,11 @@ class EpisodeStore:
         seqs = []
         for _, records in state.log.scan(cut_torn=True):  # so that appends continue after the last intact record
             for raw in records:
-                item = wire.parse_item(raw)
+                try:
+                    item = wire.parse_item(raw)
+                except wire.WireError as e:
+                    log.warning("%s: left out a stored record: %s", directory, e)
+                    continue
                 state.note(item, raw)
                 if item.HasField("transition"):
                     seqs.append(item.transition.seq)
@@ -164,12 +179,19 @@ class EpisodeStore:
             a = self._actors.get(actor_id)
             return None if a is None or a.episode is None else copy.copy(a.episode)
 
-    def unlinked_tail(self, actor_id: str) -> Transition | None:
-        """The newest stored transition of an actor if it still waits for its successor's frame."""
+    def unlinked_tail(self, actor_id: str, contract: TransitionContract | None = None) -> Transition | None:
+        """The newest stored transition of an actor if it still waits for its successor's frame (and passes the
+        checks of q2rl.contract: one stored unchecked never reaches replay)."""
         with self._lock:
             a = self._actors.get(actor_id)
             raw = None if a is None else a.tail
-        return None if raw is None else wire.decode_transition(wire.parse_item(raw).transition)[0]
+        if raw is None:
+            return None
+        try:
+            return check_transition(wire.parse_item(raw).transition, contract, actor_id)[0]
+        except wire.WireError as e:
+            log.warning("actor %s: the newest stored transition is left out: %s", actor_id, e)
+            return None
 
     # ------------------------------------------------------------------ writing
 
@@ -208,22 +230,39 @@ class EpisodeStore:
         for segment in segments:
             yield from recordio.read_records(segment.path).records
 
-    def episodes(self, actor_id: str | None = None) -> Iterator[StoredEpisode]:
-        """Every stored episode (complete and in progress), per actor in the order they were recorded."""
+    def episodes(self, actor_id: str | None = None, contract: TransitionContract | None = None,
+                 on_skip: Callable[[str, int | None, str], None] | None = None) -> Iterator[StoredEpisode]:
+        """Every stored episode (complete and in progress), per actor in the order they were recorded.
+
+        Each record is checked as the service checks what it receives (q2rl.contract; against the run's `contract`
+        if given). One that fails, stored by a learner that did not check, is left out and passed to
+        `on_skip(actor_id, its seq (None: not a transition), reason)`, by default a warning."""
+        def skip(aid: str, seq: int | None, reason: str) -> None:
+            log.warning("actor %s: left out a stored record: %s", aid, reason)
+
         for aid in [actor_id] if actor_id is not None else self.actors():
             current: list = []  # (episode id, [(transition, pending) ...], report)
             for raw in self._records(aid):
-                item = wire.parse_item(raw)
-                episode_id = item.transition.episode_id if item.HasField("transition") else item.report.episode_id
+                seq = None
+                try:
+                    item = wire.parse_item(raw)
+                    if item.HasField("transition"):
+                        seq, episode_id = item.transition.seq, item.transition.episode_id
+                        record = check_transition(item.transition, contract, aid)
+                    else:
+                        episode_id, record = item.report.episode_id, check_report(item.report, aid)
+                except wire.WireError as e:
+                    (on_skip or skip)(aid, seq, str(e))
+                    continue
                 if current and current[0] != episode_id:
                     yield _build_episode(aid, *current)
                     current = []
                 if not current:
                     current = [episode_id, [], None]
-                if item.HasField("transition"):
-                    current[1].append(wire.decode_transition(item.transition))
+                if isinstance(record, EpisodeReport):
+                    current[2] = record
                 else:
-                    current[2] = wire.decode_report(item.report)
+                    current[1].append(record)
             if current:
                 yield _build_episode(aid, *current)
 

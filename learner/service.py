@@ -19,13 +19,23 @@ report made for it (`cut=True` unless its last transition ended the episode), st
 `on_actor_lost(actor_id)` (optional) is called when an actor's transition stream ends and no newer stream of that
 actor replaced it (crash, network loss, clean close); the actor may come back later and continue its episode.
 
-Guarantees: duplicates (actor_id, seq) are dropped; an ack means "everything up to this seq is on disk";
+Guarantees: every item is checked before a byte of its batch is stored (q2rl.contract: decodes, fits the run's
+`TransitionContract`, continues the actor's stream); a batch with a bad item is refused whole with INVALID_ARGUMENT
+and a reason naming the seq and the field, so no ack covers it and the learner never sees it;
+duplicates (actor_id, seq) are dropped; an ack means "everything up to this seq is on disk";
 a stream that goes silent is cut by HTTP/2 keepalive within `Keepalive.time_ms + timeout_ms`; a reconnecting
 actor's old stream is cancelled; RPC concurrency is capped (excess calls are refused, never queued unboundedly).
+
+Lock-out: the cap must stay free for the actors. Every call presents the token as metadata (q2rl-token), checked
+by `_TokenGate` before a worker reads its request, so a client without it holds no worker; a call with one request
+message must send it within `first_message_s`, or it is cut; and a session holds at most one transition stream
+and one parameter stream: a newer one replaces the older (as a new handshake replaces the old session), which is
+cancelled at once, so a reconnecting actor whose old stream is half-open is never locked out.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hmac
 import logging
@@ -39,6 +49,7 @@ import grpc
 
 from q2rl.learner.episode_store import EpisodeStore, EpisodeSummary, check_actor_id
 from q2rl import wire
+from q2rl.contract import TransitionContract, check_continuity, check_report, check_transition
 from q2rl.interfaces import EpisodeReport, Grants, Transition
 from q2rl.wire import Keepalive, TlsFiles, pb  # noqa: F401  (re-exported)
 
@@ -118,6 +129,11 @@ class ParameterBoard:
             self._closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Let every waiting stream look again now (one of them was replaced and must end)."""
+        with self._cond:
+            self._cond.notify_all()
+
 
 class _ActorState:
     """Per-actor ingest state; `lock` serialises batches of the same actor (old and new stream)."""
@@ -156,8 +172,12 @@ class LearnerService:
         status_fn: Callable[[], ServiceStatus] = ServiceStatus,
         param_poll_s: float = 0.5,
         on_actor_lost: Callable[[str], None] | None = None,
+        contract: TransitionContract | None = None,
     ) -> None:
+        """`contract`: the shapes every transition of the run must have (None, as in benchmarks: only what every
+        run shares is checked); a batch with an item that fails the checks is refused whole, before it is stored."""
         self.store = store
+        self.contract = contract
         self.on_transitions = on_transitions
         self.on_episode = on_episode
         self.board = param_board
@@ -168,6 +188,7 @@ class LearnerService:
         self._lock = threading.Lock()
         self._actors: dict[str, _ActorState] = {}
         self._sessions: dict[str, str] = {}  # session id -> actor id
+        self._param_streams: dict[str, grpc.ServicerContext] = {}  # session id -> its one parameter stream
         self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ handshake
@@ -179,7 +200,7 @@ class LearnerService:
                 a = self._actors[actor_id] = _ActorState(
                     self.store.stored_seq(actor_id),
                     self.store.reported_episode(actor_id),
-                    self.store.unlinked_tail(actor_id),
+                    self.store.unlinked_tail(actor_id, self.contract),
                     self.store.last_episode_summary(actor_id),
                 )
             return a
@@ -249,7 +270,10 @@ class LearnerService:
     def SendTransitions(self, request_iterator: Iterator[bytes], context) -> Iterator["pb.Ack"]:
         actor_id, a, session = self._session(context)
         with a.lock:
+            replaced = a.stream_context
             a.stream_context, a.connected = context, True
+        if replaced is not None:
+            replaced.cancel()  # one transition stream per actor: the newer replaces the older, freeing its worker
 
         def on_done() -> None:
             with a.lock:
@@ -266,51 +290,62 @@ class LearnerService:
             try:
                 yield self._ingest(actor_id, a, batch)
             except wire.WireError as e:
+                log.warning("actor %s: refused a batch, nothing of it stored: %s", actor_id, e)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"actor {actor_id}: {e}")
 
     def _ingest(self, actor_id: str, a: _ActorState, batch: bytes) -> "pb.Ack":
-        """Store a batch durably (dropping duplicates), hand it to the learner, and return the ack."""
+        """Check a batch, store it durably (dropping duplicates), hand it to the learner, and return the ack.
+
+        Every new item is checked first (q2rl.contract: it decodes, fits the run's contract and continues the
+        actor's stream): one bad item raises a WireError before anything is stored, so nothing of the batch is
+        stored, acknowledged or handed on, and the actor's state stays as it was."""
         with a.lock:
-            fresh, stored_seq, reported = [], a.stored_seq, a.reported_episode
+            fresh: list[tuple[bytes, "pb.Item"]] = []  # what is stored
+            records: list = []  # the same, decoded: (Transition, next images pending) or EpisodeReport
+            stored_seq, reported, episode = a.stored_seq, a.reported_episode, copy.copy(a.episode)
             for raw in wire.split_batch(batch):
                 item = wire.parse_item(raw)
                 if item.HasField("transition"):
                     t = item.transition
-                    if t.actor_id != actor_id:
-                        raise wire.WireError(f"transition seq {t.seq} names actor {t.actor_id!r}")
                     if t.seq <= stored_seq:
                         continue  # duplicate of something already stored (resend after reconnect)
                     if t.seq != stored_seq + 1:
                         raise wire.WireError(f"seq gap: got {t.seq} after {stored_seq}; resend from {stored_seq + 1}")
+                    record = check_transition(t, self.contract, actor_id)
+                    check_continuity(t, None if episode is None else episode.last, reported)
                     stored_seq = t.seq
-                    if a.episode is None or a.episode.episode_id != t.episode_id:
-                        if a.episode is not None and not a.episode.reported and a.episode.episode_id > reported:
-                            fresh.append(self._cut_report_item(actor_id, a.episode))  # its actor moved on
-                            reported = a.episode.episode_id
-                        a.episode = EpisodeSummary(t.episode_id)
-                    a.episode.add(t)
+                    if episode is None or episode.episode_id != t.episode_id:
+                        if episode is not None and not episode.reported and episode.episode_id > reported:
+                            cut = self._cut_report_item(actor_id, episode)  # its actor moved on
+                            fresh.append(cut)
+                            records.append(wire.decode_report(cut[1].report))
+                            reported = episode.episode_id
+                        episode = EpisodeSummary(t.episode_id)
+                    episode.add(t)
                 else:
                     if item.report.episode_id <= reported:
                         continue
+                    record = check_report(item.report, actor_id)
                     reported = item.report.episode_id
-                    if a.episode is not None and a.episode.episode_id == reported:
-                        a.episode.reported = True
+                    if episode is not None and episode.episode_id == reported:
+                        episode.reported = True
                 fresh.append((raw, item))
+                records.append(record)
             self.store.append(actor_id, fresh)  # fsync'd before anything is acknowledged
-            a.stored_seq, a.reported_episode = stored_seq, reported
+            a.stored_seq, a.reported_episode, a.episode = stored_seq, reported, episode
             a.last_batch_time = time.monotonic()
             # Hand over in stream order, still under the actor's lock (an old and a new stream of the same
             # actor may overlap for a moment); a full learner queue here is backpressure on this actor.
             ready: list[Transition] = []
-            for _, item in fresh:
-                if item.HasField("transition"):
-                    ready += a.linker.push(*wire.decode_transition(item.transition))
+            for record in records:
+                if not isinstance(record, EpisodeReport):
+                    ready += a.linker.push(*record)
                     continue
                 a.linker.drop_pending()
                 if ready:
                     self.on_transitions(ready)
                     ready = []
-                self.on_episode(wire.decode_report(item.report))
+                self.on_episode(record)
             if ready:
                 self.on_transitions(ready)
         return pb.Ack(stored_seq=stored_seq, reported_episode=reported)
@@ -328,20 +363,32 @@ class LearnerService:
     # ------------------------------------------------------------------ parameters, status
 
     def Parameters(self, request: "pb.ParameterRequest", context) -> Iterator["pb.ParameterUpdate"]:
+        session = request.session_id
         with self._lock:
-            known = request.session_id in self._sessions
+            known = session in self._sessions
+            replaced = self._param_streams.get(session)
+            if known:
+                self._param_streams[session] = context
         if not known:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or replaced session: handshake first")
+        if replaced is not None:  # one parameter stream per session: the newer replaces the older at once
+            replaced.cancel()
+            self.board.wake()
         have, have_grants = request.have_version, 0
-        while context.is_active() and not self._stopping.is_set():
+        try:
+            while context.is_active() and not self._stopping.is_set():
+                with self._lock:
+                    if session not in self._sessions or self._param_streams.get(session) is not context:
+                        return  # the actor reconnected (a new session), or this session opened a newer stream
+                newer = self.board.wait_newer(have, have_grants, self._param_poll_s)
+                if newer is None:
+                    continue
+                have, have_grants, messages = newer
+                yield from messages
+        finally:
             with self._lock:
-                if request.session_id not in self._sessions:
-                    return  # the actor reconnected with a new session; that one has its own stream
-            newer = self.board.wait_newer(have, have_grants, self._param_poll_s)
-            if newer is None:
-                continue
-            have, have_grants, messages = newer
-            yield from messages
+                if self._param_streams.get(session) is context:
+                    del self._param_streams[session]
 
     def Status(self, request: "pb.StatusRequest", context) -> "pb.StatusReply":
         token = dict(context.invocation_metadata()).get(wire.TOKEN_METADATA_KEY, "")
@@ -422,6 +469,65 @@ class LearnerServer:
         self._executor.shutdown(wait=True)
 
 
+class _TokenGate(grpc.ServerInterceptor):
+    """Checks every call's token (metadata q2rl-token) before a worker reads its request, and gives a call with one
+    request message `first_message_s` to send it: a client without the token, or one that never sends its request,
+    cannot hold the workers the actors need."""
+
+    def __init__(self, token: str, first_message_s: float) -> None:
+        self._token, self._first_message_s = token.encode(), first_message_s
+
+    def intercept_service(self, continuation, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        presented = dict(details.invocation_metadata or ()).get(wire.TOKEN_METADATA_KEY, "")
+        if not hmac.compare_digest(presented.encode(), self._token):
+            why = ("the call carries none (metadata q2rl-token): update q2rl on the actor's machine" if not presented
+                   else "the actor's token does not match the learner's")
+            return _answer_at_once(details.method, f"token rejected: {why} (learner.token_file, $Q2RL_TOKEN or "
+                                                   "learner.token)")
+        return handler if handler.request_streaming else _first_message_within(handler, self._first_message_s)
+
+
+def _answer_at_once(method: str, reason: str) -> grpc.RpcMethodHandler:
+    """A handler that answers without reading the request, so it holds a worker for microseconds: a refused
+    HandshakeReply (the actor raises it as final, never retried), UNAUTHENTICATED for the other methods."""
+    if method.endswith("/Handshake"):
+        return grpc.stream_unary_rpc_method_handler(lambda requests, context: _refuse(reason), None,
+                                                    pb.HandshakeReply.SerializeToString)
+
+    def refuse(requests: Iterator[bytes], context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _first_message_within(handler: grpc.RpcMethodHandler, timeout_s: float) -> grpc.RpcMethodHandler:
+    """`handler` (one request message) as a handler that reads the message itself and cuts the call when it has not
+    arrived within `timeout_s`; gRPC alone would wait for it forever, holding a worker."""
+    behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+    def first_then(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        def cut() -> None:
+            log.warning("cut a call from %s: no request message within %.1f s", context.peer(), timeout_s)
+            context.cancel()
+
+        timer = threading.Timer(timeout_s, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            request = next(requests, None)  # raises grpc.RpcError once cut (gRPC does not log that one)
+        finally:
+            timer.cancel()
+        if request is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        return behavior(request, context)
+
+    wrap = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
+    return wrap(first_then, handler.request_deserializer, handler.response_serializer)
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -434,8 +540,10 @@ def serve(
     max_actors: int = 8,
     keepalive: Keepalive = Keepalive(),
     tls: TlsFiles | None = None,
+    first_message_s: float = 5.0,
 ) -> LearnerServer:
-    """Start serving `service` at host:port (port 0 picks a free one); localhost unless a host is given."""
+    """Start serving `service` at host:port (port 0 picks a free one); localhost unless a host is given. A call
+    without the token is refused before it holds a worker; one whose request is `first_message_s` late is cut."""
     host, _, port = address.rpartition(":")
     host = host or "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and tls is None and not service.auth.token:
@@ -446,6 +554,7 @@ def serve(
     server = grpc.server(
         executor,
         handlers=[service.handler()],
+        interceptors=[_TokenGate(service.auth.token, first_message_s)],
         options=keepalive.server_options()
         + [
             ("grpc.max_receive_message_length", 2 * MAX_BATCH_BYTES),

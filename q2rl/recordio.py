@@ -3,9 +3,11 @@
 A record file is a header, then [u32 length][u32 crc32][payload] records, little-endian. A crash mid-write can
 only leave a torn *tail* (short header, short payload or bad CRC of the last record); `read_records` stops
 there and reports it, and `open_for_append` cuts it off so new records follow the last intact one. Earlier
-records are never rewritten. A `SegmentLog` is a directory of such files, seg-<n:09d>.rec: the actor's spool
-and the learner's episode store. `atomic_write` replaces whole small files (checkpoints, run-dir JSON). One
-standard-library-only module for everything that must survive a crash, so they share one `fsync_dir`.
+records are never rewritten. Damage in the middle (a flipped bit) is no tail: `read_records` skips it,
+resynchronising on the next intact record, and reports it; nothing intact is ever cut. A `SegmentLog` is a
+directory of such files, seg-<n:09d>.rec: the actor's spool and the learner's episode store. `atomic_write`
+replaces whole small files (checkpoints, run-dir JSON). One standard-library-only module for everything that must
+survive a crash, so they share one `fsync_dir`.
 """
 
 from __future__ import annotations
@@ -31,36 +33,72 @@ class RecordFileError(ValueError):
     """A file that is not a q2rl record file (wrong magic)."""
 
 
+# Past damage, records of up to this size are looked for: any q2rl item fits in a gRPC message of 16 MiB.
+RESYNC_MAX_BYTES = (1 << 24) - 1
+
+
 class ReadResult(NamedTuple):
     records: list[bytes]
     good_end: int  # byte offset just after the last intact record
-    torn_bytes: int  # bytes after good_end (0 for a clean file)
+    torn_bytes: int  # bytes after good_end (0 for a clean file): a torn tail
+    damaged: tuple[tuple[int, int], ...] = ()  # (offset, bytes) of damage between intact records, skipped
 
 
 def encode_record(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _intact_end(data: bytes, pos: int, min_length: int = 0, max_length: int = MAX_RECORD_BYTES) -> int:
+    """The end of the record at `pos` if its header fits, its length is within the bounds and its CRC checks
+    out; else -1."""
+    if pos + _HEADER.size > len(data):
+        return -1
+    length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    if not min_length <= length <= max_length or start + length > len(data):
+        return -1
+    return start + length if zlib.crc32(memoryview(data)[start : start + length]) == crc else -1
+
+
+def _resync(data: bytes, pos: int) -> int:
+    """The nearest offset after `pos` where an intact record of at most RESYNC_MAX_BYTES starts, or -1. The
+    high byte of such a record's length is zero, and so is that of the record after it: only offsets where both
+    are zero get their CRC checked, so a scan over megabytes of damage takes a fraction of a second."""
+    p = pos + 1
+    while (zero := data.find(b"\0", p + 3)) >= 0:
+        p = zero - 3
+        after = p + _HEADER.size + int.from_bytes(data[p : p + 4], "little") + 3  # the next length's high byte
+        if (after >= len(data) or data[after] == 0) and _intact_end(data, p, 1, RESYNC_MAX_BYTES) >= 0:
+            return p
+        p += 1
+    return -1
+
+
 def read_records(path: str | Path) -> ReadResult:
-    """All intact records of a file, in order, and where the intact part ends."""
+    """All intact records of a file, in order, and where the intact part ends.
+
+    A record that does not check out starts damage. Reading resumes at the nearest later byte where an intact
+    record starts, so damage in the middle (a flipped bit, a bad sector) costs the records it hit, not the intact
+    ones after it. Damage that runs to the end of the file is a torn tail (a crash mid-write). An empty record
+    counts as damage: no q2rl writer makes one, and zero bytes (a block a crash left unwritten) read as them."""
     data = Path(path).read_bytes()
     if len(data) < len(MAGIC):
         return ReadResult([], 0, len(data))  # torn while writing the header: nothing in it yet
     if data[: len(MAGIC)] != MAGIC:
         raise RecordFileError(f"{path}: not a q2rl record file (bad magic {data[:8]!r})")
-    records, pos, end = [], len(MAGIC), len(data)
+    records, damaged, pos, end = [], [], len(MAGIC), len(data)
     view = memoryview(data)
-    while pos + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if length > MAX_RECORD_BYTES or start + length > end:
-            break
-        payload = bytes(view[start : start + length])
-        if zlib.crc32(payload) != crc:
-            break
-        records.append(payload)
-        pos = start + length
-    return ReadResult(records, pos, end - pos)
+    while pos < end:
+        record_end = _intact_end(data, pos, min_length=1)
+        if record_end < 0:
+            resync = _resync(data, pos)
+            if resync < 0:
+                break  # damage to the end of the file: a torn tail
+            damaged.append((pos, resync - pos))
+            pos, record_end = resync, _intact_end(data, resync)
+        records.append(bytes(view[pos + _HEADER.size : record_end]))
+        pos = record_end
+    return ReadResult(records, pos, end - pos, tuple(damaged))
 
 
 def open_for_append(path: str | Path, good_end: int | None = None) -> BinaryIO:
@@ -145,9 +183,15 @@ class SegmentLog:
     def scan(self, cut_torn: bool = False) -> Iterator[tuple[Segment, list[bytes]]]:
         """Read the segments on disk in order, one at a time: each with its intact records. A torn tail (a crash
         mid-write) is logged and left out; `cut_torn` also cuts it off the file (and fsyncs it) at once,
-        otherwise only the newest segment's is cut, when `open` makes it the one appended to."""
+        otherwise only the newest segment's is cut, when `open` makes it the one appended to. Damage between
+        intact records is logged and skipped, and the file is left as it is."""
         for i, seg in enumerate(self.segments):
-            records, end, torn = read_records(seg.path)
+            records, end, torn, damaged = read_records(seg.path)
+            if damaged:
+                log.warning("%s: skipped %d damaged bytes in %d place%s (at byte %s) between intact records; "
+                            "kept the %d intact records, left the file as it is", seg.path,
+                            sum(n for _, n in damaged), len(damaged), "" if len(damaged) == 1 else "s",
+                            ", ".join(str(offset) for offset, _ in damaged[:10]), len(records))
             if torn:
                 log.warning("%s: ignoring a torn tail of %d bytes after %d intact records (crash mid-write)%s",
                             seg.path, torn, len(records), "; cutting it off" if cut_torn else "")

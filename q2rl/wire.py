@@ -125,6 +125,8 @@ def tensor_from_proto(t: "pb.Tensor", what: str = "tensor") -> np.ndarray:
     data = t.data
     if dtype is None:
         raise WireError(f"{what}: missing, or unknown dtype {t.dtype!r}")
+    if min(shape, default=0) < 0:  # two negative sizes would multiply to a positive byte count
+        raise WireError(f"{what}: shape {shape} has a negative size")
     if len(data) != math.prod(shape) * dtype.itemsize:
         raise WireError(
             f"{what}: {len(data)} bytes do not fit dtype {t.dtype} shape {shape} "
@@ -216,9 +218,9 @@ def decode_transition(m: "pb.Transition") -> tuple[Transition, bool]:
             param_version=m.param_version,
         )
     except KeyError:
-        raise WireError(f"transition {m.actor_id}/seq {m.seq}: unknown action source {m.source}") from None
+        raise WireError(f"transition seq {m.seq}: unknown action source {m.source}") from None
     except WireError as e:
-        raise WireError(f"transition {m.actor_id}/seq {m.seq}: {e}") from None
+        raise WireError(f"transition seq {m.seq}: {e}") from None
     return t, m.next_images_in_next_transition
 
 

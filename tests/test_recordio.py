@@ -66,7 +66,61 @@ def test_a_torn_tail_is_reported_left_out_and_cut(tmp_path, caplog, cut_torn):
     log.write(recordio.encode_record(b"after"))  # opens the newest segment: cut, then appended to
     log.close()
     assert newest.stat().st_size == 108 + 8 + 5
-    assert recordio.read_records(newest) == ([payload(3), b"after"], 121, 0)
+    assert recordio.read_records(newest) == ([payload(3), b"after"], 121, 0, ())
+
+
+def damage_record_4(path, where: str) -> int:
+    """Flip a bit in record 4 (of 100-byte records after the 8-byte MAGIC): in its length, CRC or payload; or zero
+    all of it (zero bytes would read as empty records)."""
+    data = bytearray(path.read_bytes())
+    record4 = 8 + 4 * 100
+    if where == "zeroed":
+        data[record4 : record4 + 100] = bytes(100)
+    else:
+        data[record4 + {"length": 0, "length high byte": 3, "crc": 5, "payload": 8 + 50}[where]] ^= 0x80
+    path.write_bytes(bytes(data))
+    return record4
+
+
+@pytest.mark.parametrize("where", ["length", "length high byte", "crc", "payload", "zeroed"])
+def test_damage_in_the_middle_is_skipped_record_by_record_and_nothing_is_cut(tmp_path, caplog, where):
+    log = recordio.SegmentLog(tmp_path, 1 << 20)
+    for i in range(10):
+        log.write(recordio.encode_record(payload(i)))
+    log.close()
+    path = tmp_path / "seg-000000000.rec"
+    size = path.stat().st_size
+    record4 = damage_record_4(path, where)
+
+    intact = [payload(i) for i in range(10) if i != 4]
+    assert recordio.read_records(path) == (intact, size, 0, ((record4, 100),))
+    log = recordio.SegmentLog(tmp_path, 1 << 20)
+    with caplog.at_level(logging.WARNING):
+        assert [records for _, records in log.scan(cut_torn=True)] == [intact]
+    assert path.stat().st_size == size  # nothing cut: the records after the damage are intact
+    assert "skipped 100 damaged bytes in 1 place (at byte 408) between intact records" in caplog.text
+    assert "torn" not in caplog.text
+    log.write(recordio.encode_record(b"after"))  # appends go after the last intact record, as ever
+    log.close()
+    assert recordio.read_records(path).records == intact + [b"after"]
+
+
+def test_damage_in_the_middle_and_a_torn_tail_keep_what_is_between_them(tmp_path, caplog):
+    log = recordio.SegmentLog(tmp_path, 1 << 20)
+    for i in range(10):
+        log.write(recordio.encode_record(payload(i)))
+    log.close()
+    path = tmp_path / "seg-000000000.rec"
+    size = path.stat().st_size
+    damage_record_4(path, "payload")
+    with open(path, "ab") as f:
+        f.write(recordio.encode_record(b"z" * 50)[:20])  # and a crash mid-write
+    log = recordio.SegmentLog(tmp_path, 1 << 20)
+    with caplog.at_level(logging.WARNING):
+        assert [len(records) for _, records in log.scan(cut_torn=True)] == [9]
+    assert path.stat().st_size == size  # the torn tail, and only it, is cut
+    assert "torn tail of 20 bytes after 9 intact records" in caplog.text
+    assert "skipped 100 damaged bytes in 1 place" in caplog.text
 
 
 def test_a_segment_torn_inside_its_header_starts_over(tmp_path):
@@ -75,7 +129,7 @@ def test_a_segment_torn_inside_its_header_starts_over(tmp_path):
     assert [(s.end, records) for s, records in log.scan()] == [(0, [])]
     log.write(recordio.encode_record(b"a"))
     log.close()
-    assert recordio.read_records(tmp_path / "seg-000000000.rec") == ([b"a"], 17, 0)
+    assert recordio.read_records(tmp_path / "seg-000000000.rec") == ([b"a"], 17, 0, ())
 
 
 def spool_item(spool: Spool, kind: int, seq: int, episode: int) -> None:
