@@ -454,6 +454,7 @@ class ActorLink:
                 acked_floor=self._spool.acked_floor,
             ),
             timeout=self._handshake_timeout_s,
+            metadata=self._token_metadata(),
         )
         with self._state:
             if not reply.accepted:
@@ -471,6 +472,11 @@ class ActorLink:
         self._spool.trim(self._acked_seq, self._acked_episode)
         return reply.session_id
 
+    def _token_metadata(self) -> list[tuple[str, str]]:
+        """The token travels on every call (the learner checks it before reading a request) and, for older
+        learners, in the handshake request too."""
+        return [(wire.TOKEN_METADATA_KEY, self._token)]
+
     def _next_seq_for_handshake(self) -> int:
         # A transition held back for its next frame is assigned but not spooled; the spool's view counts.
         return max(self._spool.next_seq, self._last_sent_seq + 1)
@@ -480,7 +486,7 @@ class ActorLink:
             f"/{wire.SERVICE_NAME}/SendTransitions", request_serializer=None, response_deserializer=pb.Ack.FromString
         )
         stop = threading.Event()
-        responses = call(self._batches(stop), metadata=[(wire.SESSION_METADATA_KEY, session)])
+        responses = call(self._batches(stop), metadata=[(wire.SESSION_METADATA_KEY, session), *self._token_metadata()])
         try:
             for ack in responses:
                 with self._state:
@@ -544,7 +550,8 @@ class ActorLink:
             assembler = wire.ParameterAssembler()
             have = self._latest[0] if self._latest else -1
             try:
-                for update in call(pb.ParameterRequest(session_id=session, have_version=have)):
+                for update in call(pb.ParameterRequest(session_id=session, have_version=have),
+                                   metadata=self._token_metadata()):
                     if update.HasField("pacing"):
                         self._grants = wire.decode_grants(update.pacing)  # one reference swap, like _latest
                         continue

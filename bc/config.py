@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from q2rl.config import ConfigError, doc
+from q2rl.config import ConfigError, check_numbers, doc
 from q2rl.core.policies import PolicyConfig
 
 ActionMode = Literal["sample", "mode"]  # how a BC policy acts: sample its distribution, or take its mode
@@ -37,15 +37,14 @@ class BCConfig:
             raise ConfigError(f"steps: must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        check_numbers(self, "> 0", "learning_rate")
+        check_numbers(self, ">= 0", "grad_clip_norm", "seed")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every: must be >= 1, got {self.eval_every}")
         if self.image_shift_pad < 0:
             raise ConfigError(f"image_shift_pad: must be >= 0, got {self.image_shift_pad}")
-        if self.weight_decay < 0 or self.state_noise_std < 0:
-            raise ConfigError("weight_decay/state_noise_std: must be >= 0")
+        check_numbers(self, ">= 0", "weight_decay", "state_noise_std")
         if self.max_demos < 0:
             raise ConfigError(f"max_demos: must be >= 0 (0 = all), got {self.max_demos}")

@@ -30,6 +30,7 @@ from q2rl.core.encoders import augment_observation
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, make_policy_net
 from q2rl.demos.hdf5 import DemoDataset, Demo
+from q2rl.interfaces import ACTION_DIM
 
 
 class BCBatch(NamedTuple):
@@ -169,6 +170,10 @@ def select_episodes(dataset: DemoDataset, cfg: BCConfig) -> list[Demo]:
 
 def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, progress: bool = True) -> BCResult:
     """Train a BC policy on `dataset`; with `out_dir`, write policy.ckpt, bc_config.yaml and metrics.jsonl."""
+    if dataset.action_dim != ACTION_DIM:  # the actor, the learner and the robots all act in this contract
+        raise ConfigError(
+            f"bc.demos: {dataset.path} holds {dataset.action_dim}-D actions, but q2rl policies act in {ACTION_DIM}-D "
+            "(dx, dy, dz, droll, dpitch, dyaw, gripper); record the demos with `q2rl demos` for this action contract")
     rng = np.random.default_rng(cfg.seed)
     train_eps, val_eps = split_episodes(select_episodes(dataset, cfg), cfg.val_fraction, rng)
     train_data = flatten_episodes(train_eps, cfg.cameras)

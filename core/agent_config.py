@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
-from q2rl.config import ConfigError, doc
+from q2rl.config import ConfigError, check_numbers, doc
 
 Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
 ALGOS: tuple[str, ...] = get_args(Algo)  # one list: the type and the validation read the same names
@@ -109,9 +109,10 @@ class QEstimationConfig:
     def validate(self) -> None:
         if self.rollout_episodes < 1:
             raise ConfigError(f"rollout_episodes: {self.rollout_episodes} must be >= 1")
-        for name in ("value_updates", "critic_updates", "actor_updates", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0")
+        check_numbers(self, ">= 0", "value_updates", "critic_updates", "actor_updates")
+        check_numbers(self, ">= 1", "batch_size")
+        check_numbers(self, "> 0", "learning_rate", "actor_learning_rate")
+        check_numbers(self, "finite", "log_prob_floor")
         if self.alpha < 0:
             raise ConfigError(f"alpha: {self.alpha} must be >= 0")
 
@@ -218,8 +219,15 @@ class AgentConfig:
         return ALGO_RULES[self.algo]
 
     def validate(self) -> None:
-        if not self.hidden_dims or min(self.hidden_dims) <= 0:
-            raise ConfigError(f"hidden_dims: {self.hidden_dims} must be positive widths")
+        for name in ("hidden_dims", "value_hidden_dims"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: {getattr(self, name)} must list at least one layer width")
+        check_numbers(self, ">= 1", "hidden_dims", "value_hidden_dims", "image_feature_dim")
+        check_numbers(self, "> 0", "actor_lr", "critic_lr", "reward_scale", "init_temperature", "ibrl_beta")
+        check_numbers(self, "finite", "reward_bias", "target_entropy", "actor_log_std_min", "actor_log_std_max")
+        if self.actor_log_std_min >= self.actor_log_std_max:
+            raise ConfigError(f"actor_log_std_min: {self.actor_log_std_min} must be below actor_log_std_max="
+                              f"{self.actor_log_std_max} (defaults -5 and 2)")
         if self.ensemble_size < 1 or not 1 <= self.critic_subsample <= self.ensemble_size:
             raise ConfigError(f"critic_subsample: {self.critic_subsample} must be in [1, ensemble_size="
                               f"{self.ensemble_size}]")

@@ -7,6 +7,9 @@ the previous checkpoint intact.
 
     save_checkpoint("runs/x/policy.ckpt", {"params": params}, metadata={"step": 10})
     ckpt = load_checkpoint("runs/x/policy.ckpt")        # ckpt.state (nested dicts of numpy), ckpt.metadata
+
+    save_checkpoint("runs/x/checkpoint/learner.ckpt", state, meta, keep=3, number=updates)  # the last 3 states
+    kept_checkpoints("runs/x/checkpoint/learner.ckpt")  # learner-<number>.ckpt, newest first: to fall back on
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import struct as binary
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,7 +30,7 @@ from flax import serialization
 from q2rl.config import ConfigError, from_dict, to_dict
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
-from q2rl.recordio import atomic_write
+from q2rl.recordio import atomic_write, fsync_dir
 
 MAGIC = b"Q2RLCKPT"
 FORMAT_VERSION = 1
@@ -59,10 +64,42 @@ def encode_checkpoint(tree: Any, metadata: Mapping[str, Any] | None = None) -> b
     return MAGIC + _LEN.pack(len(header_bytes)) + header_bytes + payload
 
 
-def save_checkpoint(path: str | Path, tree: Any, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Atomically write `tree` + `metadata` to `path`; returns the path."""
-    atomic_write(path, encode_checkpoint(tree, metadata))
-    return Path(path)
+def save_checkpoint(path: str | Path, tree: Any, metadata: Mapping[str, Any] | None = None, keep: int = 1,
+                    number: int = 0) -> Path:
+    """Atomically write `tree` + `metadata` to `path`; returns the path.
+
+    With keep > 1 the last `keep` states stay: each is written as <stem>-<number><suffix> beside `path` (e.g.
+    learner-000001200.ckpt for update 1200; a later save with the same number replaces it), `path` becomes a
+    second name of the newest (a hard link, no second copy), and older ones beyond `keep` are deleted. When
+    `path` is lost or damaged, `kept_checkpoints(path)` lists the earlier states to fall back on."""
+    path = Path(path)
+    data = encode_checkpoint(tree, metadata)
+    if keep <= 1:
+        atomic_write(path, data)
+        return path
+    numbered = path.with_name(f"{path.stem}-{number:09d}{path.suffix}")
+    atomic_write(numbered, data)
+    link = path.with_name(f".{path.name}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(numbered, link)
+        os.replace(link, path)  # atomic: readers see the previous newest state or this one
+        fsync_dir(path.parent)
+    except OSError:  # a file system without hard links: a second copy
+        link.unlink(missing_ok=True)
+        atomic_write(path, data)
+    for old in kept_checkpoints(path)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def kept_checkpoints(path: str | Path) -> list[Path]:
+    """The states `save_checkpoint(path, ..., keep=K)` keeps beside `path` (<stem>-<number><suffix>), newest first
+    by the time they were written."""
+    path = Path(path)
+    pattern = re.compile(rf"{re.escape(path.stem)}-\d+{re.escape(path.suffix)}")
+    kept = [p for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if pattern.fullmatch(p.name)]
+    return sorted(kept, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
 def _read_header(path: Path, data: bytes) -> tuple[dict, int]:
@@ -78,12 +115,17 @@ def _read_header(path: Path, data: bytes) -> tuple[dict, int]:
         header = json.loads(data[start:start + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupted checkpoint header (not a JSON object)")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version!r}, this q2rl reads version {FORMAT_VERSION}; "
             "re-create it with this version of q2rl"
         )
+    missing = {"payload_bytes", "payload_sha256", "metadata"} - set(header)
+    if missing:
+        raise CheckpointError(f"{path}: corrupted checkpoint header (no {', '.join(sorted(missing))})")
     return header, start + header_len
 
 
@@ -116,7 +158,7 @@ def load_checkpoint(path: str | Path, target: Any = None) -> Checkpoint:
     if len(payload) != header["payload_bytes"]:
         raise CheckpointError(
             f"{path}: truncated or padded checkpoint (payload {len(payload)} bytes, expected "
-            f"{header['payload_bytes']}); the save was probably interrupted — use an earlier checkpoint"
+            f"{header['payload_bytes']}); the save was probably interrupted"
         )
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise CheckpointError(f"{path}: corrupted checkpoint (payload checksum mismatch)")

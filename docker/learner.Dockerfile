@@ -1,7 +1,7 @@
 # The learner image (CUDA JAX): gRPC service, replay, Q-Estimation and SAC updates, on the GPU box.
 #   docker build -f docker/learner.Dockerfile -t q2rl-learner .
 #   docker run --gpus all -p 50051:50051 -v $PWD/runs:/q2rl/runs q2rl-learner \
-#       --config configs/real/peg_insertion.yaml learner.address=0.0.0.0:50051 learner.token=...
+#       --config configs/real/peg_insertion.yaml learner.address=0.0.0.0:50051   (the token: $Q2RL_TOKEN)
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 \

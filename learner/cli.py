@@ -2,6 +2,10 @@
 
     q2rl learner --config configs/sim/pick_cube.yaml [a.b=c ...]     # a new run under learner.run_root
     q2rl learner --resume runs/pick_cube-20261122-010203 [a.b=c ...] # continue after a crash or a stop
+    q2rl learner --resume RUN --fresh-state          # its learner checkpoints are lost: start that state over
+
+A damaged or lost checkpoint or episode file ends `--resume` with a one-line error (exit 2) that says what to do;
+a damaged learner.ckpt with an intact earlier state (learner.keep_checkpoints) resumes from that one, with a warning.
 
 The process loop (host code only; the math is in the jitted update):
     drain the inbox (transitions/reports the service stored durably) -> replay
@@ -38,8 +42,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="run config YAML (starts a new run directory)")
     source.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with all its data")
+    parser.add_argument("--fresh-state", action="store_true",
+                        help="with --resume: start the learner state (parameters, optimiser, update count, phase) "
+                             "over, from the episode files, when no intact learner checkpoint is left")
     parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.fresh_state and not args.resume:
+        parser.error("--fresh-state goes with --resume RUN")
+    return args
 
 
 def prepare_run(args: argparse.Namespace):
@@ -74,19 +84,40 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from q2rl.core.checkpoint import CheckpointError
     from q2rl.learner.learner import DivergedError
+    from q2rl.recordio import RecordFileError
 
     try:
-        run_learner(cfg, run_dir, resumed, stop)
+        run_learner(cfg, run_dir, resumed, stop, fresh_state=args.fresh_state)
     except DivergedError as e:
         print(f"q2rl learner: stopped: {e}", file=sys.stderr)
         return 3
+    except (CheckpointError, RecordFileError) as e:  # a damaged or lost run file: the message says what to do
+        print(f"q2rl learner: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> None:
-    """Serve and train until `stop` is set; always ends with a checkpoint."""
+def require_learner_state(run_dir: Path, store) -> None:
+    """Stored episodes but no learner checkpoint at all: the learned state was lost (the learner saves one before
+    it serves). Say so, rather than start it over silently; --fresh-state does that on purpose."""
+    from q2rl.core.checkpoint import CheckpointError, kept_checkpoints
+    from q2rl.run_dir import CHECKPOINT_FILE
+
+    path = run_dir / CHECKPOINT_FILE
+    if store.num_transitions and not path.exists() and not kept_checkpoints(path):
+        raise CheckpointError(
+            f"{path} is missing, but {run_dir} stores {store.num_transitions} transitions: the learned state "
+            "(parameters, optimiser, update count, phase) is lost. Resume from the episode files with a fresh learner "
+            f"state (every stored transition is kept): q2rl learner --resume {run_dir} --fresh-state")
+
+
+def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event, fresh_state: bool = False) -> None:
+    """Serve and train until `stop` is set; always ends with a checkpoint, and writes one before it serves.
+    `fresh_state` (with `resumed`): the learner state starts over, whatever checkpoints there are."""
     from q2rl import wire
+    from q2rl.contract import TransitionContract
     from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
     from q2rl.learner.episode_store import EpisodeStore
     from q2rl.learner.learner import DivergedError, Learner, select_devices
@@ -101,10 +132,17 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
     learner = driver.learner = Learner(cfg, run_dir, bc, state_dim, select_devices(cfg.learner.devices),
                                        on_phase_change=driver.on_phase_change)
     store = EpisodeStore(run_dir)
+    # What every transition must look like; the service refuses a batch that breaks it before storing any of it.
+    contract = TransitionContract(state_dim=state_dim, cameras=cfg.env.camera_shapes())
     if resumed:
-        learner.resume_from(store)
+        if fresh_state:
+            log.warning("--fresh-state: the learner state starts over; replay is refilled from the episode files")
+        else:
+            require_learner_state(run_dir, store)
+        learner.resume_from(store, contract, fresh_state=fresh_state)
         log.info("resumed %s: %d transitions, phase %s, %d updates", run_dir, learner.book.env_steps,
                  learner.book.phase, learner.book.updates)
+    learner.save()  # before any episode is stored: a run with episodes has a learner checkpoint unless it was lost
     auth = ServiceAuth(config_hash=compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
                        token=cfg.learner.token)
 
@@ -114,7 +152,8 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event) -> Non
 
     service = driver.service = LearnerService(
         store, on_transitions=lambda ts: inbox.put(("t", ts)), on_episode=lambda r: inbox.put(("r", r)),
-        param_board=board, auth=auth, status_fn=status_fn, on_actor_lost=lambda a: inbox.put(("lost", a)))
+        param_board=board, auth=auth, status_fn=status_fn, on_actor_lost=lambda a: inbox.put(("lost", a)),
+        contract=contract)
     tls = wire.TlsFiles(cfg.learner.tls_cert, cfg.learner.tls_key) if cfg.learner.tls_cert else None
     server = serve(cfg.learner.address, service, max_actors=max(8, cfg.session.actors + 2), tls=tls)
     atomic_write(run_dir / ADDRESS_FILE, server.address)

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from q2rl.config import ConfigError
+from q2rl.contract import TransitionContract
 from q2rl.core.agents import make_agent
-from q2rl.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from q2rl.core.checkpoint import CheckpointError, kept_checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND, init_agent_params, non_finite_leaves, publishable
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import SacState, UpdateMetrics
@@ -363,8 +364,9 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ persistence
     def save(self) -> Path:
-        """Checkpoint the learner state (msgpack, atomic) with the bookkeeping as JSON metadata."""
-        return self._save_to(CHECKPOINT_FILE)
+        """Checkpoint the learner state (msgpack, atomic) with the bookkeeping as JSON metadata. The last
+        learner.keep_checkpoints states stay, as checkpoint/learner-<updates>.ckpt, and learner.ckpt names the newest."""
+        return self._save_to(CHECKPOINT_FILE, keep=self.cfg.learner.keep_checkpoints)
 
     def save_best(self) -> Path | None:
         """Write best.ckpt if an eval window has beaten the best so far since the last call (else None).
@@ -378,7 +380,7 @@ class Learner:
         log.info("best eval so far (%s): saved %s", self.book.best_eval, path)
         return path
 
-    def _save_to(self, file: str) -> Path:
+    def _save_to(self, file: str, keep: int = 1) -> Path:
         meta = {
             "kind": LEARNER_CHECKPOINT_KIND,
             "book": dataclasses.asdict(self.book),
@@ -387,24 +389,43 @@ class Learner:
             "rng": self.rng.bit_generator.state,
             "saved_at": time.time(),
         }
-        return save_checkpoint(self.run_dir / file, self._finite(jax.device_get(self.state)), meta)
+        return save_checkpoint(self.run_dir / file, self._finite(jax.device_get(self.state)), meta, keep=keep,
+                               number=self.book.updates)
 
-    def resume_from(self, store) -> None:
+    def resume_from(self, store, contract: TransitionContract | None = None, fresh_state: bool = False) -> int:
         """Refill replay and counters from the episode store (every acknowledged transition), then put back the
-        last checkpoint's state and phase; updates owed for data stored after that checkpoint are made up."""
-        for ep in store.episodes():
+        last checkpoint's state and phase; updates owed for data stored after that checkpoint are made up.
+
+        A stored record that fails the checks of q2rl.contract against the run's `contract` (stored unchecked by an
+        older learner) is left out with a warning, never a crash, as is one a damaged file lost; replay starts its
+        episode afresh after the gap. Returns the number of records left out for failing the checks."""
+        skipped: list[tuple[str, int | None, str]] = []
+        last: dict[str, Transition] = {}  # per actor, the newest transition replay took
+        for ep in store.episodes(contract=contract, on_skip=lambda *why: skipped.append(why)):
             for t in ep.transitions:
+                prev = last.get(t.actor_id)
+                if prev is not None and prev.episode_id == t.episode_id and (
+                        t.step != prev.step + 1 or not np.array_equal(prev.next_obs["state"], t.obs["state"])):
+                    self.replay.end_episode(t.actor_id, t.episode_id)  # a step between them was left out
                 self.ingest_transition(t)
+                last[t.actor_id] = t
             if ep.report is not None:
                 self.ingest_report(ep.report)
+        for actor_id, seq, _ in skipped:
+            if seq == store.stored_seq(actor_id) and actor_id in self.open_episode:
+                # the actor continues after a step replay lacks: its next one starts the episode afresh
+                self.replay.end_episode(actor_id, self.open_episode[actor_id])
+        if skipped:
+            log.warning("resume: left out %d stored records that fail the run's contract (they stay on disk): %s",
+                        len(skipped), "; ".join(f"actor {a}: {why}" for a, _, why in skipped[:20]))
         self.pending_eval = []
         # The replayed windows were judged before: best.ckpt, the file itself, says which won (it may be newer
         # than learner.ckpt), so a later window must beat that, not the replay's pick.
         self.best_due = False
         best = self.run_dir / BEST_CHECKPOINT_FILE
-        self.book.best_eval = read_metadata(best)["book"]["best_eval"] if best.is_file() else None
-        if not self.restore_checkpoint():
-            return
+        self.book.best_eval = self._best_eval_of(best) if best.is_file() else None
+        if fresh_state or not self.restore_checkpoint():  # fresh_state: a learner state that starts over
+            return len(skipped)
         saved = self.saved_book
         self.book.phase = saved.phase
         self.book.updates, self.book.online_start_steps = saved.updates, saved.online_start_steps
@@ -412,21 +433,58 @@ class Learner:
         self.book.eval_curve = saved.eval_curve
         if saved.phase != "rollout":
             self.book.rollout_keys = saved.rollout_keys
+        return len(skipped)
 
     def restore_checkpoint(self, file: str = CHECKPOINT_FILE) -> bool:
-        """Load a checkpoint (the last one unless told) into this learner if there is one; returns whether there was."""
+        """Load a checkpoint (the last one unless told) into this learner; when it is missing or damaged, the newest
+        intact state kept beside it (learner.keep_checkpoints), with a warning naming it. False when there is no
+        checkpoint at all; CheckpointError, saying what to do, when there are some but none is intact."""
         path = self.run_dir / file
-        if not path.is_file():
+        kept = [k for k in kept_checkpoints(path) if not (path.exists() and k.samefile(path))]  # not path again
+        if not path.exists() and not kept:
             return False
+        problems = [] if path.exists() else [f"{path} is missing"]
+        for candidate in ([path] if path.exists() else []) + kept:
+            try:
+                self._restore(candidate)
+            except CheckpointError as e:
+                problems.append(str(e))
+                continue
+            if problems:
+                log.warning("%s; resuming from %s, the newest intact checkpoint (update %d); the updates made after "
+                            "it are made up from the episode files", "; ".join(problems), candidate,
+                            self.saved_book.updates)
+            return True
+        raise CheckpointError(
+            f"{'; '.join(problems)}; no intact learner checkpoint is left. Resume from the episode files with a fresh "
+            f"learner state (parameters, optimiser, update count and phase start over; every stored transition is "
+            f"kept): q2rl learner --resume {self.run_dir} --fresh-state")
+
+    def _restore(self, path: Path) -> None:
+        """Load one learner checkpoint; nothing of this learner changes unless all of it loads."""
         ckpt = load_checkpoint(path, target=jax.device_get(self.state))
-        if ckpt.metadata.get("kind") != LEARNER_CHECKPOINT_KIND:
-            raise ValueError(f"{path}: not a learner checkpoint (kind {ckpt.metadata.get('kind')!r})")
+        meta = ckpt.metadata
+        if meta.get("kind") != LEARNER_CHECKPOINT_KIND:
+            raise CheckpointError(f"{path}: not a learner checkpoint (kind {meta.get('kind')!r})")
+        try:
+            book = Bookkeeping(**meta["book"])
+            key = jnp.asarray(np.asarray(meta["key"], np.uint32))
+            rng = np.random.default_rng()
+            rng.bit_generator.state = meta["rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: learner checkpoint metadata is incomplete ({e!r})") from None
         self.state = self.mesh.replicate(ckpt.state)
-        book = ckpt.metadata["book"]
-        self.saved_book = Bookkeeping(**book)
-        self.key = jnp.asarray(np.asarray(ckpt.metadata["key"], np.uint32))
-        self.rng.bit_generator.state = ckpt.metadata["rng"]
-        return True
+        self.saved_book, self.key = book, key
+        self.rng.bit_generator.state = rng.bit_generator.state
+
+    @staticmethod
+    def _best_eval_of(best: Path) -> dict | None:
+        """The eval window best.ckpt was saved at; a damaged best.ckpt is ignored with a warning."""
+        try:
+            return read_metadata(best)["book"]["best_eval"]
+        except (CheckpointError, KeyError, TypeError) as e:
+            log.warning("%s is damaged (%s); ignoring it: the next eval window saves a new one", best, e)
+            return None
 
 
 def _bc_share(reports: list[EpisodeReport]) -> float | None:

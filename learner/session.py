@@ -62,9 +62,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def child_environment(compile_cache: str) -> dict[str, str]:
-    """The children's environment: headless MuJoCo, quiet JAX, and a shared persistent compilation cache."""
+def child_environment(compile_cache: str, token: str = "") -> dict[str, str]:
+    """The children's environment: headless MuJoCo, quiet JAX, a shared persistent compilation cache, and the
+    learner token (config.yaml never holds it; the learner and actors read Q2RL_TOKEN)."""
     env = dict(os.environ)
+    if token:
+        env["Q2RL_TOKEN"] = token
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -164,7 +167,7 @@ def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
     config.yaml takes the command line's overrides (the previous file is kept beside it)."""
     from q2rl.config import dump_yaml
     from q2rl.learner.bc_source import with_bc_source
-    from q2rl.run_dir import CONFIG_FILE, create_run_dir
+    from q2rl.run_dir import CONFIG_FILE, create_run_dir, refuse_existing_run
 
     if resume:
         run_dir = open_run_dir(resume)
@@ -177,8 +180,9 @@ def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
             previous.rename(run_dir / f"config-before-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
             dump_yaml(cfg, run_dir / CONFIG_FILE)
         return run_dir, cfg
-    cfg = with_bc_source(cfg)
     name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
+    refuse_existing_run(cfg.learner.run_root, name)  # before preparing pi_BC, which may take minutes
+    cfg = with_bc_source(cfg)
     cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
     run_dir = create_run_dir(cfg.learner.run_root, name)
     dump_yaml(cfg, run_dir / CONFIG_FILE)
@@ -366,7 +370,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(RunConfig, config_path, overrides)  # resolved here, written once by prepare_run_dir
     if cfg.env.backend != "sim":
         raise ConfigError("env.backend: a session runs simulated actors; for a real robot start `q2rl learner` and `q2rl actor`")
-    os.environ.update(child_environment(cfg.session.compile_cache))  # inherited by every child process
+    os.environ.update(child_environment(cfg.session.compile_cache, cfg.learner.token))  # inherited by every child
     try:
         result = run_session(cfg, args.resume)
     except RunDirError as e:

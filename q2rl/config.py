@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,13 +31,17 @@ class ConfigError(ValueError):
     """A config value is missing, misspelled, of the wrong type, or out of range."""
 
 
-def doc(default: Any, help_text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and a one-line help text (shown by `--help` and in errors)."""
+def doc(default: Any, help_text: str, secret: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a one-line help text (shown by `--help` and in errors). A `secret`
+    field is left out of `to_dict` (so of every dumped config.yaml and summary) and of the dataclass's repr."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or a default_factory for mutable defaults")
+    metadata = {"help": help_text, "secret": secret}
+    if secret:
+        kwargs.setdefault("repr", False)
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help_text}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help_text}, **kwargs)
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def field_help(cls: type, name: str) -> str:
@@ -45,6 +50,25 @@ def field_help(cls: type, name: str) -> str:
         if f.name == name:
             return f.metadata.get("help", "")
     return ""
+
+
+_RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "finite": lambda v: True}
+
+
+def check_numbers(cfg: Any, rule: str, *names: str) -> None:
+    """Raise ConfigError naming the first of the fields `names` of `cfg` that is not a finite number obeying `rule`
+    ("> 0", ">= 0", ">= 1" or "finite"); None (a preset's placeholder) passes, and a tuple is checked element-wise.
+    The message gives the field's default as an example of a valid value."""
+    for name in names:
+        value = getattr(cfg, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if all(v is None or (math.isfinite(v) and _RULES[rule](v)) for v in values):
+            continue
+        default = next((f.default for f in dataclasses.fields(cfg) if f.name == name), dataclasses.MISSING)
+        example = "" if default in (dataclasses.MISSING, None) else f" (the default is {default!r})"
+        wanted = "a finite number" if rule == "finite" else f"{rule}"
+        each = " in every entry" if isinstance(value, tuple) else ""
+        raise ConfigError(f"{name}: {value!r} must be {wanted}{each}{example}")
 
 
 def _type_name(tp: Any) -> str:
@@ -181,8 +205,11 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file, or comments only: most likely a mistake, not "all defaults"
+        raise ConfigError(
+            f"config file {path} is empty: put the sections and fields to set in it as a YAML mapping (e.g. "
+            "`env: {sim: {task: pick_cube}}`; configs/ holds complete examples), or write `{}` for all defaults"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
     return data
@@ -220,7 +247,7 @@ def to_dict(cfg: Any) -> dict:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if not f.metadata.get("secret")}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):

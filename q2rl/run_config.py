@@ -18,14 +18,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
 from q2rl.bc.config import BCConfig
-from q2rl.config import ConfigError, doc, to_dict
+from q2rl.config import ConfigError, check_numbers, doc, to_dict
 from q2rl.core.agent_config import AgentConfig
 from q2rl.robot.real_config import FrankaEnvConfig
 from q2rl.robot.sim.config import SimEnvConfig
+
+TOKEN_ENV = "Q2RL_TOKEN"  # the shared secret, when neither learner.token nor learner.token_file gives it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,9 @@ class BCSourceConfig:
     def validate(self) -> None:
         if not self.checkpoint and self.demo_episodes < 1:
             raise ConfigError("demo_episodes: must be >= 1 when no checkpoint is given")
+        check_numbers(self, ">= 0", "demo_episodes", "demo_seed", "eval_episodes")
+        if self.demo_noise != -1.0:
+            check_numbers(self, ">= 0", "demo_noise")  # -1: the scripted expert's own default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +88,11 @@ class LearnerConfig:
                        "Binds loopback unless told otherwise.")
     run_root: str = doc("runs", "Directory under which run directories are created.")
     run_name: str = doc("", "Run directory name under run_root (empty: <task>-<date>-<time>).")
-    token: str = doc("", "Shared secret actors must present (empty: no token check).")
+    token: str = doc("", "Shared secret actors must present, inline (visible in process listings: prefer token_file "
+                     "or the environment variable Q2RL_TOKEN). Never written to config.yaml. Empty everywhere: no "
+                     "token check.", secret=True)
+    token_file: str = doc("", "File whose content (stripped) is the shared secret, when learner.token is empty; "
+                          "both empty: $Q2RL_TOKEN.")
     tls_cert: str = doc("", "PEM server certificate for TLS (empty: plaintext; fine on loopback).")
     tls_key: str = doc("", "PEM private key of tls_cert.")
     tls_ca: str = doc("", "PEM CA the actors check the learner's certificate with (empty: plaintext).")
@@ -93,6 +103,8 @@ class LearnerConfig:
                                "usually exceed it.")
     publish_every_s: float = doc(0.5, "Publish parameters at most this often (seconds).")
     checkpoint_every_s: float = doc(120.0, "Checkpoint the learner state this often (seconds); always at exit.")
+    keep_checkpoints: int = doc(3, "Learner states kept in checkpoint/: learner-<updates>.ckpt each, learner.ckpt "
+                                "the newest; --resume falls back to the newest intact one.")
     status_every_s: float = doc(1.0, "Rewrite status.json this often (seconds).")
     updates_per_chunk: int = doc(8, "Update calls between two looks at the network inbox (throughput vs latency).")
     ahead_steps: int = doc(200, "Sim pacing: env steps the actors may run ahead of the updates paid for.")
@@ -107,13 +119,30 @@ class LearnerConfig:
             raise ConfigError(f"address: {self.address!r} is not host:port (e.g. 127.0.0.1:50051)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert: give both tls_cert and tls_key, or neither")
-        for name in ("publish_every_s", "checkpoint_every_s", "status_every_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: must be > 0 seconds")
-        if self.learning_starts < 0:
-            raise ConfigError(f"learning_starts: {self.learning_starts} must be >= 0")
-        if self.updates_per_chunk < 1 or self.ahead_steps < 1 or self.eval_window < 1 or self.train_window < 1:
-            raise ConfigError("updates_per_chunk, ahead_steps, eval_window, train_window: must be >= 1")
+        if self.token and self.token_file:
+            raise ConfigError("token_file: give the token one way, learner.token_file or learner.token, not both")
+        check_numbers(self, "> 0", "publish_every_s", "checkpoint_every_s", "status_every_s", "actor_lost_after_s")
+        check_numbers(self, ">= 0", "seed", "learning_starts", "devices")
+        check_numbers(self, ">= 1", "replay_capacity", "keep_checkpoints", "updates_per_chunk", "ahead_steps",
+                      "eval_window", "train_window")
+
+    def resolved_token(self) -> str:
+        """The shared secret: learner.token, else the stripped content of learner.token_file, else $Q2RL_TOKEN.
+        The one place actor and learner get it from (RunConfig resolves it into learner.token when built)."""
+        if self.token:
+            return self.token
+        if not self.token_file:
+            return os.environ.get(TOKEN_ENV, "")
+        try:
+            token = Path(self.token_file).expanduser().read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"learner.token_file: {self.token_file} is missing; write the shared token into it "
+                              f"on this machine, or pass learner.token_file= (empty) and set {TOKEN_ENV}") from None
+        except OSError as e:
+            raise ConfigError(f"learner.token_file: cannot read {self.token_file} ({e.strerror})") from None
+        if not token:
+            raise ConfigError(f"learner.token_file: {self.token_file} is empty; write the shared token into it")
+        return token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +165,7 @@ class ActorConfig:
     def validate(self) -> None:
         if not self.actor_id or any(c in self.actor_id for c in "/\\ "):
             raise ConfigError(f"actor_id: {self.actor_id!r} must be a non-empty name without slashes or spaces")
-        if self.eval_every_episodes < 0 or self.max_episodes < 0:
-            raise ConfigError("eval_every_episodes, max_episodes: must be >= 0")
+        check_numbers(self, ">= 0", "seed", "eval_every_episodes", "max_episodes", "flush_timeout_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +191,8 @@ class SessionConfig:
             raise ConfigError(f"env_steps: {self.env_steps} must be >= 1")
         if not 0.0 <= self.stop_at_eval_success <= 1.0:
             raise ConfigError(f"stop_at_eval_success: {self.stop_at_eval_success} must be in [0, 1]")
+        check_numbers(self, "> 0", "startup_timeout_s", "shutdown_timeout_s", "refresh_s")
+        check_numbers(self, ">= 0", "max_minutes", "final_eval_episodes", "actor_restarts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +205,13 @@ class RunConfig:
     learner: LearnerConfig = doc(LearnerConfig(), "The learner process.")
     actor: ActorConfig = doc(ActorConfig(), "An actor process.")
     session: SessionConfig = doc(SessionConfig(), "A whole session (q2rl session).")
+
+    def __post_init__(self) -> None:
+        # The token is resolved once, here, for every process that reads the run config (learner, actor, session);
+        # to_dict leaves it out, so config.yaml holds where it comes from (token_file, $Q2RL_TOKEN), never it.
+        if not self.learner.token:
+            token = self.learner.resolved_token()
+            object.__setattr__(self, "learner", dataclasses.replace(self.learner, token=token))
 
 
 def compatibility_hash(cfg: RunConfig, bc_digest: str = "") -> str:

@@ -65,8 +65,8 @@ def default_run_name(task: str, now: datetime.datetime | None = None) -> str:
     return f"{task}-{now:%Y%m%d-%H%M%S}"
 
 
-def create_run_dir(root: str | Path, name: str) -> Path:
-    """A fresh run directory; an existing one is refused (use --resume to continue it). Process logs a
+def refuse_existing_run(root: str | Path, name: str) -> Path:
+    """The path of a new run directory; an existing one is refused (use --resume to continue it). Process logs a
     launcher opened in it beforehand (*.log) do not count as content."""
     path = Path(root) / name
     if path.exists() and any(not p.name.endswith(".log") for p in path.iterdir()):
@@ -74,6 +74,12 @@ def create_run_dir(root: str | Path, name: str) -> Path:
             f"run directory {path} already exists; continue it with --resume {path}, "
             "or choose another learner.run_name"
         )
+    return path
+
+
+def create_run_dir(root: str | Path, name: str) -> Path:
+    """A fresh run directory (see refuse_existing_run)."""
+    path = refuse_existing_run(root, name)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Literal
 
-from q2rl.config import ConfigError, doc
+from q2rl.config import ConfigError, check_numbers, doc
 
 STATE_KEYS = ("ee_pos", "ee_rot6d", "ee_quat", "gripper_width", "ee_vel", "ee_wrench", "joint_pos")
 _STATE_KEY_SIZES = {
@@ -86,8 +86,8 @@ class GripperConfig:
     def validate(self) -> None:
         if not 0.0 < self.close_threshold < 1.0:
             raise ConfigError(f"close_threshold: must be in (0, 1), got {self.close_threshold}")
-        if self.cooldown_s < 0:
-            raise ConfigError(f"cooldown_s: must be >= 0, got {self.cooldown_s}")
+        check_numbers(self, ">= 0", "cooldown_s")
+        check_numbers(self, ">= 1", "robotiq_baudrate")
         _positive("speed", self.speed)
         _positive("force", self.force)
         _positive("command_timeout_s", self.command_timeout_s)
@@ -124,8 +124,7 @@ class ImpedanceConfig:
                 "translational_stiffness/rotational_stiffness: above 4000 N/m or 300 Nm/rad the FR3 torque loop "
                 "becomes unstable; lower them"
             )
-        if self.posture_stiffness < 0:
-            raise ConfigError(f"posture_stiffness: must be >= 0, got {self.posture_stiffness}")
+        check_numbers(self, ">= 0", "posture_stiffness")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +142,7 @@ class PayloadConfig:
             raise ConfigError(f"mass: must be in [0, 3] kg (FR3 payload limit), got {self.mass}")
         if len(self.inertia) != 9:
             raise ConfigError(f"inertia: expected 9 values (column-major 3x3), got {len(self.inertia)}")
+        check_numbers(self, "finite", "center_of_mass", "inertia")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +157,11 @@ class CollisionConfig:
     )
 
     def validate(self) -> None:
-        if len(self.torque_thresholds) != 7 or min(self.torque_thresholds) <= 0:
+        if len(self.torque_thresholds) != 7:
             raise ConfigError(f"torque_thresholds: expected 7 positive values, got {self.torque_thresholds!r}")
-        if len(self.force_thresholds) != 6 or min(self.force_thresholds) <= 0:
+        if len(self.force_thresholds) != 6:
             raise ConfigError(f"force_thresholds: expected 6 positive values, got {self.force_thresholds!r}")
+        check_numbers(self, "> 0", "torque_thresholds", "force_thresholds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +267,8 @@ class FrankaEnvConfig:
             raise ConfigError("reset_rpy_noise: must be >= 0 and within orientation_limit per axis")
         if len(self.home_joints) != 7:
             raise ConfigError(f"home_joints: expected 7 joint angles, got {len(self.home_joints)}")
+        check_numbers(self, "finite", "home_joints", "home_rpy", "workspace_low", "workspace_high", "home_position",
+                      "orientation_limit", "reset_position_noise", "reset_rpy_noise")
         if self.joint_reset_every < 0:
             raise ConfigError(f"joint_reset_every: must be >= 0 (0 = never), got {self.joint_reset_every}")
         for name in ("reset_dynamics_factor", "relative_dynamics_factor"):

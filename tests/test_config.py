@@ -148,3 +148,124 @@ def test_an_old_config_yaml_with_bootstrap_auto_still_loads(tmp_path, algo, boot
     agent = load_config(RunConfig, write(tmp_path, old)).agent
     assert agent == from_dict(AgentConfig, {"algo": algo})
     assert (agent.bootstrap, agent.entropy, agent.use_demos) == (bootstrap, algo == "rlpd", algo == "rlpd")
+
+
+# ------------------------------------------------------------------------------------------ issue #35, part 5
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("agent.critic_lr=-0.001", "agent.critic_lr: -0.001 must be > 0"),
+        ("agent.actor_lr=-0.001", "agent.actor_lr: -0.001 must be > 0"),
+        ("agent.q_estimation.learning_rate=-0.0001", "agent.q_estimation.learning_rate: -0.0001 must be > 0"),
+        ("agent.q_estimation.actor_learning_rate=0", "agent.q_estimation.actor_learning_rate: 0.0 must be > 0"),
+        ("agent.q_estimation.batch_size=0", "agent.q_estimation.batch_size: 0 must be >= 1"),
+        ("agent.init_temperature=.nan", "agent.init_temperature: nan must be > 0"),
+        ("agent.value_hidden_dims=[64, 0]", "agent.value_hidden_dims"),
+        ("agent.actor_log_std_min=3", "agent.actor_log_std_min: 3.0 must be below actor_log_std_max"),
+        ("session.refresh_s=-1", "session.refresh_s: -1.0 must be > 0"),
+        ("session.max_minutes=-5", "session.max_minutes: -5.0 must be >= 0"),
+        ("learner.replay_capacity=-5", "learner.replay_capacity: -5 must be >= 1"),
+        ("learner.actor_lost_after_s=0", "learner.actor_lost_after_s: 0.0 must be > 0"),
+        ("learner.seed=-1", "learner.seed: -1 must be >= 0"),
+        ("learner.keep_checkpoints=0", "learner.keep_checkpoints: 0 must be >= 1"),
+        ("actor.flush_timeout_s=-1", "actor.flush_timeout_s: -1.0 must be >= 0"),
+        ("bc.eval_episodes=-2", "bc.eval_episodes: -2 must be >= 0"),
+        ("bc.train.grad_clip_norm=-1", "bc.train.grad_clip_norm: -1.0 must be >= 0"),
+        ("bc.train.learning_rate=.nan", "bc.train.learning_rate: nan must be > 0"),
+        ("env.sim.control_hz=.inf", "env.sim.control_hz: inf must be > 0"),
+        ("env.franka.gripper.cooldown_s=.nan", "env.franka.gripper.cooldown_s"),
+        ("env.franka.gripper.robotiq_baudrate=0", "env.franka.gripper.robotiq_baudrate: 0 must be >= 1"),
+        ("env.franka.home_joints=[0, 0, 0, .nan, 0, 0, 0]", "env.franka.home_joints"),
+    ],
+)
+def test_every_config_number_is_range_checked_and_the_error_names_the_field(tmp_path, override, fragment):
+    from q2rl.run_config import RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, write(tmp_path, "env: {backend: sim}\n"), [override])
+    assert fragment in str(err.value)
+    assert "default" in str(err.value) or "must" in str(err.value)  # says what a valid value is
+
+
+def test_a_bad_number_stops_the_learner_before_it_creates_a_run_directory(tmp_path, monkeypatch, capsys):
+    """learner.replay_capacity=-5 used to pass the config, create runs/<name>/ and then fail with a traceback."""
+    import signal
+
+    from q2rl import cli
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    config = write(tmp_path, f"learner: {{run_root: {tmp_path / 'runs'}, run_name: x}}\n"
+                             f"bc: {{checkpoint: {tmp_path / 'policy.ckpt'}}}\n")
+    assert cli.main(["learner", "--config", str(config), "learner.replay_capacity=-5"]) == 2
+    assert "learner.replay_capacity: -5 must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_config_file_is_an_error_that_says_what_to_put_in_it(tmp_path, text):
+    from q2rl.run_config import RunConfig
+
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, path)
+    assert str(path) in str(err.value) and "is empty" in str(err.value)
+    assert load_config(RunConfig, write(tmp_path, "{}\n")) == load_config(RunConfig)  # defaults on purpose: {}
+
+
+def test_demos_with_actions_other_than_7d_are_refused_for_bc_training(tmp_path):
+    import numpy as np
+
+    from q2rl.bc.config import BCConfig
+    from q2rl.bc.train import train_bc
+    from q2rl.core.policies import PolicyConfig
+    from q2rl.demos.hdf5 import Demo, read_demos, write_demos
+
+    rng = np.random.default_rng(0)
+    demos = [Demo(states=rng.standard_normal((5, 4)).astype(np.float32),
+                  actions=rng.uniform(-1, 1, (5, 6)).astype(np.float32), rewards=np.zeros(5, np.float32),
+                  dones=np.eye(5, dtype=bool)[-1], success=True) for _ in range(3)]
+    path = write_demos(tmp_path / "six.hdf5", demos, {"env_name": "x"})
+    cfg = BCConfig(policy=PolicyConfig(kind="gaussian", hidden_dims=(8,)), steps=1, batch_size=4, val_fraction=0.0)
+    with pytest.raises(ConfigError) as err:
+        train_bc(read_demos(path), cfg, out_dir=tmp_path / "bc", progress=False)
+    assert str(path) in str(err.value) and "6-D" in str(err.value) and "7" in str(err.value)
+    assert not (tmp_path / "bc").exists()
+
+
+# ------------------------------------------------------------------------------------------ issue #35, part 4: token
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_is_never_written_to_config_yaml(tmp_path, monkeypatch):
+    import argparse
+
+    from q2rl.learner.cli import prepare_run
+    from q2rl.run_config import RunConfig
+
+    monkeypatch.delenv("Q2RL_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text("  from-a-file\n")
+    base = f"learner: {{run_root: {tmp_path / 'runs'}}}\nbc: {{checkpoint: {tmp_path / 'policy.ckpt'}}}\n"
+    config = write(tmp_path, base)
+    assert load_config(RunConfig, config, [f"learner.token_file={token_file}"]).learner.token == "from-a-file"
+    monkeypatch.setenv("Q2RL_TOKEN", "from-the-environment")
+    assert load_config(RunConfig, config).learner.token == "from-the-environment"
+    assert load_config(RunConfig, config, [f"learner.token_file={token_file}"]).learner.token == "from-a-file"
+    with pytest.raises(ConfigError, match="learner.token_file: .*missing"):
+        load_config(RunConfig, config, [f"learner.token_file={tmp_path / 'missing'}"])
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="learner.token_file: .* is empty"):
+        load_config(RunConfig, config, [f"learner.token_file={tmp_path / 'empty'}"])
+    with pytest.raises(ConfigError, match="token_file: give the token one way"):
+        load_config(RunConfig, config, ["learner.token=inline", f"learner.token_file={token_file}"])
+    # however it was given, the run's config.yaml (which every process of the run reads) does not hold it
+    for i, overrides in enumerate([["learner.token=inline-secret"], [f"learner.token_file={token_file}"], []]):
+        args = argparse.Namespace(resume=None, config=str(config), overrides=overrides + [f"learner.run_name=r{i}"])
+        cfg, run_dir, _ = prepare_run(args)
+        assert cfg.learner.token in ("inline-secret", "from-a-file", "from-the-environment")
+        text = (run_dir / "config.yaml").read_text()
+        assert cfg.learner.token not in text and "token:" not in text.replace("token_file:", ""), text
+        assert cfg.learner.token not in repr(cfg)
+        resumed = load_config(RunConfig, run_dir / "config.yaml")  # the actor's and --resume's view of the run
+        assert resumed.learner.token == ("from-a-file" if i == 1 else "from-the-environment")

@@ -119,6 +119,24 @@ def test_a_session_refuses_to_overwrite_an_existing_run(tmp_path):
     assert (run / "config.yaml").read_text() == "env: {}\n"  # untouched
 
 
+def test_a_session_into_an_existing_run_directory_changes_nothing_in_it(tmp_path):
+    """It used to read the old learner.addr, start an actor against that dead address, re-evaluate the old
+    checkpoint and overwrite summary.json and final_eval.json."""
+    config = tiny_run_config(tmp_path)  # no BC checkpoint: it is refused before pi_BC would be trained
+    run = tmp_path / "runs" / "taken"
+    run.mkdir(parents=True)
+    old = {"config.yaml": "env: {}\n", "summary.json": '{"old": 1}', "final_eval.json": '{"old": 2}',
+           "learner.addr": "127.0.0.1:1"}
+    for name, text in old.items():
+        (run / name).write_text(text)
+    proc = subprocess.run(q2rl("session", "--config", str(config), "learner.run_name=taken"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "already exists" in proc.stdout and f"--resume {run}" in proc.stdout
+    assert {p.name: p.read_text() for p in run.iterdir()} == old
+    assert not (tmp_path / "bc-cache").exists()
+
+
 def test_session_help_lists_every_config_field():
     proc = subprocess.run(q2rl("session", "--help"), stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
                           timeout=60)

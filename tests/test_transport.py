@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import threading
 import time
 
 import grpc
@@ -20,8 +21,9 @@ from transport_util import (CONFIG_HASH, FAST_KEEPALIVE, TOKEN, assert_transitio
 
 
 @pytest.fixture
-def learner(tmp_path):
-    server, store, collector, board = start_learner(tmp_path / "run")
+def learner(tmp_path, request):
+    """A learner for make_episode's transitions; parametrize it indirectly with True for their images."""
+    server, store, collector, board = start_learner(tmp_path / "run", images=getattr(request, "param", False))
     yield server, store, collector, board
     server.stop(0)
 
@@ -32,20 +34,37 @@ def new_link(server, tmp_path, actor_id="a0", config_hash=CONFIG_HASH, token=TOK
 
 
 class RawClient:
-    """The RPCs by hand, to send exactly the batches a test needs."""
+    """The RPCs by hand, to send exactly the batches a test needs; every call carries the token as metadata."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = TOKEN) -> None:
         self.channel = grpc.insecure_channel(address)
-        self.handshake = self.channel.unary_unary(f"/{wire.SERVICE_NAME}/Handshake",
-                                                  pb.HandshakeRequest.SerializeToString, pb.HandshakeReply.FromString)
-        self.send = self.channel.stream_stream(f"/{wire.SERVICE_NAME}/SendTransitions", None, pb.Ack.FromString)
-        self.status = self.channel.unary_unary(f"/{wire.SERVICE_NAME}/Status", pb.StatusRequest.SerializeToString,
-                                               pb.StatusReply.FromString)
+        self.token = [(wire.TOKEN_METADATA_KEY, token)]
+        handshake = self.channel.unary_unary(f"/{wire.SERVICE_NAME}/Handshake",
+                                             pb.HandshakeRequest.SerializeToString, pb.HandshakeReply.FromString)
+        self.handshake = lambda request, **kw: handshake(request, metadata=self.token, **kw)
+        send = self.channel.stream_stream(f"/{wire.SERVICE_NAME}/SendTransitions", None, pb.Ack.FromString)
+        self.send = lambda batches, metadata=(): send(batches, metadata=[*metadata, *self.token])
+        params = self.channel.unary_stream(f"/{wire.SERVICE_NAME}/Parameters", pb.ParameterRequest.SerializeToString,
+                                           pb.ParameterUpdate.FromString)
+        self.parameters = lambda session: params(pb.ParameterRequest(session_id=session, have_version=-1),
+                                                 metadata=self.token)
 
     def hello(self, actor_id="a0", **kw) -> pb.HandshakeReply:
         fields = dict(protocol_version=wire.PROTOCOL_VERSION, config_hash=CONFIG_HASH, actor_id=actor_id,
                       token=TOKEN, next_seq=1000, acked_floor=-1)
         return self.handshake(pb.HandshakeRequest(**{**fields, **kw}), timeout=5)
+
+    def stall(self, method: str, metadata=()) -> tuple[grpc.Future, threading.Event]:
+        """A call that sends its headers and then never its request message (a stuck or hostile client); it
+        ends when the server cuts it or when the returned event is set."""
+        gate = threading.Event()
+
+        def never():
+            gate.wait()
+            yield from ()
+
+        call = self.channel.stream_unary(f"/{wire.SERVICE_NAME}/{method}", None, None)
+        return call.future(never(), metadata=list(metadata)), gate
 
 
 @pytest.mark.parametrize("what, expected", [
@@ -71,7 +90,7 @@ def test_handshake_refusal_is_a_clear_exception_not_a_retry_loop(learner, tmp_pa
     link.close(0)
 
 
-@pytest.mark.parametrize("images", [False, True])
+@pytest.mark.parametrize("learner, images", [(False, False), (True, True)], indirect=["learner"])
 def test_transitions_and_reports_round_trip_exactly(learner, tmp_path, images):
     server, store, collector, _ = learner
     link = new_link(server, tmp_path)
@@ -156,6 +175,73 @@ def test_a_reconnecting_actor_replaces_its_old_stream(learner, tmp_path):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+BAD_TRANSITIONS = {  # how to spoil a transition, and what the refusal must say about it
+    "action bytes": (lambda m: setattr(m.action, "data", m.action.data[:-4]), "action: 24 bytes do not fit"),
+    "6-D action": (lambda m: m.action.CopyFrom(wire.tensor_proto(np.zeros(6, np.float32))),
+                   "action has shape (6,), the run's actions are (7,)"),
+    "NaN action": (lambda m: m.action.CopyFrom(wire.tensor_proto(np.full(7, np.nan, np.float32))),
+                   "action holds non-finite values"),
+    "unspecified source": (lambda m: setattr(m, "source", pb.ACTION_SOURCE_UNSPECIFIED),
+                           "source is ACTION_SOURCE_UNSPECIFIED"),
+    "a_bc unset": (lambda m: m.ClearField("a_bc"), "a_bc is missing"),
+    "state size": (lambda m: m.obs.state.CopyFrom(wire.tensor_proto(np.zeros(5, np.float32))),
+                   "obs.state has shape (5,), the run's states are (12,)"),
+    "step jump": (lambda m: setattr(m, "step", 5), "step 5 does not follow step 3 of episode 0"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TRANSITIONS))
+def test_a_batch_with_one_bad_transition_is_refused_whole_before_anything_is_stored(learner, tmp_path, kind):
+    spoil, reason = BAD_TRANSITIONS[kind]
+    server, store, collector, _ = learner
+    client = RawClient(server.address)
+    ep = make_episode("a0", 0, 0, 6, np.random.default_rng(11), terminal=False)
+    items = [wire.encode_item_transition(t) for t in ep]
+    bad = wire.encode_transition(ep[4])
+    spoil(bad)
+    session = [(wire.SESSION_METADATA_KEY, client.hello(next_seq=6).session_id)]
+    assert [a.stored_seq for a in client.send(iter([wire.frame_batch(items[:3])]), metadata=session)] == [2]
+    refused = [items[3], pb.Item(transition=bad).SerializeToString(), items[5]]  # good, bad, good
+    with pytest.raises(grpc.RpcError) as err:
+        list(client.send(iter([wire.frame_batch(refused)]), metadata=session))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "seq 4" in err.value.details() and reason in err.value.details(), err.value.details()
+    # nothing of the batch is stored, acknowledged or handed to the learner: not even the good seq 3 before it
+    assert store.stored_seq("a0") == 2 and [t.seq for t in collector.transitions] == [0, 1, 2]
+    assert [t.seq for e in EpisodeStore(tmp_path / "run").episodes() for t in e.transitions] == [0, 1, 2]
+    reply = client.hello(next_seq=6)  # the actor reconnects, learns what is stored and sends good data
+    assert reply.accepted and reply.stored_seq == 2
+    acks = list(client.send(iter([wire.frame_batch(items[3:])]),
+                            metadata=[(wire.SESSION_METADATA_KEY, reply.session_id)]))
+    assert [a.stored_seq for a in acks] == [5] and [t.seq for t in collector.transitions] == list(range(6))
+
+
+def test_an_episode_must_go_on_where_it_stopped_also_across_a_learner_restart(tmp_path):
+    ep = make_episode("a0", 0, 0, 4, np.random.default_rng(12), terminal=False)
+    items = [wire.encode_item_transition(t) for t in ep]
+    server, store, *_ = start_learner(tmp_path / "run")
+    client = RawClient(server.address)
+    session = [(wire.SESSION_METADATA_KEY, client.hello(next_seq=4).session_id)]
+    assert [a.stored_seq for a in client.send(iter([wire.frame_batch(items[:2])]), metadata=session)] == [1]
+    server.stop(0)
+    store.close()
+    server, store, collector, _ = start_learner(tmp_path / "run")  # a new learner on the same episode store
+    try:
+        client = RawClient(server.address)
+        session = [(wire.SESSION_METADATA_KEY, client.hello(next_seq=4).session_id)]
+        skipped = wire.encode_transition(ep[3])
+        skipped.seq = 2  # the right seq, but the step after the one that never came
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.send(iter([wire.frame_batch([pb.Item(transition=skipped).SerializeToString()])]),
+                             metadata=session))
+        assert "transition seq 2: step 3 does not follow step 1 of episode 0" in err.value.details()
+        session = [(wire.SESSION_METADATA_KEY, client.hello(next_seq=4).session_id)]
+        assert [a.stored_seq for a in client.send(iter([wire.frame_batch(items[2:])]), metadata=session)] == [3]
+        assert [t.seq for t in collector.transitions] == [2, 3]
+    finally:
+        server.stop(0)
+
+
 def test_lost_spool_or_reused_actor_id_is_refused(learner, tmp_path):
     server = learner[0]
     client = RawClient(server.address)
@@ -234,6 +320,7 @@ def test_status_reports_phase_and_links(tmp_path):
         server.stop(0)
 
 
+@pytest.mark.parametrize("learner", [True], indirect=True)
 def test_store_ignores_a_torn_tail_with_a_warning_and_keeps_earlier_records(learner, tmp_path, caplog):
     server, store, collector, _ = learner
     link = new_link(server, tmp_path)
@@ -276,12 +363,12 @@ def make_certificates(d) -> dict:
 def test_mutual_tls_carries_the_stream_and_keeps_out_clients_without_a_certificate(tmp_path):
     from q2rl.learner.service import LearnerService, ParameterBoard, ServiceAuth, serve
     from q2rl.wire import ClientTls, TlsFiles
-    from transport_util import Collector
+    from transport_util import Collector, run_contract
 
     certs = make_certificates(tmp_path)
     store, collector = EpisodeStore(tmp_path / "run"), Collector()
     service = LearnerService(store, collector.on_transitions, collector.on_episode, ParameterBoard(),
-                             ServiceAuth(config_hash=CONFIG_HASH, token=TOKEN))
+                             ServiceAuth(config_hash=CONFIG_HASH, token=TOKEN), contract=run_contract())
     server = serve("127.0.0.1:0", service, keepalive=FAST_KEEPALIVE,
                    tls=TlsFiles(certs["server.pem"], certs["server.key"], client_ca=certs["ca.pem"]))
     try:
@@ -326,3 +413,78 @@ def test_store_log_spans_segments_and_reloads_intact(tmp_path):
         (0, True, True), (1, True, True), (2, True, False), (3, True, False)]
     for sent, got in zip([t for ep in episodes for t in ep], [t for e in stored for t in e.transitions]):
         assert_transition_equal(sent, got)
+
+
+# ------------------------------------------------------------------------------------------ issue #35, part 4
+
+
+def assert_an_actor_still_works(server, collector, board, tmp_path, actor_id="lab-0"):
+    """A real ActorLink connects, its transitions are stored and acknowledged, and it receives parameters."""
+    link = new_link(server, tmp_path, actor_id=actor_id)
+    try:
+        assert link.wait_connected(20), f"the lab's actor could not connect: {link.health()}"
+        episode = make_episode(actor_id, 0, 0, 5, np.random.default_rng(11))
+        for t in episode:
+            link.add(t)
+        link.end_episode(report_for(episode))
+        assert link.flush(15), link.health()
+        assert collector.wait_for(5, 5) and [t.seq for t in collector.transitions][-5:] == list(range(5))
+        board.publish(board.version + 1, {"policy": {"w": np.full(3, 7.0)}})
+        deadline = time.monotonic() + 15
+        while link.latest() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.latest() is not None and link.latest()[1]["policy"]["w"].tolist() == [7.0] * 3
+    finally:
+        link.close(0)
+
+
+@pytest.mark.parametrize("token", ["", "wrong", TOKEN])
+def test_stalled_handshakes_cannot_lock_the_actors_out(tmp_path, token):
+    """As many Handshake calls as the server's RPC cap (2 * max_actors + 4 = 24) that send their headers and never
+    their request: without the right token they are refused at once, before they hold a worker; with it, each is
+    cut when its first message is `first_message_s` late. Either way the lab's actor connects and works."""
+    server, _, collector, board = start_learner(tmp_path / "run", max_actors=10, first_message_s=1.0)
+    client = RawClient(server.address)
+    metadata = [(wire.TOKEN_METADATA_KEY, token)] if token else []
+    stalls = [client.stall("Handshake", metadata) for _ in range(24)]
+    try:
+        if token != TOKEN:
+            for future, _ in stalls:  # refused at once: a refusal the actor raises as final, not a retry loop
+                reply = pb.HandshakeReply.FromString(future.result(timeout=5))
+                assert not reply.accepted and reply.reason.startswith("token rejected"), reply.reason
+        assert_an_actor_still_works(server, collector, board, tmp_path)
+        if token == TOKEN:
+            for future, _ in stalls:
+                with pytest.raises(grpc.RpcError) as err:
+                    future.result(timeout=5)
+                assert err.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        for _, gate in stalls:
+            gate.set()
+        client.channel.close()
+        server.stop(0)
+
+
+def test_one_client_opening_25_streams_holds_one_of_each_and_cannot_lock_the_actors_out(tmp_path):
+    """Per session at most one transition stream and one parameter stream: a newer one replaces the older (as a
+    new handshake replaces the old session), which the server cancels at once, freeing its worker."""
+    server, _, collector, board = start_learner(tmp_path / "run", max_actors=10)
+    client = RawClient(server.address)
+    session = client.hello("greedy", next_seq=0).session_id
+    gates = [threading.Event() for _ in range(25)]
+    params = [client.parameters(session) for _ in range(25)]
+    sends = [client.send(iter(gate.wait, True), metadata=[(wire.SESSION_METADATA_KEY, session)]) for gate in gates]
+    try:
+        assert_an_actor_still_works(server, collector, board, tmp_path)
+        deadline = time.monotonic() + 10
+        while sum(not call.done() for call in params + sends) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for calls in (params, sends):  # one of each still serves (the last the server took), the rest were replaced
+            assert [call.code() for call in calls if call.done()] == [grpc.StatusCode.CANCELLED] * 24
+            assert sum(not call.done() for call in calls) == 1
+    finally:
+        for gate in gates:
+            gate.set()
+        client.channel.close()
+        server.stop(0)
+

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 
+from q2rl.contract import TransitionContract
 from q2rl.interfaces import EpisodeReport, Transition
 from q2rl.learner.episode_store import EpisodeStore
 from q2rl.learner.service import LearnerService, ParameterBoard, ServiceAuth, serve
@@ -15,6 +16,12 @@ from q2rl.wire import Keepalive
 CONFIG_HASH = "0123456789abcdef"
 TOKEN = "secret-token"
 FAST_KEEPALIVE = Keepalive(time_ms=500, timeout_ms=1000, handshake_timeout_ms=1500)  # 1.5 s window
+CAMERAS = {"wrist": (128, 128, 3), "front": (128, 128, 3)}  # make_episode(images=True)
+
+
+def run_contract(images: bool = False, state_dim: int = 12) -> TransitionContract:
+    """The contract of make_episode's transitions (with or without its cameras)."""
+    return TransitionContract(state_dim=state_dim, cameras=CAMERAS if images else {})
 
 
 def make_episode(actor_id: str, episode_id: int, first_seq: int, length: int, rng: np.random.Generator,
@@ -88,13 +95,16 @@ class Collector:
             return self.cond.wait_for(lambda: len(self.transitions) >= n_transitions, timeout)
 
 
-def start_learner(run_dir, address="127.0.0.1:0", keepalive=FAST_KEEPALIVE, token=TOKEN, max_actors=4, **kw):
+def start_learner(run_dir, address="127.0.0.1:0", keepalive=FAST_KEEPALIVE, token=TOKEN, max_actors=4,
+                  first_message_s=5.0, images=False, **kw):
+    """A learner service on `address` that takes make_episode's transitions (`images`: with its cameras)."""
+    kw.setdefault("contract", run_contract(images))
     store = EpisodeStore(run_dir)
     collector = Collector()
     board = ParameterBoard()
     service = LearnerService(store, collector.on_transitions, collector.on_episode, board,
                              ServiceAuth(config_hash=CONFIG_HASH, token=token), **kw)
-    server = serve(address, service, keepalive=keepalive, max_actors=max_actors)
+    server = serve(address, service, keepalive=keepalive, max_actors=max_actors, first_message_s=first_message_s)
     return server, store, collector, board
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, get_args
 
-from q2rl.config import ConfigError, doc
+from q2rl.config import ConfigError, check_numbers, doc
 
 TaskName = Literal["pick_cube", "peg_insert", "kitting", "pick_cube_shifted", "peg_insert_shifted", "kitting_shifted"]
 CAMERA_NAMES = ("wrist", "front")
@@ -41,10 +41,7 @@ class SimEnvConfig:
     def validate(self) -> None:
         if self.task not in get_args(TaskName):
             raise ConfigError(f"task: {self.task!r} is not one of {list(get_args(TaskName))}")
-        if self.control_hz <= 0:
-            raise ConfigError(f"control_hz: must be > 0, got {self.control_hz}")
-        if self.physics_timestep <= 0:
-            raise ConfigError(f"physics_timestep: must be > 0, got {self.physics_timestep}")
+        check_numbers(self, "> 0", "control_hz", "physics_timestep")
         ratio = 1.0 / (self.control_hz * self.physics_timestep)
         if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
             raise ConfigError(
