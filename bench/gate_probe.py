@@ -105,21 +105,25 @@ def main() -> None:
     p.add_argument("--demo-noise", type=float, default=0.2)
     p.add_argument("--bc-steps", type=int, default=2000)
     p.add_argument("--out", default="runs/bench/sample_efficiency", help="where the BC policy is cached")
+    p.add_argument("--config", default="", help="start from this run config and its BC (e.g. configs/sim/pick_cube.yaml, "
+                   "what `make run` runs), as bench/sample_efficiency.py --config does")
     args = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import tempfile
 
-    from sample_efficiency import EVAL_SEED, bench_run_config, prepare_bc
+    from sample_efficiency import EVAL_SEED, bench_run_config, prepare_bc, session_bc
 
     from q2rl.local import LocalRun, LocalSchedule
     from q2rl.robot.envs import make_env
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bc, demos_file = prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps)
+    bc, demos_file = (session_bc(args.config, args.task) if args.config else
+                      prepare_bc(args.task, out, args.demos, args.demo_noise, args.bc_steps))
     cfg = bench_run_config(args.task, "q2rl", args.seed, eval_episodes=1, eval_deterministic=True,
-                           preset=args.preset, agent_overrides=json.loads(args.agent_overrides), demos=str(demos_file))
+                           preset=args.preset, agent_overrides=json.loads(args.agent_overrides), demos=str(demos_file),
+                           base_config=args.config)
     with tempfile.TemporaryDirectory() as run_dir:
         run = LocalRun(cfg, bc, run_dir)
         result = run.run(LocalSchedule(online_steps=args.online_steps, eval_every=0))
