@@ -12,8 +12,8 @@ publishes, per actor, the highest seq it may send (Grants; UTD target + slack), 
 before a step that would exceed it. Holding reads only in-memory state (no network), so stop and console
 keys are still served within a millisecond.
 
-Evaluation episodes (every `actor.eval_every_episodes`, key e, or `evaluate(n)`) act with the policies' modes
-(`actor.eval_deterministic`), are not sent for training, and are reported with `eval=True` so the learner can draw
+Evaluation episodes (every `actor.eval_every_episodes`, key e, or `evaluate(n)`) act with the policies' modes or
+sample as in training (`actor.eval_deterministic`), are not sent for training, and are reported with `eval=True` so the learner can draw
 the eval success curve. `run_episode` is the one episode loop: training, evaluation, and checkpoint evaluation.
 """
 
@@ -234,7 +234,7 @@ class Actor:
     def run_episode(self, stop: threading.Event, evaluate: bool = False, seed: int | None = None,
                     deterministic: bool | None = None, report: bool = True) -> EpisodeReport:
         """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit. An evaluation episode
-        acts with modes unless `deterministic` (default actor.eval_deterministic) says otherwise."""
+        acts with the modes when `deterministic` (default actor.eval_deterministic) is true."""
         self._wait_for_reset(stop)
         episode_id = self.episode_id
         self.episode_id += 1
