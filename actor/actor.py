@@ -157,7 +157,7 @@ class Actor:
             self._serve_console(stop)
             if stop.is_set():
                 raise _Quit
-            self._publish_status(waiting=True)
+            self._publish_status(waiting=True, holding_s=self.clock() - started)
             self.sleep(0.001)
         if started is not None:
             self.summary.paced_s += self.clock() - started
@@ -350,7 +350,9 @@ class Actor:
         self._last_step_time = now
 
     # -------------------------------------------------------------------------------------- status
-    def _publish_status(self, waiting: bool = False, force: bool = False) -> None:
+    def _publish_status(self, waiting: bool = False, force: bool = False, holding_s: float = 0.0) -> None:
+        """The console's status line and actors/<id>.json, at most once a second; `holding_s`: how long the hold
+        under way has lasted (so a hold shows while it happens, not only once it ends)."""
         now = time.monotonic()
         if not force and now - self._last_status < 1.0:
             return
@@ -371,7 +373,7 @@ class Actor:
             self._status_writer.update(ActorStatus(
                 actor_id=self.actor_id, episode=self.episode_id, env_steps=self.summary.env_steps,
                 param_version=self.version, link=link, spooled=0 if h is None else int(h.unacked),
-                waiting_for_learner_s=self.summary.paced_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
+                waiting_for_learner_s=self.summary.paced_s + holding_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
                 max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))
             self._recent_max_gap = 0.0
 

@@ -215,6 +215,9 @@ class _Driver:
         self.write_status(force=True)
         self.learner.publish(self.board, force=True)
         self.last_publish = time.monotonic()
+        if phase == "online":  # the Q-Estimation fit exists now: a crash must not cost it again
+            self.learner.save()
+            self.last_checkpoint = time.monotonic()
 
     def tick(self) -> None:
         now = time.monotonic()

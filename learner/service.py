@@ -375,6 +375,8 @@ class LearnerService:
             replaced.cancel()
             self.board.wake()
         have, have_grants = request.have_version, 0
+        if have > self.board.version:
+            have = -1  # a set of an earlier learner (this one restarted): send this learner's at once
         try:
             while context.is_active() and not self._stopping.is_set():
                 with self._lock:

@@ -552,3 +552,32 @@ def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation
     assert len(random_draws) == 3  # 5 - the 2 already sent
     assert len({tuple(np.round(r[0], 6)) for r in random_draws}) == 3  # fresh draws
     assert records[3][2:] != (0.0, 0.0, True) and np.isfinite(records[3][3])  # then the gate again
+
+
+def test_a_hold_shows_in_the_actor_status_while_it_lasts(tmp_path, bc_checkpoint):
+    """An actor held by the learner's grants says so while it waits (it used to add the wait only once it ended,
+    so a stuck actor looked idle-free for minutes)."""
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.interfaces import Grants
+    from q2rl.local import LocalLink
+    from q2rl.progress import read_actor_statuses
+    from q2rl.robot.envs import make_env
+
+    cfg = run_config(tmp_path, bc_checkpoint)
+    link = LocalLink(lambda t: None, lambda r: None)
+    link.publish_grants(Grants({}, -1))  # nothing granted: the first step holds
+    env = make_env(cfg.env)
+    actor = Actor(cfg, env, load_bc_policy(bc_checkpoint), sink=link, source=link, status_dir=tmp_path)
+    stop = threading.Event()
+    thread = threading.Thread(target=actor.run, args=(stop,))
+    thread.start()
+    try:
+        waited = wait_for(lambda: [s.waiting_for_learner_s for s in read_actor_statuses(tmp_path)
+                                   if s.waiting_for_learner_s >= 1.5], 30, "a hold in the actor's status")
+        assert actor.summary.paced_s == 0.0 and actor.summary.env_steps == 0  # still in its first hold
+        assert waited[0] >= 1.5
+    finally:
+        stop.set()
+        thread.join(10)
+        env.close()

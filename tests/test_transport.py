@@ -17,7 +17,7 @@ from q2rl.actor.link import ActorLink, LinkRefused, fetch_status
 from q2rl.learner.episode_store import EpisodeStore
 from q2rl.wire import pb
 from transport_util import (CONFIG_HASH, FAST_KEEPALIVE, TOKEN, assert_transition_equal, make_episode, report_for,
-                            start_learner)
+                            free_port, start_learner)
 
 
 @pytest.fixture
@@ -271,6 +271,34 @@ def test_actor_restart_continues_numbering_from_its_spool(learner, tmp_path):
     cut = [r for r in collector.reports if r.episode_id == 0]
     assert len(cut) == 1 and cut[0].cut and cut[0].length == 5 and not cut[0].success
     assert cut[0].undiscounted_return == pytest.approx(sum(t.reward for t in ep))
+
+
+def test_a_restarted_learner_s_parameters_and_grants_are_adopted_at_once(tmp_path):
+    """A resumed learner numbers its parameter sets from its checkpoint (or from 1): an actor holding a higher
+    version of the learner before must take the new learner's set at once, not when the count passes its own."""
+    from q2rl.interfaces import Grants
+
+    port = free_port()
+    server, _, _, board = start_learner(tmp_path / "run", f"127.0.0.1:{port}")
+    link = new_link(server, tmp_path)
+    board.publish(57, {"policy": {"w": np.zeros(3)}})
+    deadline = time.monotonic() + 20
+    while link.latest() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert link.latest()[0] == 57
+    server.stop(0)
+    server, _, _, board = start_learner(tmp_path / "run", f"127.0.0.1:{port}")  # the restarted learner
+    try:
+        board.publish_grants(Grants({"a0": 99}, -1))
+        board.publish(3, {"policy": {"w": np.ones(3)}})
+        deadline = time.monotonic() + 15  # reconnect backoff (at most 5 s) plus the handshake
+        while link.latest()[0] != 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.latest()[0] == 3 and link.latest()[1]["policy"]["w"].tolist() == [1.0] * 3
+        assert link.grants() == Grants({"a0": 99}, -1)
+    finally:
+        link.close(0)
+        server.stop(0)
 
 
 def test_parameters_above_the_message_limit_arrive_exactly_and_latest_only(learner, tmp_path):
