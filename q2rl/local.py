@@ -25,7 +25,7 @@ import numpy as np
 from q2rl.actor.actor import Actor
 from q2rl.interfaces import EpisodeReport, Grants, Transition
 from q2rl.learner.learner import Learner
-from q2rl.progress import EvalPoint
+from q2rl.progress import EvalPoint, format_number
 
 
 class LocalLink:
@@ -146,9 +146,8 @@ class LocalRun:
 
 def _format_point(algo: str, p: EvalPoint, learning: Mapping[str, float | None]) -> str:
     """One log line per evaluation: the point and the last update's losses."""
-    number = lambda x: "-" if x is None else f"{x:.3g}"
     other = "" if p.other_protocol_success is None else f" other_protocol_success={p.other_protocol_success:.2f}"
-    losses = " ".join(f"{k}={number(v)}" for k, v in learning.items())
-    return (f"[{algo}] env_steps={p.env_steps} success={p.success_rate:.2f}{other} bc_share={number(p.bc_share)} "
-            f"eval_bc_share={number(p.eval_bc_share)} train_success={number(p.train_success)} updates={p.updates} "
-            f"t={p.wall_s:.0f}s {losses}")
+    losses = " ".join(f"{k}={format_number(v)}" for k, v in learning.items())
+    return (f"[{algo}] env_steps={p.env_steps} success={p.success_rate:.2f}{other} "
+            f"bc_share={format_number(p.bc_share)} eval_bc_share={format_number(p.eval_bc_share)} "
+            f"train_success={format_number(p.train_success)} updates={p.updates} t={p.wall_s:.0f}s {losses}")

@@ -179,7 +179,8 @@ def _pct(x: float | None) -> str:
     return "  -" if x is None else f"{100 * x:3.0f}%"
 
 
-def _number(x: float | None) -> str:
+def format_number(x: float | None) -> str:
+    """A value for a status line: three significant digits, or - when unknown."""
     return "-" if x is None else f"{x:.3g}"
 
 
@@ -203,7 +204,7 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         f"eval {_pct(status.eval_success_rate)}",
         f"BC/RL {_pct(status.bc_share)}/{_pct(1 - status.bc_share)}",
         f"upd/s {status.updates_per_s:5.0f}",
-        f"Q {_number(status.learning.get('q_mean'))}",
+        f"Q {format_number(status.learning.get('q_mean'))}",
         f"v{status.param_version}",
         "link " + (" ".join(links) if links else "-"),
     ]
