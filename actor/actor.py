@@ -111,7 +111,7 @@ class Actor:
         self._last_step_time: float | None = None
         self._last_status = 0.0
         self._mode = "train"
-        self._step = 0
+        self._step = self._bc_steps = 0  # this episode's step and BC steps so far (status line, loop-gap note)
         self._recent_max_gap = 0.0  # longest gap between control steps since the last status snapshot
 
     def _warm_up(self, obs) -> None:
@@ -239,6 +239,7 @@ class Actor:
         episode_id = self.episode_id
         self.episode_id += 1
         self._mode = "eval" if evaluate else "train"
+        self._step = self._bc_steps = 0
         modes = evaluate and (self.cfg.actor.eval_deterministic if deterministic is None else deterministic)
         if seed is None:
             seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
@@ -281,6 +282,7 @@ class Actor:
                 step += 1
                 total_reward += reward
                 bc_steps += source == "bc"
+                self._step, self._bc_steps = step, bc_steps
                 obs = next_obs
                 self._publish_status()
                 if terminated or truncated:
@@ -365,13 +367,14 @@ class Actor:
 
             rate = float(np.mean(self._recent)) if self._recent else float("nan")
             self.console.set_status(StatusLine(
-                episode=self.episode_id, step=self.summary.env_steps, success_rate=rate,
+                episode=self.episode_id, step=self._step, success_rate=rate,
+                bc_share=self._bc_steps / self._step if self._step else float("nan"),
                 learner_version=self.version if self.params is not None else -1,
                 link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
                 mode="paused" if self.paused else self._mode, message="waiting for the learner" if waiting else ""))
         if self._status_writer is not None:
             self._status_writer.update(ActorStatus(
-                actor_id=self.actor_id, episode=self.episode_id, env_steps=self.summary.env_steps,
+                actor_id=self.actor_id, episode=self.episode_id, step=self._step, env_steps=self.summary.env_steps,
                 param_version=self.version, link=link, spooled=0 if h is None else int(h.unacked),
                 waiting_for_learner_s=self.summary.paced_s + holding_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
                 max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))

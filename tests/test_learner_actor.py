@@ -476,7 +476,17 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
         wait_for(lambda: status().get("phase") == "online" and status().get("updates", 0) > 20, 240,
                  "online updates", (learner, steady, doomed))
 
-        # 1. SIGKILL an actor mid-episode: training goes on with the other; the cut episode is accounted.
+        # 1. SIGKILL an actor mid-episode: training goes on with the other; the cut episode is accounted. Killed
+        # between two episodes, the actor leaves nothing open to cut, so the kill waits for a new status snapshot
+        # early in an episode of 30 steps (a snapshot is at most about a second, 20 steps, old when written).
+        def early_in_an_episode(seen={"at": None}):
+            snapshot = read_json(run / "actors" / "doomed.json") or {}
+            fresh = snapshot.get("updated_at") != seen["at"]
+            seen["at"] = snapshot.get("updated_at")
+            return fresh and 2 <= snapshot.get("step", 0) <= 8
+
+        wait_for(early_in_an_episode, 60, "the doomed actor a few steps into an episode", (learner, doomed),
+                 poll_s=0.01)
         doomed.kill()
         doomed.wait()
         killed_at = status()["updates"]
@@ -552,6 +562,41 @@ def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation
     assert len(random_draws) == 3  # 5 - the 2 already sent
     assert len({tuple(np.round(r[0], 6)) for r in random_draws}) == 3  # fresh draws
     assert records[3][2:] != (0.0, 0.0, True) and np.isfinite(records[3][3])  # then the gate again
+
+
+def test_the_status_line_shows_the_step_within_the_episode_and_its_bc_share(tmp_path, bc_checkpoint):
+    """The operator's line and actors/<id>.json count steps within the episode (they used to show the run's total,
+    and the line always read `BC - RL -`)."""
+    import io
+    import os
+    import pty
+
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.local import LocalLink
+    from q2rl.progress import read_actor_statuses
+    from q2rl.robot.console import OperatorConsole
+    from q2rl.robot.envs import make_env
+
+    cfg = run_config(tmp_path, bc_checkpoint, actor={"pace": "control_rate", "eval_every_episodes": 0},
+                     env={"sim": {"control_hz": 200.0}})
+    link = LocalLink(lambda t: None, lambda r: None)
+    out = io.StringIO()
+    keys, terminal = pty.openpty()  # the terminal is the seam: keys come from a pty, the line goes to `out`
+    env = make_env(cfg.env)
+    actor = Actor(cfg, env, load_bc_policy(bc_checkpoint), sink=link, source=link, status_dir=tmp_path,
+                  console=OperatorConsole(terminal, out))
+    try:
+        actor.run(max_episodes=3)  # flushes the status file as it ends
+    finally:
+        env.close()
+        os.close(keys)
+        os.close(terminal)
+    assert actor.summary.env_steps > 30  # so a total would show past the first episode's steps
+    # No learner parameters yet: pi_BC acts on every step.
+    assert "ep 1 step 1 | BC 100% RL   0%" in out.getvalue(), out.getvalue()
+    status = read_actor_statuses(tmp_path)[0]
+    assert 1 <= status.step <= 30 and status.env_steps == actor.summary.env_steps
 
 
 def test_a_hold_shows_in_the_actor_status_while_it_lasts(tmp_path, bc_checkpoint):
