@@ -215,7 +215,7 @@ class _Driver:
         self.write_status(force=True)
         self.learner.publish(self.board, force=True)
         self.last_publish = time.monotonic()
-        if phase == "online":  # the Q-Estimation fit exists now: a crash must not cost it again
+        if phase in ("q_estimation", "online"):  # the rollouts to fit on, then the fit: a crash must not cost them
             self.learner.save()
             self.last_checkpoint = time.monotonic()
 

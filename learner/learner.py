@@ -8,7 +8,8 @@
 Phases (docs/design.md#phases-and-pacing):
     rollout       the actors run pi_BC (they have no parameters yet); wait for `rollout_episodes` episodes
                   (the Q2RL family only: the others go online at once)
-    q_estimation  fit V_phi to MC returns, regress Q_RL onto Qhat_BC, pre-train pi_RL (one blocking call)
+    q_estimation  fit V_phi to MC returns, pre-train pi_RL, regress Q_RL onto Qhat_BC: one chunk per `work()`,
+                  so status, pacing and checkpoints (the fit's progress too) go on while it runs
     online        one jitted update call (UTD critic minibatches + 1 actor step) per stored env step, from
                   `learner.learning_starts` stored transitions on
     done          the session's env-step budget is spent
@@ -41,7 +42,7 @@ from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND, init_agent_params, non
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Grants, ParameterBoard, Transition, example_obs
-from q2rl.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE
+from q2rl.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, FIT_CHECKPOINT_FILE
 from q2rl.progress import EvalPoint, LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class Learner:
         self._rate = RateMeter()
         self.metrics = None  # the last update's UpdateMetrics (device arrays)
         self.q_estimation_report = None
+        self.fit = None  # core.q_estimation.QEstimationFit while phase 1's regressions run
         self._started = time.monotonic()
         self._published_grants: Grants | None = None
         self._published_updates: int | None = None
@@ -225,7 +227,14 @@ class Learner:
         """Do the next chunk of work for the current phase; returns the number of update calls made."""
         phase = self.book.phase
         if phase == "rollout" and self._rollouts_ready():
-            self._start_online_phase()
+            if not self.spec.q_estimation:
+                self._start_online_phase()
+                return 0
+            self.book.phase = "q_estimation"
+            self.on_phase_change(self.book.phase)
+            return 0
+        if phase == "q_estimation":
+            self._advance_fit()
             return 0
         if phase != "online":
             return 0
@@ -245,19 +254,52 @@ class Learner:
         needed = self.acfg.q_estimation.rollout_episodes
         return len(self.book.rollout_keys) >= needed and len(self.replay) >= self.acfg.batch_size
 
+    def _advance_fit(self) -> None:
+        """One chunk of the Q-Estimation fit (started on the first call, from its saved progress if a learner
+        stopped during it); when it ends, the online phase starts from its parameters."""
+        if self.fit is None:
+            self.fit = self._begin_fit()
+        if not self.fit.advance():
+            return
+        params, report = self.fit.params, self.fit.report()
+        log.info("Q-Estimation on %d episodes took %.1f s (this learner's share): %s", report.num_episodes,
+                 time.monotonic() - self._fit_started, report)
+        self.q_estimation_report, self.fit = report, None
+        self.state = self.mesh.replicate(self.agent.init_state(params))
+        self._start_online_phase()
+
+    def _begin_fit(self):
+        """A fit on the rollout episodes; it goes on from FIT_CHECKPOINT_FILE when that holds progress on the same
+        episodes (a damaged or foreign one is reported and left in place; the fit then starts over)."""
+        episodes = [self.replay.export_episode(a, e) for a, e in self.book.rollout_keys]
+        self._fit_started = time.monotonic()
+        path = self.run_dir / FIT_CHECKPOINT_FILE
+        if path.is_file():
+            try:
+                meta = read_metadata(path)
+                if meta.get("rollout_keys") == self.book.rollout_keys:
+                    fit = self.agent.q_estimation.start(jax.device_get(self.state.params), episodes,
+                                                        jnp.asarray(np.asarray(meta["key"], np.uint32)),
+                                                        init_critic=self.spec.init_critic)
+                    fit.restore(load_checkpoint(path, target=fit.progress_template(meta)).state, meta)
+                    log.info("Q-Estimation goes on from %s: stage %s, %d steps left", path, fit.stage_name,
+                             fit.steps_left())
+                    return fit
+                log.info("%s belongs to other rollout episodes; the fit starts over", path)
+            except (CheckpointError, KeyError, TypeError, ValueError) as e:
+                log.warning("%s cannot be used (%s); the Q-Estimation fit starts over", path, e)
+        self.key, k = jax.random.split(self.key)
+        return self.agent.q_estimation.start(jax.device_get(self.state.params), episodes, k,
+                                             init_critic=self.spec.init_critic)
+
+    def _save_fit(self) -> None:
+        tree, meta = self.fit.progress()
+        meta = {**meta, "kind": "q2rl-q-estimation-fit", "rollout_keys": self.book.rollout_keys,
+                "key": _key_list(self.fit.key)}
+        save_checkpoint(self.run_dir / FIT_CHECKPOINT_FILE, tree, meta)
+
     def _start_online_phase(self) -> None:
-        """End of rollouts: Q-Estimation (for the Q2RL family), then online updates owed per new env step."""
-        if self.spec.q_estimation:
-            self.book.phase = "q_estimation"
-            self.on_phase_change(self.book.phase)
-            episodes = [self.replay.export_episode(a, e) for a, e in self.book.rollout_keys]
-            self.key, k = jax.random.split(self.key)
-            started = time.monotonic()
-            params, report = self.agent.q_estimation.fit(jax.device_get(self.state.params), episodes, k,
-                                                         init_critic=self.spec.init_critic)
-            log.info("Q-Estimation on %d episodes took %.1f s: %s", len(episodes), time.monotonic() - started, report)
-            self.q_estimation_report = report
-            self.state = self.mesh.replicate(self.agent.init_state(params))
+        """Online updates owed per new env step, from learning_starts stored transitions on."""
         self.book.phase = "online"
         # Updates are owed from here on, but not before learning_starts transitions are stored.
         self.book.online_start_steps = max(self.book.env_steps, self.cfg.learner.learning_starts)
@@ -360,12 +402,15 @@ class Learner:
             eval_curve=curve,
             best_eval=EvalPoint(**self.book.best_eval) if self.book.best_eval else None,
             learning=learning_metrics(self.metrics),
+            q_estimation_steps_left=self.fit.steps_left() if self.fit is not None else 0,
         )
 
     # ------------------------------------------------------------------------------------------ persistence
     def save(self) -> Path:
         """Checkpoint the learner state (msgpack, atomic) with the bookkeeping as JSON metadata. The last
         learner.keep_checkpoints states stay, as checkpoint/learner-<updates>.ckpt, and learner.ckpt names the newest."""
+        if self.fit is not None:  # the fit's progress first: the learner checkpoint below says it is under way
+            self._save_fit()
         return self._save_to(CHECKPOINT_FILE, keep=self.cfg.learner.keep_checkpoints)
 
     def save_best(self) -> Path | None:
@@ -384,8 +429,7 @@ class Learner:
         meta = {
             "kind": LEARNER_CHECKPOINT_KIND,
             "book": dataclasses.asdict(self.book),
-            "key": np.asarray(jax.random.key_data(self.key) if jnp.issubdtype(self.key.dtype, jax.dtypes.prng_key)
-                              else self.key).tolist(),
+            "key": _key_list(self.key),
             "rng": self.rng.bit_generator.state,
             "saved_at": time.time(),
         }
@@ -485,6 +529,11 @@ class Learner:
         except (CheckpointError, KeyError, TypeError) as e:
             log.warning("%s is damaged (%s); ignoring it: the next eval window saves a new one", best, e)
             return None
+
+
+def _key_list(key: jax.Array) -> list[int]:
+    """A PRNG key as JSON (checkpoint metadata)."""
+    return np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key).tolist()
 
 
 def _bc_share(reports: list[EpisodeReport]) -> float | None:

@@ -7,7 +7,7 @@ that runs the very same Actor and Learner that `q2rl session` runs as processes,
 
 The benchmarks and tests use it; the lab and `q2rl session` use gRPC (actor.link + learner.service) between
 processes. What differs is only the link: here transitions reach `Learner.ingest_transition` as objects, and
-parameter sets reach the actor as arrays, not msgpack bytes. One thread, so a run is deterministic: the actor
+parameter sets reach the actor as arrays, not ParameterSubset bytes. One thread, so a run is deterministic: the actor
 steps; whenever it must wait for the learner (sim pacing: Actor's `sleep`) or ends a training episode, the learner
 takes its turn (`work()`, then `publish` to the link).
 """
@@ -51,7 +51,7 @@ class LocalLink:
 
     # the learner's side
     def publish(self, version: int, subsets: Mapping[str, Any]) -> None:
-        self._latest = (version, subsets)
+        self._latest = (version, subsets)  # a new tuple per set: the actor adopts a set by identity
 
     def publish_grants(self, grants: Grants) -> None:
         self._grants = grants
@@ -96,6 +96,8 @@ class LocalRun:
         self.learner.ingest_report(report)
         if not report.eval:
             self._learner_turn()
+            while self.learner.book.phase == "q_estimation":  # the whole fit now, so it ends on this boundary
+                self._learner_turn()
 
     def _on_phase_change(self, phase: str) -> None:
         self.learner.publish(self.link, force=True)

@@ -67,6 +67,7 @@ class LearnerStatus:
     # the last update's losses and values (critic_loss, q_mean, actor_q, bc_nll, ...): Q drifting far below the
     # returns or growing without bound is the first sign of trouble
     learning: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    q_estimation_steps_left: int = 0  # regression steps of the Q-Estimation fit still to run
     wall_s: float = 0.0
     updated_at: float = 0.0
     message: str = ""
@@ -196,8 +197,11 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         state = "stale" if stale else a.link
         spool = f"/{a.spooled}" if a.spooled else ""
         links.append(f"{a.actor_id}:{state}{spool}")
+    phase = status.phase
+    if phase == "q_estimation" and status.q_estimation_steps_left:
+        phase += f" ({_k(status.q_estimation_steps_left)} steps left)"
     parts = [
-        f"{status.phase:<12}",
+        f"{phase:<12}",
         f"ep {status.episodes:4d}",
         f"steps {_k(status.env_steps)}/{_k(target_steps)}",
         f"train {_pct(status.train_success_rate)}",

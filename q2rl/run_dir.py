@@ -34,6 +34,8 @@ BEST_EVAL_FILE = "best_eval.json"
 CHECKPOINT_FILE = "checkpoint/learner.ckpt"
 # The learner state when the best eval window so far closed (ties go to the later, better-trained state).
 BEST_CHECKPOINT_FILE = "checkpoint/best.ckpt"
+# The Q-Estimation fit under way (params so far, optimiser state, stage): a learner restarted during the fit goes on.
+FIT_CHECKPOINT_FILE = "checkpoint/q_estimation_fit.ckpt"
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_CHECKPOINT_FILE}
 EVAL_FILES = {"last": FINAL_EVAL_FILE, "best": BEST_EVAL_FILE}  # the latest evaluation of each checkpoint
 EVALUATIONS_LOG = "evaluations.jsonl"

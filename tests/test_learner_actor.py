@@ -542,6 +542,101 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     assert "resumed" in (logs / "learner-resumed.log").read_text()
 
 
+@pytest.mark.slow
+def test_a_learner_killed_in_the_rollouts_and_in_the_fit_resumes_and_the_same_actor_steps_again(tmp_path,
+                                                                                              bc_checkpoint):
+    """SIGKILL the learner once during the Q-Estimation rollouts and once during the fit, and resume it each time:
+    the one actor, never restarted and held by the sim pacing, steps again within 15 s of the learner serving
+    again; the second resume goes on with the fit's saved progress; every transition is stored exactly once."""
+    from process_util import tiny_agent
+
+    from q2rl.core.checkpoint import CheckpointError, read_metadata
+    from q2rl.run_dir import FIT_CHECKPOINT_FILE
+
+    port = free_port()
+    fit_steps = {"value_updates": 300, "actor_updates": 300, "critic_updates": 2400}
+    config = tiny_run_config(
+        tmp_path, bc_checkpoint,
+        agent={**tiny_agent(), "q_estimation": {"rollout_episodes": 4, "batch_size": 64, **fit_steps}},
+        learner={"address": f"127.0.0.1:{port}", "run_name": "restarts", "checkpoint_every_s": 0.5},
+        actor={"eval_every_episodes": 0}, session={"env_steps": 100000})
+    run, logs = tmp_path / "runs" / "restarts", tmp_path / "logs"
+    logs.mkdir()
+    status = lambda: read_json(run / "status.json") or {}
+    actor_steps = lambda: (read_json(run / "actors" / "paced.json") or {}).get("env_steps", 0)
+    learner = start(q2rl("learner", "--config", str(config)), logs / "learner-1.log")
+    actor = None
+    procs = [learner]
+
+    def held_still(seconds: float = 2.0) -> int:
+        """The actor's step count once it has stayed put for `seconds` (its grant is used up)."""
+        last, since = actor_steps(), time.monotonic()
+        while time.monotonic() - since < seconds:
+            time.sleep(0.2)
+            if actor_steps() != last:
+                last, since = actor_steps(), time.monotonic()
+        return last
+
+    def kill_and_resume(n: int, look=lambda: None) -> tuple[subprocess.Popen, object]:
+        """Kill the learner, wait for the actor to hold, `look()` at the run, resume; what `look` returned."""
+        learner.kill()
+        learner.wait()
+        held = held_still()
+        seen = look()
+        log = logs / f"learner-{n}.log"
+        resumed = start(q2rl("learner", "--resume", str(run)), log)
+        procs.append(resumed)
+        wait_for(lambda: "serving on" in log.read_text(), 180, "the resumed learner to serve", (resumed, actor))
+        serving = time.monotonic()
+        wait_for(lambda: actor_steps() > held, 15, "the same actor to step again", (resumed, actor))
+        return resumed, seen
+
+    try:
+        wait_for(lambda: (run / "learner.addr").is_file(), 180, "the learner to serve", (learner,))
+        actor = start(q2rl("actor", "--config", str(run / "config.yaml"), "--learner", f"127.0.0.1:{port}",
+                           "actor.actor_id=paced", f"actor.status_dir={run}",
+                           f"actor.spool_dir={tmp_path / 'spool'}", "actor.console=none"), logs / "actor.log")
+        procs.append(actor)
+
+        # 1. In the rollouts (pi_BC episodes, before any parameter set exists).
+        wait_for(lambda: status().get("phase") == "rollout" and status().get("env_steps", 0) >= 20, 120,
+                 "rollout steps", (learner, actor))
+        learner, _ = kill_and_resume(2)
+        assert status().get("phase") in ("rollout", "q_estimation", "online")
+
+        # 2. In the fit, once some of its progress is checkpointed (into the critic stage, the longest).
+        def fit_steps_saved() -> int:
+            try:
+                meta = read_metadata(run / FIT_CHECKPOINT_FILE)
+            except (FileNotFoundError, CheckpointError):
+                return 0
+            return sum(list(fit_steps.values())[:meta["stage"]]) + meta["done"]
+
+        total = sum(fit_steps.values())
+        wait_for(lambda: status().get("phase") == "q_estimation" and fit_steps_saved() > 700, 120,
+                 "the fit under way", (learner, actor), poll_s=0.02)
+        learner, saved = kill_and_resume(3, fit_steps_saved)
+        resumed_log = (logs / "learner-3.log").read_text()
+        assert "Q-Estimation goes on from" in resumed_log, resumed_log[-2000:]
+        left = int(resumed_log.split("Q-Estimation goes on from")[1].split(" steps left")[0].rsplit(" ", 1)[1])
+        assert saved > 700 and left == total - saved, "the fit went on from its checkpointed progress"
+        wait_for(lambda: status().get("phase") == "online" and status().get("updates", 0) > 10, 120,
+                 "online updates after the fit", (learner, actor))
+
+        actor.send_signal(signal.SIGINT)
+        assert actor.wait(60) == 0
+        learner.send_signal(signal.SIGINT)
+        assert learner.wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    sent = read_json(run / "actors" / "paced.json")["env_steps"]
+    assert store_seqs(run, "paced") == list(range(sent)), "every transition the actor made is stored exactly once"
+    final = read_json(run / "status.json")
+    assert final["replay_size"] == final["env_steps"] == sent and final["duplicates_dropped"] == 0
+
+
 def test_the_actor_takes_random_steps_once_parameters_arrive_never_in_evaluation(tmp_path, bc_checkpoint):
     from q2rl.actor.actor import Actor
     from q2rl.core.checkpoint import load_bc_policy

@@ -171,3 +171,43 @@ def test_fit_regresses_value_critic_and_actor():
     # targets copied: the online TD target starts from the regressed critic
     np.testing.assert_array_equal(jax.tree_util.tree_leaves(fitted.critic)[0],
                                   jax.tree_util.tree_leaves(fitted.critic_target)[0])
+
+
+@pytest.mark.parametrize("stop_after_chunks", [3, 7])  # between two stages; within the critic stage
+def test_a_fit_saved_mid_stage_and_restored_ends_where_the_uninterrupted_one_does(tmp_path, stop_after_chunks):
+    """The fit's progress, checkpointed to a file and put back into a fit started afresh on the same episodes and
+    key, goes on to the parameters the uninterrupted fit reaches (a learner killed during the fit loses nothing)."""
+    from q2rl.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+
+    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 60, "critic_updates": 60, "actor_updates": 60,
+                                               "batch_size": 16})
+    agent, params = _params(cfg, random_bc())
+    rng = np.random.default_rng(0)
+    eps = [_episode(rng.normal(size=(4, STATE_DIM)), rng.uniform(-1, 1, (3, 7)), i % 2 == 0) for i in range(6)]
+    start = lambda: agent.q_estimation.start(params, eps, jax.random.PRNGKey(3))
+
+    whole = start()
+    whole.chunk_steps = 20
+    chunks = 0
+    while not whole.advance():
+        chunks += 1
+    assert chunks + 1 == 9  # three stages of three chunks
+
+    cut = start()
+    cut.chunk_steps = 20
+    for _ in range(stop_after_chunks):
+        cut.advance()
+    tree, meta = cut.progress()
+    save_checkpoint(tmp_path / "fit.ckpt", tree, meta)
+    del cut
+
+    resumed = start()
+    resumed.chunk_steps = 20
+    meta = read_metadata(tmp_path / "fit.ckpt")
+    resumed.restore(load_checkpoint(tmp_path / "fit.ckpt", target=resumed.progress_template(meta)).state, meta)
+    assert resumed.steps_left() == 180 - 20 * stop_after_chunks
+    while not resumed.advance():
+        pass
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert resumed.report() == whole.report()
