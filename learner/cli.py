@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from q2rl.config import dump_yaml, load_config
+from q2rl.logs import configure_logging, log_to_run_dir
 from q2rl.recordio import atomic_write
 from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, create_run_dir, default_run_name, open_run_dir
 
@@ -72,7 +73,7 @@ def prepare_run(args: argparse.Namespace):
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s learner %(levelname)s %(message)s", stream=sys.stderr)
+    configure_logging("learner")
     os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.run_dir import RunDirError
 
@@ -81,6 +82,7 @@ def main(argv: list[str]) -> int:
     except RunDirError as e:
         print(f"q2rl learner: {e}", file=sys.stderr)
         return 2
+    log_to_run_dir(run_dir / "learner.log", "learner")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -633,6 +633,9 @@ def test_a_learner_killed_in_the_rollouts_and_in_the_fit_resumes_and_the_same_ac
                 p.kill()
     sent = read_json(run / "actors" / "paced.json")["env_steps"]
     assert store_seqs(run, "paced") == list(range(sent)), "every transition the actor made is stored exactly once"
+    # A learner started alone keeps its log in the run directory too, across restarts, without JAX's backend noise.
+    own_log = (run / "learner.log").read_text()
+    assert own_log.count("serving on") == 3 and "Unable to initialize backend" not in own_log
     final = read_json(run / "status.json")
     assert final["replay_size"] == final["env_steps"] == sent and final["duplicates_dropped"] == 0
 
