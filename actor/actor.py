@@ -98,6 +98,7 @@ class Actor:
         self._warm_up(example_obs(state_dim, images))
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
+        self._adopted: Any = None  # the source's set object that `params` came from
         self.pacing: Grants | None = None
         self.seq = first_seq
         self.first_seq = first_seq
@@ -131,11 +132,12 @@ class Actor:
             return
         self.pacing = self.source.grants()
         got = self.source.latest()
-        if got is None or (self.params is not None and got[0] == self.version):
+        # By identity, not version: a restarted learner numbers its sets afresh and may repeat ours.
+        if got is None or got is self._adopted:
             return
         version, subsets = got
         self.params = jax.device_put(apply_parameter_set(self.template, subsets))
-        self.version = version
+        self.version, self._adopted = version, got
 
     def set_params(self, params, version: int) -> None:
         """Use fixed parameters (final evaluation from a checkpoint)."""

@@ -81,13 +81,14 @@ def run_actor(cfg, address: str, stop: threading.Event) -> int:
     from q2rl.actor.link import ActorLink, LinkRefused
     from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
     from q2rl.robot.envs import make_env
-    from q2rl.run_config import compatibility_hash, file_digest
+    from q2rl.run_config import compatibility_document, compatibility_hash, file_digest
 
     bc = load_bc_policy(cfg.bc.checkpoint)
     tls = wire.ClientTls(cfg.learner.tls_ca) if cfg.learner.tls_ca else None
-    link = ActorLink(address, cfg.actor.actor_id,
-                     compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
-                     token=cfg.learner.token, spool_dir=cfg.actor.spool_dir, tls=tls)
+    bc_digest = file_digest(bc_policy_file(cfg.bc.checkpoint))
+    link = ActorLink(address, cfg.actor.actor_id, compatibility_hash(cfg, bc_digest),
+                     token=cfg.learner.token, spool_dir=cfg.actor.spool_dir, tls=tls,
+                     run_config_document=compatibility_document(cfg, bc_digest))
     # After a crash the spool's last episode may be unfinished: start a fresh id, the learner counts it cut.
     first_episode = link.next_episode_id + (1 if link.next_seq > 0 else 0)
     env = make_env(cfg.env)

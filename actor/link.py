@@ -1,11 +1,13 @@
 """The actor's side of the wire: a TransitionSink and ParameterSource over gRPC that never blocks the loop.
 
-    link = ActorLink("127.0.0.1:50051", actor_id="sim-0", run_config_hash=config_hash(cfg),
-                     token="", spool_dir=run_dir / "spool" / "sim-0")
+    link = ActorLink("127.0.0.1:50051", actor_id="sim-0", run_config_hash=compatibility_hash(cfg, bc_digest),
+                     token="", spool_dir=run_dir / "spool" / "sim-0",
+                     run_config_document=compatibility_document(cfg, bc_digest))   # names differences if refused
     link.wait_connected(timeout=30)           # optional; raises LinkRefused(reason) on a refused handshake
     seq, episode_id = link.next_seq, link.next_episode_id   # continue numbering where the spool left off
     while running:
-        got = link.latest()                   # (version, {"policy": tree, "critic": tree, "value": tree}) | None
+        got = link.latest()                   # (version, {"policy": tree, "critic": tree, "value": tree}) | None;
+                                              # a new tuple per received set (compare by identity)
         grants = link.grants()                # sim pacing: Grants | None
         ...
         link.add(Transition(..., seq=seq, ...)); seq += 1            # spooled to disk; returns in microseconds
@@ -17,7 +19,8 @@
 the OS on every add, fsync'd about once a second); a background thread streams the spool to the learner and
 deletes segments once acknowledged. After a reconnect (exponential backoff with jitter) everything not yet
 acknowledged is sent again; the learner drops duplicates. A refused handshake (protocol version, run config
-hash, token) is raised as LinkRefused from `add`, `end_episode` and `wait_connected` -- it is never retried.
+hash, token) is raised as LinkRefused from `add`, `end_episode` and `wait_connected` -- it is never retried; for a
+config hash mismatch it names the fields that differ when the learner sent its config document.
 With cameras, a transition is held back one step so its next_obs images can travel once per frame.
 """
 
@@ -35,6 +38,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from q2rl import recordio, wire
+from q2rl.config import config_differences
 from q2rl.interfaces import EpisodeReport, Grants, Transition
 from q2rl.wire import ClientTls, Keepalive, pb
 
@@ -246,10 +250,14 @@ class ActorLink:
         spool_segment_bytes: int = 8 << 20,
         max_spool_bytes: int = 16 << 30,
         handshake_timeout_s: float = 5.0,
+        run_config_document: str = "",
         start: bool = True,
     ) -> None:
+        """`run_config_document`: the canonical JSON `run_config_hash` is computed on; with it, a refusal for a config
+        hash mismatch names the fields that differ from the learner's."""
         self.address, self.actor_id = address, actor_id
         self._config_hash, self._token, self._tls = run_config_hash, token, tls
+        self._config_document = run_config_document
         self._keepalive, self._backoff = keepalive, backoff
         self._rng = rng if rng is not None else random.Random(0)
         self._max_batch_items, self._max_batch_bytes = max_batch_items, max_batch_bytes
@@ -274,6 +282,7 @@ class ActorLink:
         self._closing = threading.Event()
         self._new_data = threading.Event()
         self._latest: tuple[int, dict[str, Any]] | None = None
+        self._latest_incarnation = 0  # the learner incarnation of _latest (0: none); read by the params thread only
         self._grants: Grants | None = None
         self._threads: list[threading.Thread] = []
         if start:
@@ -327,7 +336,8 @@ class ActorLink:
         self._new_data.set()
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:
-        """(version, {subset: pytree of numpy arrays}) of the newest complete parameter set, or None."""
+        """(version, {subset: pytree of numpy arrays}) of the newest complete parameter set, or None; a new tuple per
+        set received, so a set of a restarted learner that reuses a version number is still a new object."""
         return self._latest
 
     def grants(self) -> Grants | None:
@@ -458,7 +468,7 @@ class ActorLink:
         )
         with self._state:
             if not reply.accepted:
-                self._refused = reply.reason or "no reason given"
+                self._refused = self._refusal(reply)
                 log.error("link %s: learner refused the handshake: %s", self.actor_id, self._refused)
                 self._state.notify_all()
                 return None
@@ -471,6 +481,21 @@ class ActorLink:
             self._state.notify_all()
         self._spool.trim(self._acked_seq, self._acked_episode)
         return reply.session_id
+
+    def _refusal(self, reply: "pb.HandshakeReply") -> str:
+        """The learner's reason, led by the fields that differ when it refused our config and sent its own."""
+        reason = reply.reason or "no reason given"
+        if not (reply.learner_config and self._config_document):
+            return reason
+        try:
+            differences = config_differences(self._config_document, reply.learner_config)
+        except ValueError:  # not JSON: say what the learner said
+            return reason
+        if not differences:
+            return reason
+        shown = [f"{path}: actor {ours}, learner {theirs}" for path, ours, theirs in differences[:10]]
+        more = f"; and {len(differences) - 10} more" if len(differences) > 10 else ""
+        return f"the run config differs from the learner's in {'; '.join(shown)}{more} ({reason})"
 
     def _token_metadata(self) -> list[tuple[str, str]]:
         """The token travels on every call (the learner checks it before reading a request) and, for older
@@ -548,16 +573,17 @@ class ActorLink:
                 response_deserializer=pb.ParameterUpdate.FromString,
             )
             assembler = wire.ParameterAssembler()
-            have = self._latest[0] if self._latest else -1
+            request = pb.ParameterRequest(session_id=session, have_version=self._latest[0] if self._latest else -1,
+                                          have_incarnation=self._latest_incarnation)
             try:
-                for update in call(pb.ParameterRequest(session_id=session, have_version=have),
-                                   metadata=self._token_metadata()):
+                for update in call(request, metadata=self._token_metadata()):
                     if update.HasField("pacing"):
                         self._grants = wire.decode_grants(update.pacing)  # one reference swap, like _latest
                         continue
                     done = assembler.add(update.chunk)
                     if done is not None:
-                        self._latest = done  # one reference swap: readers see the old or the new set
+                        self._latest_incarnation = done.incarnation
+                        self._latest = (done.version, done.subsets)  # one reference swap: readers see old or new
                         with self._state:
                             self._state.notify_all()
             except (grpc.RpcError, ValueError) as e:

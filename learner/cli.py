@@ -124,7 +124,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event, fresh_
     from q2rl.learner.episode_store import EpisodeStore
     from q2rl.learner.learner import DivergedError, Learner, select_devices
     from q2rl.learner.service import LearnerService, ParameterBoard, ServiceStatus, ServiceAuth, serve
-    from q2rl.run_config import compatibility_hash, file_digest
+    from q2rl.run_config import compatibility_document, compatibility_hash, file_digest
 
     bc = load_bc_policy(cfg.bc.checkpoint)
     state_dim = int(bc.normalizer.state_mean.shape[-1])
@@ -145,8 +145,9 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event, fresh_
         log.info("resumed %s: %d transitions, phase %s, %d updates", run_dir, learner.book.env_steps,
                  learner.book.phase, learner.book.updates)
     learner.save()  # before any episode is stored: a run with episodes has a learner checkpoint unless it was lost
-    auth = ServiceAuth(config_hash=compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),
-                       token=cfg.learner.token)
+    bc_digest = file_digest(bc_policy_file(cfg.bc.checkpoint))
+    auth = ServiceAuth(config_hash=compatibility_hash(cfg, bc_digest), token=cfg.learner.token,
+                       config_document=compatibility_document(cfg, bc_digest))
 
     def status_fn() -> ServiceStatus:
         return ServiceStatus(phase=learner.book.phase, replay_size=len(learner.replay),

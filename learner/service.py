@@ -9,6 +9,9 @@
     ...
     board.publish(version, {"policy": pi_params, "critic": q_params, "value": v_params})   # encoded once
 
+Parameter sets are named by (board.incarnation, version): the incarnation is random per board (per learner process),
+so an actor holding a set of an earlier learner gets this learner's latest at once, whatever the version numbers.
+
 `on_transitions(list[Transition])` / `on_episode(EpisodeReport)` run on gRPC worker threads *after* the data is
 fsync'd and before it is acknowledged, in stream order per actor; they should hand off to the learner's own
 bounded queue (blocking there is backpressure on that actor's stream, which is fine). Transitions reach `on_transitions` linked: next_obs images
@@ -63,6 +66,9 @@ class ServiceAuth:
     config_hash: str
     token: str = ""
     protocol_version: int = wire.PROTOCOL_VERSION
+    # the canonical JSON document config_hash is computed on (run_config.compatibility_document); a refusal for a
+    # config hash mismatch carries it, so the actor can name the fields that differ ("": not sent)
+    config_document: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +86,12 @@ MAX_BATCH_BYTES = 8 << 20  # the actor keeps its batches below this; the server 
 
 class ParameterBoard:
     """The learner's ParameterBoard for gRPC: the latest parameter set, encoded once, and the latest pacing grants,
-    for every actor's parameter stream (latest-only; grants never wait behind a parameter set)."""
+    for every actor's parameter stream (latest-only; grants never wait behind a parameter set). `incarnation` names
+    this board's sets apart from those of any other learner process, which may reuse the version numbers."""
 
     def __init__(self, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES) -> None:
         self._chunk_bytes = chunk_bytes
+        self.incarnation = secrets.randbits(63) | 1  # random and nonzero (0 means "none" in a ParameterRequest)
         self._cond = threading.Condition()
         self._version = -1
         self._chunks: list = []
@@ -92,10 +100,11 @@ class ParameterBoard:
         self._closed = False
 
     def publish(self, version: int, subsets: Mapping[str, Any]) -> None:
-        """Encode {subset: pytree} (flax msgpack, chunked) and make it the set every stream sends next."""
+        """Encode {subset: pytree} (ParameterSubset messages, chunked) and make it the set every stream sends next."""
         if version <= self._version:
             raise ValueError(f"parameter version {version} is not newer than the published {self._version}")
-        chunks = [pb.ParameterUpdate(chunk=c) for c in wire.encode_parameter_set(version, subsets, self._chunk_bytes)]
+        chunks = [pb.ParameterUpdate(chunk=c) for c in wire.encode_parameter_set(
+            version, subsets, incarnation=self.incarnation, chunk_bytes=self._chunk_bytes)]
         with self._cond:
             self._version, self._chunks = version, chunks
             self._cond.notify_all()
@@ -154,9 +163,9 @@ class _ActorState:
         self.reconnects = -1
 
 
-def _refuse(reason: str) -> "pb.HandshakeReply":
+def _refuse(reason: str, **fields: Any) -> "pb.HandshakeReply":
     log.warning("handshake refused: %s", reason)
-    return pb.HandshakeReply(accepted=False, reason=reason, protocol_version=wire.PROTOCOL_VERSION)
+    return pb.HandshakeReply(accepted=False, reason=reason, protocol_version=wire.PROTOCOL_VERSION, **fields)
 
 
 class LearnerService:
@@ -216,7 +225,8 @@ class LearnerService:
         if request.config_hash != self.auth.config_hash:
             return _refuse(
                 f"run config hash mismatch: actor {request.config_hash!r} != learner {self.auth.config_hash!r}; "
-                "start the actor with the learner's run config (runs/<name>/config.yaml)"
+                "start the actor with the learner's run config (runs/<name>/config.yaml)",
+                learner_config_hash=self.auth.config_hash, learner_config=self.auth.config_document,
             )
         try:
             check_actor_id(request.actor_id)
@@ -374,9 +384,9 @@ class LearnerService:
         if replaced is not None:  # one parameter stream per session: the newer replaces the older at once
             replaced.cancel()
             self.board.wake()
-        have, have_grants = request.have_version, 0
-        if have > self.board.version:
-            have = -1  # a set of an earlier learner (this one restarted): send this learner's at once
+        # A set of another learner process (this one restarted) is no set here, whatever its number: send ours.
+        own = request.have_incarnation == self.board.incarnation
+        have, have_grants = (request.have_version if own else -1), 0
         try:
             while context.is_active() and not self._stopping.is_set():
                 with self._lock:

@@ -258,9 +258,96 @@ def to_dict(cfg: Any) -> dict:
 
 
 def config_hash(cfg: Any) -> str:
-    """A stable short hash of a config (used by the gRPC handshake)."""
-    text = json.dumps(to_dict(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A stable short hash of a config: `canonical_hash` of its `to_dict`."""
+    return canonical_hash(to_dict(cfg))
+
+
+# ------------------------------------------------------------------------------------- canonical JSON (RFC 8785)
+# The handshake's config hash is computed on this form (protos/q2rl.proto): a client in any language reproduces
+# it byte for byte, which Python's json.dumps (its float spelling, its spacing) would not let it do.
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 (JSON Canonicalization Scheme) UTF-8 bytes of a JSON value built of dicts with string keys,
+    lists/tuples, strings, ints, floats, bools and None: keys sorted by UTF-16 code units, no whitespace, strings
+    escaped as ECMAScript's JSON.stringify does, numbers as ECMAScript's Number-to-string. ValueError for NaN, an
+    infinity, an int beyond 2**53 (not exact as a JSON number) or a lone surrogate; TypeError for other types."""
+    try:
+        return _jcs(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("canonical JSON: a string holds a lone surrogate, which I-JSON (RFC 7493) forbids") from None
+
+
+def canonical_hash(value: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of `canonical_json(value)`."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()[:16]
+
+
+def _jcs(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):  # before int: bool is an int in Python
+        return "true" if v else "false"
+    if isinstance(v, int):
+        if abs(v) > 2**53:
+            raise ValueError(f"canonical JSON: the integer {v} has no exact JSON (IEEE double) form")
+        return _es_number(float(v))
+    if isinstance(v, float):
+        return _es_number(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # escapes exactly what JSON.stringify escapes
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise TypeError(f"canonical JSON: object keys must be strings, not {sorted(map(repr, v))}")
+        keys = sorted(v, key=lambda k: k.encode("utf-16-be"))  # UTF-16 code unit order, as RFC 8785 sorts
+        return "{" + ",".join(f"{_jcs(k)}:{_jcs(v[k])}" for k in keys) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_jcs(x) for x in v) + "]"
+    raise TypeError(f"canonical JSON: {type(v).__name__} is not a JSON value")
+
+
+def _es_number(x: float) -> str:
+    """ECMAScript's Number::toString(x) (RFC 8785's number form): the shortest digits that round-trip, written
+    without exponent for 1e-7 <= |x| < 1e21 (100.0 -> "100", 1e-7 -> "1e-7", 1e21 -> "1e+21", -0.0 -> "0")."""
+    if not math.isfinite(x):
+        raise ValueError(f"canonical JSON: {x} is not a JSON number")
+    if x == 0:
+        return "0"
+    if x < 0:
+        return "-" + _es_number(-x)
+    # repr gives the shortest round-tripping digits (closest to x among them), as ECMAScript requires
+    mantissa, _, exponent = repr(x).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    all_digits = whole + fraction
+    lead = len(all_digits) - len(all_digits.lstrip("0"))
+    digits = all_digits.strip("0")
+    k, n = len(digits), len(whole) + int(exponent or 0) - lead  # x = 0.digits * 10**n, as the spec names them
+    if k <= n <= 21:
+        return digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return "0." + "0" * -n + digits
+    mantissa = digits if k == 1 else digits[0] + "." + digits[1:]
+    return f"{mantissa}e{'+' if n > 1 else '-'}{abs(n - 1)}"
+
+
+def config_differences(ours: str | bytes, theirs: str | bytes) -> list[tuple[str, str, str]]:
+    """(dotted path, our value, their value) of every field that differs between two JSON config documents, values
+    as canonical JSON ("absent" where a side lacks the field), sorted by path. Lists compare whole."""
+    a, b = _json_leaves(json.loads(ours)), _json_leaves(json.loads(theirs))
+    shown = [(path, *(_jcs(side[path]) if path in side else "absent" for side in (a, b)))
+             for path in sorted(a.keys() | b.keys())]
+    return [(path, mine, other) for path, mine, other in shown if mine != other]  # canonical: 1 == 1.0, not true
+
+
+def _json_leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    leaves: dict[str, Any] = {}
+    for key, v in value.items():
+        leaves.update(_json_leaves(v, f"{prefix}.{key}" if prefix else key))
+    return leaves
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:

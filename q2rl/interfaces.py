@@ -126,7 +126,8 @@ class ParameterSource(Protocol):
     """Where the actor gets the learner's latest parameters. Never blocks."""
 
     def latest(self) -> tuple[int, Any] | None:
-        """(version, {subset: tree}) of the newest parameter set received, or None before the first one."""
+        """(version, {subset: tree}) of the newest parameter set received, or None before the first one; a new
+        tuple object per set received (the actor adopts by identity: a restarted learner may repeat a version)."""
         ...
 
     def grants(self) -> Grants | None:

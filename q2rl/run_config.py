@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Literal
 
 from q2rl.bc.config import BCConfig
-from q2rl.config import ConfigError, check_numbers, doc, to_dict
+from q2rl.config import ConfigError, canonical_hash, canonical_json, check_numbers, doc, to_dict
 from q2rl.core.agent_config import AgentConfig
 from q2rl.robot.real_config import FrankaEnvConfig
 from q2rl.robot.sim.config import SimEnvConfig
@@ -214,11 +213,21 @@ class RunConfig:
             object.__setattr__(self, "learner", dataclasses.replace(self.learner, token=token))
 
 
+def _compatibility_fields(cfg: RunConfig, bc_digest: str) -> dict:
+    """What actor and learner must agree on — env, agent, and the BC policy itself (`bc_digest`, a hash of its
+    checkpoint file; paths differ between machines, contents must not)."""
+    return {"env": to_dict(cfg.env), "agent": to_dict(cfg.agent), "bc": bc_digest}
+
+
 def compatibility_hash(cfg: RunConfig, bc_digest: str = "") -> str:
-    """The handshake's config hash: what actor and learner must agree on — env, agent, and the BC policy itself
-    (`bc_digest`, a hash of its checkpoint file; paths differ between machines, contents must not)."""
-    shared = {"env": to_dict(cfg.env), "agent": to_dict(cfg.agent), "bc": bc_digest}
-    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
+    """The handshake's config hash (defined in protos/q2rl.proto): `canonical_hash` of env, agent and `bc_digest`."""
+    return canonical_hash(_compatibility_fields(cfg, bc_digest))
+
+
+def compatibility_document(cfg: RunConfig, bc_digest: str = "") -> str:
+    """The canonical JSON document `compatibility_hash` is the hash of; a config hash refusal carries the learner's,
+    so the actor can name the fields that differ."""
+    return canonical_json(_compatibility_fields(cfg, bc_digest)).decode()
 
 
 def file_digest(path: str | Path) -> str:

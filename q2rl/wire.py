@@ -4,10 +4,11 @@
     batch = frame_batch([item, ...])                          # TransitionBatch bytes, built by concatenation
     for raw in split_batch(batch): kind, obj = decode_item(raw)
 
-    chunks = encode_parameter_set(version, {"policy": p, "critic": q, "value": v})   # once per publish
-    assembler = ParameterAssembler(); done = assembler.add(chunk)   # (version, {subset: pytree}) when complete
+    chunks = encode_parameter_set(version, {"policy": p, "critic": q, "value": v}, incarnation=board_id)  # per publish
+    assembler = ParameterAssembler(); done = assembler.add(chunk)   # a ParameterSet when complete
 
-Arrays travel as (dtype, shape, raw bytes); decoded arrays are read-only views of the received bytes.
+Arrays travel as (dtype, shape, raw bytes); decoded arrays are read-only views of the received bytes. A parameter
+subset travels as a ParameterSubset message (named arrays), so a client in any language decodes it with protobuf.
 Images go once per frame: a transition may leave out its next_obs images when the next transition of the
 same episode carries that frame as its obs; `FrameLinker` puts them back on the receiving side.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -28,10 +29,10 @@ try:
 except ImportError as e:  # the stubs are generated at build time, not committed
     raise ImportError("q2rl gRPC stubs are missing: run `make protos` (or `make setup`) in the repository") from e
 
-PROTOCOL_VERSION = 2  # 2: pacing grants travel as PacingGrants, no longer as a parameter subset
+PROTOCOL_VERSION = 3  # its history is in the header of protos/q2rl.proto
 SERVICE_NAME = "q2rl.v1.Learner"
 SESSION_METADATA_KEY = "q2rl-session"
-TOKEN_METADATA_KEY = "q2rl-token"  # the Status RPC's credential when the learner has a token
+TOKEN_METADATA_KEY = "q2rl-token"  # on every call when the learner has a token (protos/q2rl.proto)
 DEFAULT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 
 _SOURCE_TO_PB = {"bc": pb.ACTION_SOURCE_BC, "rl": pb.ACTION_SOURCE_RL, "human": pb.ACTION_SOURCE_HUMAN}
@@ -100,8 +101,8 @@ _NAME_OF_DTYPE = {np.dtype(n).newbyteorder("<"): n for n in _ALLOWED_DTYPES} | {
 _DTYPE_OF_NAME = {n: np.dtype(n).newbyteorder("<") for n in _ALLOWED_DTYPES}
 
 
-def tensor_proto(array: Any) -> "pb.Tensor":
-    """A Tensor message of a numpy-compatible array (little-endian, C order)."""
+def _wire_array(array: Any) -> tuple[str, np.ndarray]:
+    """The dtype name a Tensor names and the array with a little-endian dtype; WireError for a dtype not allowed."""
     a = np.asarray(array)
     name = _NAME_OF_DTYPE.get(a.dtype)
     if name is None:
@@ -110,6 +111,12 @@ def tensor_proto(array: Any) -> "pb.Tensor":
             name = _NAME_OF_DTYPE[a.dtype]
         else:
             raise WireError(f"cannot send dtype {a.dtype} (allowed: {sorted(_ALLOWED_DTYPES)})")
+    return name, a
+
+
+def tensor_proto(array: Any) -> "pb.Tensor":
+    """A Tensor message of a numpy-compatible array (little-endian, C order)."""
+    name, a = _wire_array(array)
     return pb.Tensor(dtype=name, shape=a.shape, data=a.tobytes())
 
 
@@ -348,31 +355,111 @@ class FrameLinker:
 # ------------------------------------------------------------------------------------------- parameters
 
 
-def params_to_bytes(tree: Any) -> bytes:
-    """flax msgpack bytes of a parameter pytree (jax or numpy leaves)."""
-    from flax import serialization
+def _flatten(tree: Mapping, prefix: str, arrays: list[tuple[str, Any]], empty: list[str]) -> None:
+    """The (path, leaf) pairs and the empty subtrees' paths of a tree of dicts (paths: keys joined by "/")."""
+    for key, value in tree.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise WireError(f"parameter tree key {key!r} under {prefix or '/'}: keys are non-empty strings without '/'")
+        path = prefix + key
+        if not isinstance(value, Mapping):
+            arrays.append((path, value))
+        elif value:
+            _flatten(value, path + "/", arrays, empty)
+        else:
+            empty.append(path)  # a module without parameters: kept, so the tree's structure is exact
 
-    return serialization.to_bytes(tree)
+
+# Protobuf tags (field number << 3 | 2, length-delimited) of the fields framed by hand below.
+_SUBSET_TENSORS_TAG = b"\x0a"  # ParameterSubset.tensors = 1
+_NAMED_TENSOR_TAG = b"\x12"  # NamedTensor.tensor = 2
+_TENSOR_DATA_TAG = b"\x1a"  # Tensor.data = 3
 
 
-def params_from_bytes(data: bytes) -> Any:
-    """The nested dict of numpy arrays that params_to_bytes wrote (restore into a template with
-    flax.serialization.from_state_dict if you need the original container types)."""
-    from flax import serialization
+def _tensor_entry(path: str, array: Any) -> list:
+    """One ParameterSubset.tensors entry (a NamedTensor) as byte strings to join: framed by hand so that the array's
+    bytes are copied once, into the joined subset (nested messages copy them four times). The bytes are the ones
+    protobuf writes (tests/test_wire.py checks it)."""
+    name, a = _wire_array(array)
+    data = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    data_field = [_TENSOR_DATA_TAG, _varint(len(data)), data] if len(data) else []  # proto3 leaves out empty bytes
+    tensor = [pb.Tensor(dtype=name, shape=a.shape).SerializeToString(), *data_field]
+    entry = [pb.NamedTensor(path=path).SerializeToString(), _NAMED_TENSOR_TAG, _varint(_length(tensor)), *tensor]
+    return [_SUBSET_TENSORS_TAG, _varint(_length(entry)), *entry]
 
-    return serialization.msgpack_restore(data)
+
+def _length(parts: list) -> int:
+    return sum(len(part) for part in parts)
 
 
-def encode_parameter_set(
-    version: int, subsets: Mapping[str, Any], chunk_bytes: int = DEFAULT_CHUNK_BYTES, *, encoded: bool = False
-) -> list["pb.ParameterChunk"]:
-    """All chunks of one parameter set; `subsets` maps name -> pytree (or -> bytes when encoded=True)."""
+def encode_parameter_subset(tree: Any) -> bytes:
+    """The serialized ParameterSubset of a parameter tree (jax or numpy leaves; flax structs and FrozenDicts are
+    taken as their state dicts, the form `flax.serialization.from_state_dict` restores)."""
+    from flax.serialization import to_state_dict
+
+    state = to_state_dict(tree)
+    if not isinstance(state, Mapping):
+        raise WireError(f"a parameter subset is a tree of named arrays, not a {type(tree).__name__}")
+    arrays: list[tuple[str, Any]] = []
+    empty: list[str] = []
+    _flatten(state, "", arrays, empty)
+    parts = []
+    for path, leaf in sorted(arrays, key=lambda pair: pair[0]):
+        try:
+            parts += _tensor_entry(path, leaf)
+        except WireError as e:
+            raise WireError(f"parameter {path}: {e}") from None
+    parts.append(pb.ParameterSubset(empty_paths=sorted(empty)).SerializeToString())  # field 2, after field 1
+    return b"".join(parts)
+
+
+def _check_paths(paths: list[str], what: str) -> None:
+    """Every path names one node: none empty or with an empty component, none twice, none a prefix of another."""
+    seen: set[str] = set()
+    for path in paths:
+        if "" in path.split("/"):
+            raise WireError(f"{what}: path {path!r} is empty or has an empty component")
+        if path in seen:
+            raise WireError(f"{what}: path {path!r} appears twice")
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in seen:
+                raise WireError(f"{what}: {prefix!r} is both a leaf (an array or an empty subtree) and the prefix "
+                                f"of {path!r}")
+
+
+def decode_parameter_subset(data: bytes | bytearray, what: str = "parameter subset") -> dict:
+    """The nested dict of read-only numpy arrays of a serialized ParameterSubset; WireError if it is malformed."""
+    m = pb.ParameterSubset()
+    try:
+        m.ParseFromString(data)
+    except Exception as e:  # protobuf's DecodeError
+        raise WireError(f"{what}: undecodable ({len(data)} bytes): {e}") from None
+    _check_paths([t.path for t in m.tensors] + list(m.empty_paths), what)
+    tree: dict = {}
+    leaves = [(t.path, tensor_from_proto(t.tensor, f"{what} {t.path}")) for t in m.tensors]
+    for path, value in leaves + [(path, {}) for path in m.empty_paths]:
+        *parents, name = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[name] = value
+    return tree
+
+
+def encode_parameter_set(version: int, subsets: Mapping[str, Any], *, incarnation: int,
+                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list["pb.ParameterChunk"]:
+    """All chunks of one parameter set of the learner `incarnation` (nonzero); `subsets` maps name -> tree."""
     if not subsets:
         raise WireError("a parameter set needs at least one subset")
+    if not 0 < incarnation < 1 << 64:
+        raise WireError(f"incarnation {incarnation} is not a nonzero 64-bit number")
     chunks = []
     names = sorted(subsets)
     for si, name in enumerate(names):
-        data = subsets[name] if encoded else params_to_bytes(subsets[name])
+        data = encode_parameter_subset(subsets[name])
         crc = zlib.crc32(data)
         n = max(1, -(-len(data) // chunk_bytes))
         view = memoryview(data)
@@ -388,6 +475,7 @@ def encode_parameter_set(
                     data=bytes(view[ci * chunk_bytes : (ci + 1) * chunk_bytes]),
                     subset_bytes=len(data),
                     subset_crc32=crc,
+                    incarnation=incarnation,
                 )
             )
     return chunks
@@ -403,24 +491,37 @@ def decode_grants(m: "pb.PacingGrants") -> Grants:
     return Grants(dict(m.max_seq), int(m.new_actor_steps))
 
 
+class ParameterSet(NamedTuple):
+    """A complete parameter set: named by (incarnation, version), since a restarted learner may reuse a version."""
+
+    incarnation: int
+    version: int
+    subsets: dict[str, Any]  # subset name -> nested dict of read-only numpy arrays
+
+
 class ParameterAssembler:
     """Reassembles a chunked parameter set (chunks arrive in order on one stream) into preallocated buffers;
-    a chunk of a newer version discards an incomplete older set, a stale chunk of an older one is ignored."""
+    a chunk of another set discards an incomplete one, a stale chunk (an older version of the same incarnation than
+    a set this assembler started or completed) is ignored."""
 
-    def __init__(self, decode: bool = True) -> None:
-        self._decode = decode
-        self._version: int | None = None
+    def __init__(self) -> None:
+        self._set: tuple[int, int] | None = None  # (incarnation, version) being assembled
         self._done: dict[str, bytearray] = {}
         self._buffer: bytearray | None = None
         self._subset, self._pos = "", 0
-        self._completed = -1  # newest version handed out
+        self._completed: tuple[int, int] | None = None  # the newest set handed out
 
-    def add(self, c: "pb.ParameterChunk") -> tuple[int, dict[str, Any]] | None:
-        """Take one chunk; the whole set (version, {subset: pytree}) when it is the last missing one."""
-        if c.version <= self._completed or (self._version is not None and c.version < self._version):
+    def _stale(self, incarnation: int, version: int) -> bool:
+        done, started = self._completed, self._set
+        return ((done is not None and done[0] == incarnation and version <= done[1])
+                or (started is not None and started[0] == incarnation and version < started[1]))
+
+    def add(self, c: "pb.ParameterChunk") -> ParameterSet | None:
+        """Take one chunk; the whole set when it is the last missing one."""
+        if self._stale(c.incarnation, c.version):
             return None  # a stale chunk of a set we already moved past
-        if self._version != c.version:
-            self._version, self._done, self._buffer = c.version, {}, None
+        if self._set != (c.incarnation, c.version):
+            self._set, self._done, self._buffer = (c.incarnation, c.version), {}, None
         where = f"parameter set v{c.version} subset {c.subset!r} chunk {c.chunk_index}/{c.num_chunks}"
         if c.chunk_index == 0:
             self._buffer, self._subset, self._pos = bytearray(c.subset_bytes), c.subset, 0
@@ -440,8 +541,8 @@ class ParameterAssembler:
             return None
         if len(self._done) != c.num_subsets:
             raise WireError(f"parameter set v{c.version}: {len(self._done)} of {c.num_subsets} subsets arrived")
-        version, complete = c.version, self._done
-        self._version, self._done, self._completed = None, {}, version
-        if self._decode:
-            return version, {name: params_from_bytes(data) for name, data in complete.items()}
-        return version, {name: bytes(data) for name, data in complete.items()}
+        complete, self._completed = self._done, self._set
+        self._set, self._done = None, {}
+        subsets = {name: decode_parameter_subset(data, f"parameter set v{c.version} subset {name!r}")
+                   for name, data in complete.items()}
+        return ParameterSet(c.incarnation, c.version, subsets)

@@ -1,7 +1,7 @@
 """A client of the learner built only from protos/q2rl.proto, without q2rl: it streams good transitions with every
 kind of bad value between them (tests/test_hostile_client.py runs it as its own process).
 
-    python hostile_client.py STUBS_DIR ADDRESS '{"config_hash": ..., "token": ..., "protocol_version": 2,
+    python hostile_client.py STUBS_DIR ADDRESS '{"config_hash": ..., "token": ..., "protocol_version": 3,
                                                  "state_dim": 17, "kinds": ["NaN action", ...]}'
 
 STUBS_DIR holds q2rl_pb2.py and q2rl_pb2_grpc.py from `python -m grpc_tools.protoc`. Episodes have 4 steps, one

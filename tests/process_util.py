@@ -17,6 +17,14 @@ from q2rl.config import merged
 REPO = Path(__file__).resolve().parents[1]
 
 
+def generate_stubs(out: Path) -> Path:
+    """Python stubs of protos/q2rl.proto in `out`, as a client without q2rl would build them (module q2rl_pb2)."""
+    out.mkdir()
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'protos'}", f"--python_out={out}",
+                    f"--grpc_python_out={out}", "q2rl.proto"], check=True, capture_output=True)
+    return out
+
+
 def tiny_agent() -> dict:
     """An agent small enough that a learner compiles and runs in seconds on this CPU."""
     return {

@@ -1,11 +1,13 @@
 """The config loader: YAML -> frozen dataclasses, overrides, and errors that name the field and the fix."""
 
 import dataclasses
+import json
 from typing import Literal
 
 import pytest
 
-from q2rl.config import ConfigError, config_hash, describe, doc, load_config, to_dict
+from q2rl.config import (ConfigError, canonical_json, config_differences, config_hash, describe, doc,
+                         load_config, to_dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,68 @@ def test_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(Run())
     assert config_hash(a) != config_hash(b)
     assert to_dict(a)["optim"]["betas"] == [0.9, 0.999]
+
+
+# RFC 8785 appendix B: IEEE 754 bit patterns and their canonical JSON form (ECMAScript Number-to-string)
+RFC8785_NUMBERS = [
+    (0x0000000000000000, "0"), (0x8000000000000000, "0"), (0x0000000000000001, "5e-324"),
+    (0x8000000000000001, "-5e-324"), (0x7FEFFFFFFFFFFFFF, "1.7976931348623157e+308"),
+    (0xFFEFFFFFFFFFFFFF, "-1.7976931348623157e+308"), (0x4340000000000000, "9007199254740992"),
+    (0xC340000000000000, "-9007199254740992"), (0x4430000000000000, "295147905179352830000"),
+    (0x44B52D02C7E14AF5, "9.999999999999997e+22"), (0x44B52D02C7E14AF6, "1e+23"),
+    (0x44B52D02C7E14AF7, "1.0000000000000001e+23"), (0x444B1AE4D6E2EF4E, "999999999999999700000"),
+    (0x444B1AE4D6E2EF4F, "999999999999999900000"), (0x444B1AE4D6E2EF50, "1e+21"),
+    (0x3EB0C6F7A0B5ED8C, "9.999999999999997e-7"), (0x3EB0C6F7A0B5ED8D, "0.000001"),
+    (0x41B3DE4355555553, "333333333.3333332"), (0x41B3DE4355555554, "333333333.33333325"),
+    (0x41B3DE4355555555, "333333333.3333333"), (0x41B3DE4355555556, "333333333.3333334"),
+    (0x41B3DE4355555557, "333333333.33333343"), (0xBECBF647612F3696, "-0.0000033333333333333333"),
+    (0x43143FF3C1CB0959, "1424953923781206.2"),
+]
+
+
+@pytest.mark.parametrize("bits, text", RFC8785_NUMBERS, ids=[t for _, t in RFC8785_NUMBERS])
+def test_canonical_numbers_are_rfc8785_s(bits, text):
+    import struct
+
+    assert canonical_json(struct.unpack(">d", bits.to_bytes(8, "big"))[0]) == text.encode()
+
+
+@pytest.mark.parametrize("value, text", [
+    (1e-7, "1e-7"), (1e21, "1e+21"), (1e20, "100000000000000000000"), (0.000001, "0.000001"), (1.23e-7, "1.23e-7"),
+    (333333333.3333333, "333333333.3333333"), (5e-324, "5e-324"), (-0.0, "0"), (100.0, "100"), (1.5, "1.5"),
+    (0.1, "0.1"), (-2.5e30, "-2.5e+30"), (10, "10"), (-7, "-7"), (2**53, "9007199254740992"),
+])
+def test_canonical_numbers_are_ecmascript_s(value, text):
+    assert canonical_json(value) == text.encode()
+
+
+def test_canonical_json_is_rfc8785_s():
+    # RFC 8785 section 3.2.2's example, and 3.2.3's key order (UTF-16 code units: the emoji before U+FB33)
+    value = {"numbers": [333333333.33333329, 1e30, 4.50, 2e-3, 0.000000000000000000000000001],
+             "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"/", "literals": [None, True, False]}
+    assert canonical_json(value).decode() == (r'''{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,'''
+                                              r'''4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}''')
+    keys = ["\u20ac", "\r", "\ufb33", "1", "\U0001f600", "\u0080", "\u00f6"]
+    in_order = list(json.loads(canonical_json({k: 0 for k in keys})))
+    assert in_order == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
+    assert canonical_json({"b": (1, 2.0), "a": {"y": "", "x": None}}) == b'{"a":{"x":null,"y":""},"b":[1,2]}'
+
+
+@pytest.mark.parametrize("value, error", [
+    (float("nan"), ValueError), (float("inf"), ValueError), ({"x": [-float("inf")]}, ValueError),
+    (2**53 + 1, ValueError), ("\ud800", ValueError), ({1: "x"}, TypeError), ({"x": object()}, TypeError),
+])
+def test_canonical_json_refuses_what_has_no_canonical_form(value, error):
+    with pytest.raises(error, match="canonical JSON"):
+        canonical_json(value)
+
+
+def test_config_differences_name_the_fields_in_canonical_form():
+    ours = canonical_json({"env": {"sim": {"control_hz": 10, "task": "cube"}}, "agent": {"lr": 3e-4}, "bc": "ab"})
+    theirs = '{"env": {"sim": {"control_hz": 20.0, "task": "cube", "new": [1, 2]}}, "agent": {"lr": 0.0003}, "bc": "cd"}'
+    assert config_differences(ours, theirs) == [
+        ("bc", '"ab"', '"cd"'), ("env.sim.control_hz", "10", "20"), ("env.sim.new", "absent", "[1,2]")]
+    assert config_differences('{"a": true}', '{"a": 1}') == [("a", "true", "1")]
 
 
 def test_describe_lists_every_leaf_with_help():

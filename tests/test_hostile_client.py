@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from process_util import REPO, free_port, q2rl, read_json, start, tiny_bc_policy, tiny_run_config, wait_for
+from process_util import (REPO, free_port, generate_stubs, q2rl, read_json, start, tiny_bc_policy,
+                          tiny_run_config, wait_for)
 
 from q2rl import wire
 from q2rl.config import load_config
@@ -44,13 +45,6 @@ def expected_reasons(state_dim: int) -> dict[str, str]:
         "empty item": "item carries neither a transition nor a report",
         "garbage item": "undecodable item (12 bytes)",
     }
-
-
-def generate_stubs(out: Path) -> Path:
-    out.mkdir()
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'protos'}", f"--python_out={out}",
-                    f"--grpc_python_out={out}", "q2rl.proto"], check=True, capture_output=True)
-    return out
 
 
 def run_client(stubs: Path, address: str, args: dict) -> list[dict]:

@@ -68,7 +68,7 @@ class RawClient:
 
 
 @pytest.mark.parametrize("what, expected", [
-    ("version", "protocol version mismatch: actor speaks 99, learner speaks 2"),
+    ("version", f"protocol version mismatch: actor speaks 99, learner speaks {wire.PROTOCOL_VERSION}"),
     ("hash", "run config hash mismatch: actor 'ffffffffffffffff' != learner '0123456789abcdef'"),
     ("token", "token rejected"),
 ])
@@ -273,29 +273,72 @@ def test_actor_restart_continues_numbering_from_its_spool(learner, tmp_path):
     assert cut[0].undiscounted_return == pytest.approx(sum(t.reward for t in ep))
 
 
-def test_a_restarted_learner_s_parameters_and_grants_are_adopted_at_once(tmp_path):
-    """A resumed learner numbers its parameter sets from its checkpoint (or from 1): an actor holding a higher
-    version of the learner before must take the new learner's set at once, not when the count passes its own."""
+def adopting_actor(source, monkeypatch):
+    """`Actor.refresh` on a stand-in whose params are the received subsets themselves (no networks to build)."""
+    from types import SimpleNamespace
+
+    from q2rl.actor import actor
+
+    monkeypatch.setattr(actor, "apply_parameter_set", lambda template, subsets: subsets)
+    stand_in = SimpleNamespace(source=source, pacing=None, params=None, version=0, _adopted=None, template=None)
+
+    def refresh() -> SimpleNamespace:
+        actor.Actor.refresh(stand_in)
+        return stand_in
+
+    return refresh
+
+
+@pytest.mark.parametrize("restarted_version", [3, 57])
+def test_a_restarted_learner_s_parameters_and_grants_are_adopted_at_once(tmp_path, monkeypatch, restarted_version):
+    """A resumed learner numbers its parameter sets from its checkpoint (or from 1), in a new incarnation: an actor
+    holding a set of the learner before, of a higher or the same version, takes the new learner's set at once, not
+    when the count passes its own, and the actor adopts it although the version number may be the one it has."""
     from q2rl.interfaces import Grants
 
     port = free_port()
     server, _, _, board = start_learner(tmp_path / "run", f"127.0.0.1:{port}")
     link = new_link(server, tmp_path)
+    refresh = adopting_actor(link, monkeypatch)
     board.publish(57, {"policy": {"w": np.zeros(3)}})
     deadline = time.monotonic() + 20
     while link.latest() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert link.latest()[0] == 57
+    assert link.latest()[0] == 57 and refresh().version == 57
     server.stop(0)
     server, _, _, board = start_learner(tmp_path / "run", f"127.0.0.1:{port}")  # the restarted learner
     try:
         board.publish_grants(Grants({"a0": 99}, -1))
-        board.publish(3, {"policy": {"w": np.ones(3)}})
+        board.publish(restarted_version, {"policy": {"w": np.ones(3)}})
         deadline = time.monotonic() + 15  # reconnect backoff (at most 5 s) plus the handshake
-        while link.latest()[0] != 3 and time.monotonic() < deadline:
+        while link.latest()[1]["policy"]["w"][0] != 1.0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert link.latest()[0] == 3 and link.latest()[1]["policy"]["w"].tolist() == [1.0] * 3
+        assert link.latest()[0] == restarted_version and link.latest()[1]["policy"]["w"].tolist() == [1.0] * 3
         assert link.grants() == Grants({"a0": 99}, -1)
+        actor = refresh()
+        assert actor.version == restarted_version and np.asarray(actor.params["policy"]["w"]).tolist() == [1.0] * 3
+    finally:
+        link.close(0)
+        server.stop(0)
+
+
+def test_a_config_refusal_names_the_fields_that_differ(tmp_path):
+    """The learner sends its config document with a config hash refusal: the actor's error says which fields differ
+    and how, instead of two hashes."""
+    from q2rl.config import from_dict
+    from q2rl.run_config import RunConfig, compatibility_document, compatibility_hash
+
+    ours = from_dict(RunConfig, {"env": {"sim": {"control_hz": 10}}, "agent": {"utd": 4}})
+    theirs = from_dict(RunConfig, {"env": {"sim": {"control_hz": 20}}})
+    server, *_ = start_learner(tmp_path / "run2", config_hash=compatibility_hash(theirs, "aa"),
+                               config_document=compatibility_document(theirs, "aa"))
+    link = new_link(server, tmp_path, config_hash=compatibility_hash(ours, "bb"),
+                    run_config_document=compatibility_document(ours, "bb"))
+    try:
+        with pytest.raises(LinkRefused) as refused:
+            link.wait_connected(timeout=10)
+        assert ('the run config differs from the learner\'s in agent.utd: actor 4, learner 2; bc: actor "bb", '
+                'learner "aa"; env.sim.control_hz: actor 10, learner 20 (run config hash mismatch') in str(refused.value)
     finally:
         link.close(0)
         server.stop(0)

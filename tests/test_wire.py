@@ -108,40 +108,193 @@ def test_batch_framing_is_the_protobuf_encoding():
         wire.split_batch(data[:-5])
 
 
+INCARNATION = 0x5EED
+
+
 def test_parameter_set_above_the_message_limit_is_chunked_and_reassembled_exactly():
     rng = np.random.default_rng(7)
     policy = {"dense": {"kernel": rng.standard_normal((1024, 1280)).astype(np.float32)}}  # 5.2 MB
     critic = {"heads": rng.standard_normal((5, 1024, 768)).astype(np.float32)}  # 15.7 MB
-    chunks = wire.encode_parameter_set(4, {"policy": policy, "critic": critic, "value": {"b": np.zeros(3)}})
+    chunks = wire.encode_parameter_set(4, {"policy": policy, "critic": critic, "value": {"b": np.zeros(3)}},
+                                       incarnation=INCARNATION)
     assert max(c.ByteSize() for c in chunks) < 4 << 20
+    assert {c.incarnation for c in chunks} == {INCARNATION}
     n_critic = sum(c.subset == "critic" for c in chunks)
-    assert n_critic == -(-len(wire.params_to_bytes(critic)) // wire.DEFAULT_CHUNK_BYTES) >= 15
+    assert n_critic == -(-len(wire.encode_parameter_subset(critic)) // wire.DEFAULT_CHUNK_BYTES) >= 15
     assembler, done = wire.ParameterAssembler(), None
     for c in chunks:
         assert done is None
         done = assembler.add(pb.ParameterChunk.FromString(c.SerializeToString()))
-    version, subsets = done
-    assert version == 4 and sorted(subsets) == ["critic", "policy", "value"]
-    np.testing.assert_array_equal(subsets["policy"]["dense"]["kernel"], policy["dense"]["kernel"])
-    np.testing.assert_array_equal(subsets["critic"]["heads"], critic["heads"])
+    assert (done.incarnation, done.version) == (INCARNATION, 4) and sorted(done.subsets) == ["critic", "policy", "value"]
+    np.testing.assert_array_equal(done.subsets["policy"]["dense"]["kernel"], policy["dense"]["kernel"])
+    np.testing.assert_array_equal(done.subsets["critic"]["heads"], critic["heads"])
 
 
 def test_a_newer_set_discards_a_partial_older_one_and_corruption_is_detected():
     small = {"policy": {"w": np.arange(3000, dtype=np.float32)}}
-    v1 = wire.encode_parameter_set(1, small, chunk_bytes=1000)
-    v2 = wire.encode_parameter_set(2, small, chunk_bytes=1000)
+    v1 = wire.encode_parameter_set(1, small, incarnation=INCARNATION, chunk_bytes=1000)
+    v2 = wire.encode_parameter_set(2, small, incarnation=INCARNATION, chunk_bytes=1000)
     a = wire.ParameterAssembler()
     for c in v1[:5]:
         assert a.add(c) is None
     results = [a.add(c) for c in v2] + [a.add(v1[5])]  # a stale chunk of v1 after v2 is ignored
-    assert results[-2][0] == 2 and results[-1] is None and all(r is None for r in results[:-2])
+    assert results[-2].version == 2 and results[-1] is None and all(r is None for r in results[:-2])
     with pytest.raises(wire.WireError, match="arrived without the chunks before it"):
         wire.ParameterAssembler().add(v2[1])
-    bad = wire.encode_parameter_set(3, small, chunk_bytes=1000)
+    bad = wire.encode_parameter_set(3, small, incarnation=INCARNATION, chunk_bytes=1000)
     bad[2].data = bytes(1000)
     with pytest.raises(wire.WireError, match="CRC mismatch"):
         for c in bad:
             a.add(c)
+
+
+def test_a_set_of_another_incarnation_is_new_whatever_its_version():
+    """A restarted learner numbers its sets afresh: its v1 (or the v1 of yet another learner) is a new set."""
+    a = wire.ParameterAssembler()
+
+    def send(version: int, incarnation: int, chunks: slice = slice(None)) -> list:
+        tree = {"policy": {"w": np.full(3000, version, np.float32)}}
+        return [a.add(c) for c in wire.encode_parameter_set(version, tree, incarnation=incarnation,
+                                                            chunk_bytes=1000)[chunks]]
+
+    assert send(5, 11)[-1][:2] == (11, 5)
+    assert send(6, 11, slice(0, 2)) == [None, None]  # a partial v6
+    assert send(1, 22)[-1][:2] == (22, 1)  # a lower number of another learner: new (and the partial v6 is dropped)
+    assert send(1, 22)[-1] is None  # that set again: stale
+    assert send(1, 33)[-1][:2] == (33, 1)  # the same number of yet another learner: new
+    with pytest.raises(wire.WireError, match="incarnation 0 is not a nonzero"):
+        wire.encode_parameter_set(1, {"policy": {}}, incarnation=0)
+
+
+def test_a_parameter_subset_decodes_to_the_same_tree_of_arrays():
+    rng = np.random.default_rng(8)
+    tree = {
+        "encoder": {},  # a module without parameters (a state-only run's encoder)
+        "actor": {"params": {"Dense_0": {"kernel": rng.standard_normal((4, 3)).astype(np.float32),
+                                         "bias": np.zeros(3, np.float16)}}},
+        "stats": np.array(2.5),  # a scalar, float64
+        "counts": {"n": np.arange(6, dtype=np.int64).reshape(2, 3), "mask": np.array([True, False]),
+                   "pixels": rng.integers(0, 256, (2, 2, 3), dtype=np.uint8), "empty": np.zeros((0, 4), np.int32)},
+        "big_endian": np.arange(3, dtype=">f4"),
+        "transposed": np.arange(12, dtype=np.int16).reshape(3, 4).T,  # not C-contiguous
+    }
+    back = wire.decode_parameter_subset(wire.encode_parameter_subset(tree))
+    assert back.keys() == tree.keys() and back["encoder"] == {}
+    flat = lambda t, p="": ({f"{p}{k}": v for k, v in t.items() if not isinstance(v, dict)}
+                            | {q: w for k, v in t.items() if isinstance(v, dict) for q, w in flat(v, f"{p}{k}/").items()})
+    assert flat(back).keys() == flat(tree).keys()
+    for path, a in flat(tree).items():
+        b = flat(back)[path]
+        np.testing.assert_array_equal(a, b)
+        assert b.shape == a.shape and b.dtype.name == a.dtype.name and not b.flags.writeable, path
+
+
+def test_parameter_subset_framing_is_the_protobuf_encoding():
+    """The subset is framed by hand (one copy of the arrays): byte for byte what protobuf writes for the message."""
+    tree = {"b": {"w": np.arange(6, dtype=">f4").reshape(2, 3), "none": np.zeros((0, 3), np.int8)},
+            "a": np.array(1.5), "e": {}, "f": {}, "m": np.array([True, False]), "big": np.ones(70_000, np.uint8)}
+    expected = pb.ParameterSubset(empty_paths=["e", "f"])
+    for path, a in [("a", tree["a"]), ("b/none", tree["b"]["none"]), ("b/w", tree["b"]["w"]), ("big", tree["big"]),
+                    ("m", tree["m"])]:
+        expected.tensors.add(path=path, tensor=wire.tensor_proto(a))
+    assert wire.encode_parameter_subset(tree) == expected.SerializeToString()
+
+
+def test_the_documented_parameter_encoding_decodes_without_q2rl(tmp_path):
+    """protos/q2rl.proto is the whole contract: a ParameterSubset our encoder wrote decodes with nothing but the
+    generated stubs and numpy, in a process that never imports q2rl."""
+    import json
+    import subprocess
+    import sys
+
+    from process_util import generate_stubs
+
+    rng = np.random.default_rng(9)
+    tree = {"critic": {"params": {"kernel": rng.standard_normal((3, 2)).astype(np.float32),
+                                  "step": np.array(7, np.int32)}},
+            "encoder": {}, "flags": np.array([True, False, True])}
+    (tmp_path / "subset.bin").write_bytes(wire.encode_parameter_subset(tree))
+    stubs = generate_stubs(tmp_path / "stubs")
+    client = f"""
+import json, sys
+import numpy as np
+sys.path.insert(0, {str(stubs)!r})
+import q2rl_pb2
+m = q2rl_pb2.ParameterSubset.FromString(open({str(tmp_path / "subset.bin")!r}, "rb").read())
+arrays = {{}}
+for named in m.tensors:
+    t = named.tensor
+    dtype = np.dtype(t.dtype).newbyteorder("<")  # the documented encoding: little-endian, C order
+    arrays[named.path] = [t.dtype, list(t.shape), np.frombuffer(t.data, dtype).reshape(tuple(t.shape)).tolist()]
+assert not [name for name in sys.modules if name.split(".")[0] == "q2rl"]
+print(json.dumps({{"arrays": arrays, "empty": list(m.empty_paths)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["empty"] == ["encoder"]
+    expected = {"critic/params/kernel": tree["critic"]["params"]["kernel"],
+                "critic/params/step": tree["critic"]["params"]["step"], "flags": tree["flags"]}
+    assert list(got["arrays"]) == sorted(expected)  # sorted by path
+    for path, a in expected.items():
+        dtype, shape, values = got["arrays"][path]
+        assert (dtype, shape) == (a.dtype.name, list(a.shape))
+        np.testing.assert_array_equal(np.array(values, dtype), a)
+
+
+@pytest.mark.parametrize("tensors, empty, why", [
+    ([("a/b", "float32", [2], 8), ("a/b", "float32", [2], 8)], [], "subset: path 'a/b' appears twice"),
+    ([("a", "float32", [2], 8), ("a/b", "float32", [2], 8)], [], "subset: 'a' is both a leaf .* the prefix of 'a/b'"),
+    ([("a/b/c", "float32", [1], 4)], ["a/b"], "subset: 'a/b' is both a leaf .* the prefix of 'a/b/c'"),
+    ([("", "float32", [1], 4)], [], "subset: path '' is empty"),
+    ([("a//b", "float32", [1], 4)], [], "subset: path 'a//b' is empty or has an empty component"),
+    ([("a/", "float32", [1], 4)], [], "subset: path 'a/' is empty or has an empty component"),
+    ([], ["e", "e"], "subset: path 'e' appears twice"),
+    ([("w", "float32", [3], 8)], [], r"subset w: 8 bytes do not fit dtype float32 shape \(3,\)"),
+    ([("w", "object", [1], 8)], [], "subset w: missing, or unknown dtype 'object'"),
+    ([("w", "float32", [-1, -1], 4)], [], r"subset w: shape \(-1, -1\) has a negative size"),
+])
+def test_a_malformed_parameter_subset_is_refused_with_what_is_wrong(tensors, empty, why):
+    m = pb.ParameterSubset(empty_paths=empty)
+    for path, dtype, shape, n_bytes in tensors:
+        m.tensors.add(path=path, tensor=pb.Tensor(dtype=dtype, shape=shape, data=bytes(n_bytes)))
+    with pytest.raises(wire.WireError, match=f"^parameter {why}"):
+        wire.decode_parameter_subset(m.SerializeToString())
+
+
+def test_undecodable_bytes_and_trees_that_cannot_travel_are_clear_errors():
+    with pytest.raises(wire.WireError, match="parameter subset: undecodable \\(2 bytes\\)"):
+        wire.decode_parameter_subset(b"\x0a\xff")
+    with pytest.raises(wire.WireError, match="key 'a/b' under /: keys are non-empty strings without '/'"):
+        wire.encode_parameter_subset({"a/b": np.zeros(1)})
+    with pytest.raises(wire.WireError, match="parameter x/y: cannot send dtype object"):
+        wire.encode_parameter_subset({"x": {"y": None}})
+    with pytest.raises(wire.WireError, match="parameter z: cannot send dtype complex64"):
+        wire.encode_parameter_subset({"z": np.zeros(2, np.complex64)})
+
+
+def test_real_agent_parameters_survive_the_wire():
+    """An agent's published subsets (flax structs, an empty encoder on a state-only run) go through the encoding
+    and back onto the actor's template unchanged."""
+    import jax
+
+    from q2rl.config import from_dict
+    from q2rl.core.agent_config import AgentConfig
+    from q2rl.core.agents import make_agent
+    from q2rl.core.parameters import apply_parameter_set, init_agent_params, publishable
+    from q2rl.interfaces import example_obs
+
+    cfg = from_dict(AgentConfig, {"algo": "rlpd", "hidden_dims": [8], "value_hidden_dims": [8], "ensemble_size": 2})
+    agent = make_agent(cfg, 7, ())
+    template = init_agent_params(agent, jax.random.PRNGKey(0), example_obs(5, {}), None)
+    params = init_agent_params(agent, jax.random.PRNGKey(1), example_obs(5, {}), None)
+    chunks = wire.encode_parameter_set(1, jax.device_get(publishable(params)), incarnation=INCARNATION)
+    assembler = wire.ParameterAssembler()
+    done = [assembler.add(c) for c in chunks][-1]
+    restored = apply_parameter_set(template, done.subsets)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(params)
 
 
 def test_record_file_torn_tail_is_ignored_and_cut(tmp_path):

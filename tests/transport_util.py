@@ -96,14 +96,14 @@ class Collector:
 
 
 def start_learner(run_dir, address="127.0.0.1:0", keepalive=FAST_KEEPALIVE, token=TOKEN, max_actors=4,
-                  first_message_s=5.0, images=False, **kw):
+                  first_message_s=5.0, images=False, config_hash=CONFIG_HASH, config_document="", **kw):
     """A learner service on `address` that takes make_episode's transitions (`images`: with its cameras)."""
     kw.setdefault("contract", run_contract(images))
     store = EpisodeStore(run_dir)
     collector = Collector()
     board = ParameterBoard()
     service = LearnerService(store, collector.on_transitions, collector.on_episode, board,
-                             ServiceAuth(config_hash=CONFIG_HASH, token=token), **kw)
+                             ServiceAuth(config_hash=config_hash, token=token, config_document=config_document), **kw)
     server = serve(address, service, keepalive=keepalive, max_actors=max_actors, first_message_s=first_message_s)
     return server, store, collector, board
 
