@@ -99,6 +99,7 @@ class Actor:
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
         self._adopted: Any = None  # the source's set object that `params` came from
+        self._adopted_at = 0.0  # wall time it was adopted (status: how fresh the acting parameters are)
         self.pacing: Grants | None = None
         self.seq = first_seq
         self.first_seq = first_seq
@@ -137,7 +138,7 @@ class Actor:
             return
         version, subsets = got
         self.params = jax.device_put(apply_parameter_set(self.template, subsets))
-        self.version, self._adopted = version, got
+        self.version, self._adopted, self._adopted_at = version, got, time.time()
 
     def set_params(self, params, version: int) -> None:
         """Use fixed parameters (final evaluation from a checkpoint)."""
@@ -377,7 +378,7 @@ class Actor:
         if self._status_writer is not None:
             self._status_writer.update(ActorStatus(
                 actor_id=self.actor_id, episode=self.episode_id, step=self._step, env_steps=self.summary.env_steps,
-                param_version=self.version, link=link, spooled=0 if h is None else int(h.unacked),
+                param_version=self.version, param_adopted_at=self._adopted_at, link=link, spooled=0 if h is None else int(h.unacked),
                 waiting_for_learner_s=self.summary.paced_s + holding_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
                 max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))
             self._recent_max_gap = 0.0

@@ -93,6 +93,7 @@ class ActorStatus:
     step: int = 0
     env_steps: int = 0
     param_version: int = 0
+    param_adopted_at: float = 0.0  # wall time the actor started acting on that parameter set (0: none yet)
     link: str = "connecting"  # connected | reconnecting | down
     spooled: int = 0  # transitions not yet acknowledged by the learner
     waiting_for_learner_s: float = 0.0  # time spent paced (sim) — the learner is the bottleneck
@@ -161,10 +162,14 @@ class StatusWriter:
             self._written = latest
 
     def close(self) -> None:
-        """Stop the thread and write the last snapshot."""
+        """Stop the thread, write the last snapshot, and close `write` if it has a close (q2rl.metrics.ActorStatusLog
+        holds an event file)."""
         self._stop.set()
         self._thread.join(timeout=5.0)
         self._flush()
+        close = getattr(self._write, "close", None)
+        if callable(close):
+            close()
 
 
 def read_actor_statuses(run_dir: Path) -> list[ActorStatus]:

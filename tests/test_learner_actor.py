@@ -433,6 +433,13 @@ def test_a_batch_that_does_not_split_over_the_devices_is_a_clear_error():
 
 
 # ------------------------------------------------------------------------------------------ real processes
+def log_time(log: Path, needle: str) -> float:
+    """The wall time of the first line of a q2rl process log that contains `needle` (its asctime stamp)."""
+    line = next(line for line in log.read_text().splitlines() if needle in line)
+    stamp, millis = line[:23].split(",")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000.0
+
+
 def store_seqs(run: Path, actor_id: str) -> list[int]:
     from q2rl.learner.episode_store import EpisodeStore
 
@@ -447,10 +454,12 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     hold every transition exactly once (counted by seq)."""
     port = free_port()
     hz = 20.0
+    publish_every_s = 1.0
     config = tiny_run_config(
         tmp_path, bc_checkpoint,
         env={"sim": {"control_hz": hz}},
-        learner={"address": f"127.0.0.1:{port}", "run_name": "faults", "checkpoint_every_s": 1.0},
+        learner={"address": f"127.0.0.1:{port}", "run_name": "faults", "checkpoint_every_s": 1.0,
+                 "publish_every_s": publish_every_s},
         actor={"pace": "control_rate", "eval_every_episodes": 0},
         session={"env_steps": 100000},
     )
@@ -510,6 +519,13 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
         procs.append(learner)
         wait_for(lambda: sample_gaps() or (status().get("env_steps", 0) > before + 60 and status().get("updates", 0) > 0),
                  240, "the resumed learner to ingest the spooled and new steps", (learner, steady), poll_s=0.25)
+        # The control-rate actor acts on the resumed learner's parameters within one publish interval of its
+        # reconnection (the resumed learner may repeat a version number the actor holds: it adopts the new set anyway).
+        connected_at = log_time(logs / "learner-resumed.log", "actor steady connected")
+        adopted_at = wait_for(lambda: (read_json(run / "actors" / "steady.json") or {}).get("param_adopted_at", 0)
+                              > connected_at and read_json(run / "actors" / "steady.json")["param_adopted_at"],
+                              30, "the actor to adopt the resumed learner's parameters", (learner, steady))
+        assert adopted_at - connected_at < publish_every_s, (adopted_at - connected_at)
 
         # 3. Clean shutdown: the actor flushes its spool, then the learner checkpoints.
         steady.send_signal(signal.SIGINT)
