@@ -435,6 +435,9 @@ class ActorLink:
                 attempt = 0
                 self._stream(channel, session)
             except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # our data breaks the run's contract: final
+                    self._refuse_data(e.details())
+                    return
                 if not self._closing.is_set():
                     log.info("link %s: %s (%s); reconnecting", self.actor_id, e.code().name, e.details())
             finally:
@@ -481,6 +484,17 @@ class ActorLink:
             self._state.notify_all()
         self._spool.trim(self._acked_seq, self._acked_episode)
         return reply.session_id
+
+    def _refuse_data(self, details: str) -> None:
+        """The learner refused a batch of ours (a transition breaks the run's contract). Sending it again cannot
+        succeed, so the link stops, as after a refused handshake; the spool keeps the batch for a look."""
+        with self._state:
+            self._refused = (f"the learner refused this actor's data: {details}. Nothing of that batch was stored; it "
+                             f"stays in the spool ({self._spool.directory}). This actor build sends transitions that "
+                             "do not fit the run (observation or action shape, a non-finite value, its source): fix "
+                             "it before starting it again")
+            log.error("link %s: %s", self.actor_id, self._refused)
+            self._state.notify_all()
 
     def _refusal(self, reply: "pb.HandshakeReply") -> str:
         """The learner's reason, led by the fields that differ when it refused our config and sent its own."""

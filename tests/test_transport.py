@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from q2rl import wire
-from q2rl.actor.link import ActorLink, LinkRefused, fetch_status
+from q2rl.actor.link import ActorLink, LinkRefused, Spool, fetch_status
 from q2rl.learner.episode_store import EpisodeStore
 from q2rl.wire import pb
 from transport_util import (CONFIG_HASH, FAST_KEEPALIVE, TOKEN, assert_transition_equal, make_episode, report_for,
@@ -214,6 +215,26 @@ def test_a_batch_with_one_bad_transition_is_refused_whole_before_anything_is_sto
     acks = list(client.send(iter([wire.frame_batch(items[3:])]),
                             metadata=[(wire.SESSION_METADATA_KEY, reply.session_id)]))
     assert [a.stored_seq for a in acks] == [5] and [t.seq for t in collector.transitions] == list(range(6))
+
+
+def test_an_actor_whose_data_is_refused_stops_with_the_reason_instead_of_resending_it(learner, tmp_path):
+    """A batch the learner refuses (INVALID_ARGUMENT) would be refused again on every resend: the link stops and says
+    why, and the spool keeps the refused data."""
+    server, store, collector, _ = learner
+    link = new_link(server, tmp_path)
+    assert link.wait_connected(10)
+    ep = make_episode("a0", 0, 0, 200, np.random.default_rng(13), terminal=False)
+    ep[2] = dataclasses.replace(ep[2], action=np.full(7, np.nan, np.float32))
+    with pytest.raises(LinkRefused, match="refused this actor's data: .*seq 2.*stays in the spool"):
+        for t in ep:  # the episode goes on while the link works: an add after the refusal raises it
+            link.add(t)
+            time.sleep(0.1)
+    reconnects = link.health().reconnects
+    time.sleep(1.0)
+    assert link.health().reconnects == reconnects <= 1, "it gave up instead of resending"
+    assert store.stored_seq("a0") < 2 and all(t.seq < 2 for t in collector.transitions)
+    link.close(0)
+    assert Spool(tmp_path / "spool-a0").next_seq >= 3, "the refused transitions stay in the spool"
 
 
 def test_an_episode_must_go_on_where_it_stopped_also_across_a_learner_restart(tmp_path):
