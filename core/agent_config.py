@@ -74,7 +74,9 @@ def _validate_decay(name: str, start: float, decay_updates: int, final: float, s
                           f"the decay (e.g. 8000) or remove it")
 
 
-# Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine.
+# Authors' sizes (for a GPU) and a CPU size for sim experiments on this machine. Both count batch_size per critic
+# minibatch (batch_accounting: minibatch): `paper` makes 4 x 256 critic transitions per env step; the authors'
+# release makes 256 (batch_accounting: update). docs/design.md#batch-and-utd.
 PRESETS: dict[str, dict] = {
     "paper": dict(hidden_dims=(512, 512, 512), ensemble_size=10, critic_subsample=2, utd=4, batch_size=256,
                   value_hidden_dims=(512, 512, 512), critic_updates=20000),
@@ -132,7 +134,13 @@ class AgentConfig:
         1, "Actor (and temperature) steps per update call, spread evenly over the utd critic minibatches: one after "
            "every (utd / actor_utd)-th critic step, on its minibatch. 1: one actor step per call, after the last "
            "(SERL's and RLPD's schedule); utd: one after each critic step, as plain SAC repeated utd times.")
-    batch_size: int | None = doc(None, "Minibatch size (None: from the preset).")
+    batch_size: int | None = doc(None, "Transitions per critic minibatch, or per update call with batch_accounting: "
+                                       "update (None: from the preset).")
+    batch_accounting: Literal["minibatch", "update"] = doc(
+        "minibatch", "What batch_size counts. minibatch: each of the utd critic minibatches of an update call holds "
+                     "batch_size transitions (utd x batch_size per call). update: the call draws batch_size and splits "
+                     "them into utd minibatches of batch_size / utd, as the Q2RL authors' release counts 'batch 256, "
+                     "UTD 4' (a quarter of the critic work per env step).")
     critic_layer_norm: bool = doc(True, "LayerNorm in the critic MLP.")
     discount: float = doc(0.99, "Discount gamma.")
     reward_scale: float = doc(5.0, "Reward shaping r' = reward_scale * r + reward_bias.")
@@ -214,6 +222,11 @@ class AgentConfig:
                 object.__setattr__(self, name, value)
 
     @property
+    def minibatch_size(self) -> int:
+        """Transitions in each critic minibatch (see batch_accounting)."""
+        return self.batch_size if self.batch_accounting == "minibatch" else self.batch_size // self.utd
+
+    @property
     def rules(self) -> AlgoRules:
         """This algorithm's row of ALGO_RULES."""
         return ALGO_RULES[self.algo]
@@ -250,6 +263,9 @@ class AgentConfig:
                        self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
+        if self.batch_accounting == "update" and self.batch_size % self.utd:
+            raise ConfigError(f"batch_size: {self.batch_size} must split into utd={self.utd} equal minibatches with "
+                              f"batch_accounting: update (e.g. {self.utd * max(1, self.batch_size // self.utd)})")
         if not 1 <= self.actor_utd <= self.utd or self.utd % self.actor_utd:
             raise ConfigError(f"actor_utd: {self.actor_utd} must divide utd={self.utd} (1 <= actor_utd <= utd), so the "
                               f"actor steps are spread evenly over the critic minibatches; e.g. 1, or {self.utd}")

@@ -132,7 +132,7 @@ class Learner:
             log.info("demo buffer: %d transitions from %s", len(self.demos), cfg.bc.demos)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
         self.book = Bookkeeping(phase="rollout")
-        self.mesh = DataParallel(devices, self.acfg.batch_size)
+        self.mesh = DataParallel(devices, self.acfg.minibatch_size)
         self.state = self.mesh.replicate(self.state)
         self.update = self.agent.update
         # per-actor stream bookkeeping
@@ -252,7 +252,7 @@ class Learner:
         if not self.spec.q_estimation:
             return True  # no phase 1: online (with learning_starts) from the first step
         needed = self.acfg.q_estimation.rollout_episodes
-        return len(self.book.rollout_keys) >= needed and len(self.replay) >= self.acfg.batch_size
+        return len(self.book.rollout_keys) >= needed and len(self.replay) >= self.acfg.minibatch_size
 
     def _advance_fit(self) -> None:
         """One chunk of the Q-Estimation fit (started on the first call, from its saved progress if a learner
@@ -313,7 +313,7 @@ class Learner:
 
     def _update_once(self) -> None:
         a = self.acfg
-        batches = stack_batches([sample_mixed(self.rng, self.replay, self.demos, a.batch_size, self.shaping, a.n_step,
+        batches = stack_batches([sample_mixed(self.rng, self.replay, self.demos, a.minibatch_size, self.shaping, a.n_step,
                                               a.demo_fraction) for _ in range(a.utd)])
         self.key, k = jax.random.split(self.key)
         self.state, self.metrics = self.update(self.state, self.mesh.shard_batch(batches), k)
@@ -574,8 +574,8 @@ class DataParallel:
     def __init__(self, devices: list | None, batch_size: int):
         self.devices = list(devices) if devices else [jax.local_devices()[0]]
         if batch_size % len(self.devices):
-            raise ValueError(f"agent.batch_size {batch_size} does not split over {len(self.devices)} devices; "
-                             "choose a multiple or set learner.devices")
+            raise ValueError(f"a critic minibatch of {batch_size} transitions (agent.batch_size, batch_accounting) does "
+                             f"not split over {len(self.devices)} devices; choose a multiple or set learner.devices")
         if len(self.devices) > 1:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from q2rl.config import (ConfigError, canonical_json, config_differences, config_hash, describe, doc,
+from q2rl.config import (ConfigError, canonical_json, config_differences, config_hash, describe, doc, from_dict,
                          load_config, to_dict)
 
 
@@ -333,3 +333,15 @@ def test_the_token_comes_from_a_file_or_the_environment_and_is_never_written_to_
         assert cfg.learner.token not in repr(cfg)
         resumed = load_config(RunConfig, run_dir / "config.yaml")  # the actor's and --resume's view of the run
         assert resumed.learner.token == ("from-a-file" if i == 1 else "from-the-environment")
+
+
+def test_batch_accounting_says_what_batch_size_counts():
+    """`minibatch`: batch_size per critic minibatch (ours); `update`: per update call, split over utd (the authors')."""
+    from q2rl.core.agent_config import AgentConfig
+
+    ours = from_dict(AgentConfig, {"preset": "paper"})
+    authors = from_dict(AgentConfig, {"preset": "paper", "batch_accounting": "update"})
+    assert (ours.utd, ours.batch_size, ours.minibatch_size) == (4, 256, 256)
+    assert (authors.utd, authors.batch_size, authors.minibatch_size) == (4, 256, 64)
+    with pytest.raises(ConfigError, match="batch_size: 250 must split into utd=4 equal minibatches"):
+        from_dict(AgentConfig, {"preset": "paper", "batch_size": 250, "batch_accounting": "update"}).validate()

@@ -107,3 +107,18 @@ def test_random_steps_take_uniform_actions_then_the_gate(bc, tmp_path):
     assert np.all(np.concatenate([e.q_rl for e in episodes])[:30] == 0.0)
     # afterwards the gate runs pi_RL: its (untrained) samples are not the uniform draws, and q_rl is scored
     assert np.any(np.concatenate([e.q_rl for e in episodes])[30:] != 0.0)
+
+
+@pytest.mark.parametrize("accounting, minibatch", [("minibatch", 8), ("update", 4)])
+def test_each_update_call_reads_utd_minibatches_of_the_accounted_size(bc, tmp_path, accounting, minibatch):
+    run = LocalRun(run_config("sac_bc", batch_accounting=accounting), bc, tmp_path, log=lambda s: None)
+    shapes = []
+    update = run.learner.update
+
+    def watched(state, batches, key):
+        shapes.append(batches.actions.shape)
+        return update(state, batches, key)
+
+    run.learner.update = watched
+    run.run(LocalSchedule(online_steps=12, eval_every=0))
+    assert shapes and set(shapes) == {(2, minibatch, 7)}  # utd 2, batch_size 8
