@@ -280,16 +280,23 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
 def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
                 target: jax.Array, calibration: tuple | None = None) -> tuple[jax.Array, CriticMetrics]:
     """Mean over heads and batch of (Q_i(s, a) - target)^2, plus w * calibrated_conservative_term when
-    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)). The metrics report the two parts apart."""
+    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)) at the batch's first k states (k = the rows given; the term
+    is then a mean over those). The metrics report the two parts apart."""
     critic, encoder = critic_and_encoder
     feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
-    q = nets.critic.apply(critic, feats, batch.actions)
-    td = jnp.mean((q - target[None]) ** 2)
-    loss, term = td, jnp.zeros(())
-    if calibration is not None:
+    if calibration is None:
+        q = nets.critic.apply(critic, feats, batch.actions)
+        term = jnp.zeros(())
+    else:
+        # One critic pass over the data actions and, stacked under them, pi_RL's actions at the first k states.
         weight, policy_actions, reference = calibration
-        term = calibrated_conservative_term(nets.critic.apply(critic, feats, policy_actions), q, reference)
-        loss = loss + weight * term
+        n, k = batch.actions.shape[0], policy_actions.shape[0]
+        q_all = nets.critic.apply(critic, jnp.concatenate([feats, feats[:k]]),
+                                  jnp.concatenate([batch.actions, policy_actions]))
+        q = q_all[:, :n]
+        term = calibrated_conservative_term(q_all[:, n:], q[:, :k], reference)
+    td = jnp.mean((q - target[None]) ** 2)
+    loss = td if calibration is None else td + weight * term
     return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term, jnp.mean(jnp.std(q, axis=0)))
 
 
@@ -355,9 +362,12 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
     calibration = None
     if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
         key, k_pi = jax.random.split(key)
+        rows = batch.actions.shape[0]
+        k = max(1, round(cfg.calibrated_fraction * rows))  # static: a shape
+        obs = batch.obs if k == rows else jax.tree_util.tree_map(lambda x: x[:k], batch.obs)
         calibration = (conservatism_weight(cfg, state.step),
-                       jax.lax.stop_gradient(actor_dist(nets, p, batch.obs).sample(k_pi)),
-                       jax.lax.stop_gradient(value(nets, p, batch.obs)))
+                       jax.lax.stop_gradient(actor_dist(nets, p, obs).sample(k_pi)),
+                       jax.lax.stop_gradient(value(nets, p, obs)))
     target = td_target(nets, cfg, p, batch, key)
     grads, metrics = jax.grad(critic_loss, argnums=2, has_aux=True)(nets, p, (p.critic, p.encoder), batch, target,
                                                                     calibration)

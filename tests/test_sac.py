@@ -129,22 +129,27 @@ def test_calibrated_conservative_term_by_numpy():
     assert float(metrics.conservative_term) == pytest.approx(float(term), rel=1e-5)
 
 
-def test_critic_step_adds_the_weighted_conservative_term():
-    """With weight w the critic's gradient is that of TD + w * term; w = 0 leaves the plain critic's step."""
-    agent, params = agent_and_params(calibrated_conservatism=2.0)
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_critic_step_adds_the_weighted_conservative_term(fraction):
+    """With weight w the critic's gradient is that of TD + w * term, the term taken over the minibatch's first k
+    states (calibrated_fraction); w = 0 leaves the plain critic's step."""
+    agent, params = agent_and_params(calibrated_conservatism=2.0, calibrated_fraction=fraction)
     state = agent.init_state(params)
     b, key = batch(4), jax.random.PRNGKey(11)
+    k = round(fraction * B)
     stepped, _ = sac.critic_step(agent.nets, agent.cfg, agent.opts, state, b, key)
     key_td, k_pi = jax.random.split(key)
-    a_pi = sac.actor_dist(agent.nets, params, b.obs).sample(k_pi)
-    reference = sac.value(agent.nets, params, b.obs)
+    first = jax.tree_util.tree_map(lambda x: x[:k], b.obs)
+    a_pi = sac.actor_dist(agent.nets, params, first).sample(k_pi)
+    reference = sac.value(agent.nets, params, first)
     target = sac.td_target(agent.nets, agent.cfg, params, b, key_td)
 
     def by_hand(ce):
         at = params.replace(critic=ce[0], encoder=ce[1])
         q_data = sac.critic_values(agent.nets, at, b.obs, b.actions)
-        q_pi = sac.critic_values(agent.nets, at, b.obs, a_pi)
-        return jnp.mean((q_data - target[None]) ** 2) + 2.0 * sac.calibrated_conservative_term(q_pi, q_data, reference)
+        q_pi = sac.critic_values(agent.nets, at, first, a_pi)
+        return (jnp.mean((q_data - target[None]) ** 2)
+                + 2.0 * sac.calibrated_conservative_term(q_pi, q_data[:, :k], reference))
 
     grads = jax.grad(by_hand)((params.critic, params.encoder))
     updates, _ = agent.opts.critic.update(grads, state.critic_opt, (params.critic, params.encoder))
