@@ -33,7 +33,8 @@ from q2rl.core.agents import make_agent
 from q2rl.core.parameters import apply_parameter_set, init_agent_params
 from q2rl.interfaces import (ACTION_DIM, EpisodeReport, Grants, ParameterSource, Transition, TransitionSink,
                              example_obs, policy_obs)
-from q2rl.progress import ActorStatus, StatusWriter, write_actor_status
+from q2rl.metrics import ActorStatusLog
+from q2rl.progress import ActorStatus, StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,16 @@ class Actor:
         first_episode_id: int = 0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        policy: str = "gated",
+        recorder=None,
     ):
+        """`policy`: gated (Q-Gating, as trained), rl (pi_RL alone) or bc (pi_BC alone), once parameters are
+        set; `recorder`: gets every step (`add(Transition)`) and every episode's end (`end_episode(report)`),
+        evaluation episodes included (q2rl deploy records them as HDF5)."""
+        if policy not in ("gated", "rl", "bc"):
+            raise ValueError(f"policy {policy!r}: one of gated, rl, bc")
+        self.policy, self.recorder = policy, recorder
+        self._pending_keys: list = []  # success/failure keys read while holding for the learner, for the next step
         self.cfg, self.acfg = cfg, cfg.agent
         self.env, self.sink, self.source, self.console = env, sink, source, console
         self.actor_id = cfg.actor.actor_id
@@ -85,7 +95,8 @@ class Actor:
         self.paced_by_learner = paced_by_learner
         self.period_s = 1.0 / cfg.env.control_hz
         self.status_dir = Path(status_dir) if status_dir else None
-        self._status_writer = (StatusWriter(lambda st: write_actor_status(self.status_dir, st))
+        # actors/<id>.json and the metrics history (link health, loop timing), from the writer's own thread
+        self._status_writer = (StatusWriter(ActorStatusLog(self.status_dir, self.actor_id, first_seq))
                                if self.status_dir is not None else None)
         self.clock, self.sleep = clock, sleep
         images = cfg.env.camera_shapes()
@@ -110,6 +121,8 @@ class Actor:
         self.paused = False
         self.eval_requested = False
         self._recent: list[bool] = []
+        self._recent_eval: list[bool] = []
+        self._running_episode: int | None = None  # the episode under way (the console shows it; None between)
         self._last_step_time: float | None = None
         self._last_status = 0.0
         self._mode = "train"
@@ -121,6 +134,8 @@ class Actor:
         functions = [self.agent.bc_act, self.agent.gate]
         if self.cfg.actor.eval_deterministic:  # evaluation acts with the modes
             functions += [self.agent.bc_mode_act, self.agent.eval_gate]
+        if self.policy == "rl":
+            functions += [self.agent.rl_act, self.agent.rl_mode_act]
         for fn in functions:
             jax.block_until_ready(fn(self.template, obs, self.key))
         if self.acfg.random_steps:
@@ -156,8 +171,10 @@ class Actor:
             grant = self.grant()
             if grant is None or self.seq <= grant:
                 break
+            if started is None and self.sink is not None:
+                self.sink.send_held()  # the learner may be waiting for it to grant the next step
             started = started or self.clock()
-            self._serve_console(stop)
+            self._pending_keys += self._serve_console(stop)  # an s or f while holding marks this step's episode
             if stop.is_set():
                 raise _Quit
             self._publish_status(waiting=True, holding_s=self.clock() - started)
@@ -179,7 +196,8 @@ class Actor:
                 stop.set()
             elif command == Command.PAUSE:
                 self.paused = not self.paused
-                self.console.print("paused" if self.paused else "resumed")
+                self.console.print("paused: p resumes" if self.paused else "resumed")
+                self._publish_status(force=True)
             elif command == Command.EVAL:
                 self.eval_requested = True
                 self.console.print("the next episode is an evaluation episode")
@@ -238,8 +256,9 @@ class Actor:
                     deterministic: bool | None = None, report: bool = True) -> EpisodeReport:
         """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit. An evaluation episode
         acts with the modes when `deterministic` (default actor.eval_deterministic) is true."""
+        self._running_episode = None  # between episodes the console shows the next one
         self._wait_for_reset(stop)
-        episode_id = self.episode_id
+        episode_id = self._running_episode = self.episode_id
         self.episode_id += 1
         self._mode = "eval" if evaluate else "train"
         self._step = self._bc_steps = 0
@@ -258,7 +277,7 @@ class Actor:
                     if not self.paced_by_learner:
                         next_tick = self._hold_control_rate(next_tick)
                     self.refresh()
-                ending = self._serve_console(stop)
+                ending, self._pending_keys = self._pending_keys + self._serve_console(stop), []
                 while self.paused and not stop.is_set():
                     self.sleep(0.05)
                     ending += self._serve_console(stop)
@@ -273,13 +292,18 @@ class Actor:
                 reward, terminated, truncated = _apply_operator(ending, float(reward), terminated, truncated)
                 a_bc, a_rl, q_bc, q_rl, use_rl = info
                 source = "rl" if use_rl else "bc"
-                if not evaluate and self.sink is not None:
-                    self.sink.add(Transition(
+                send = not evaluate and self.sink is not None
+                if send or self.recorder is not None:
+                    transition = Transition(
                         actor_id=self.actor_id, episode_id=episode_id, step=step, seq=self.seq, obs=obs,
                         action=action, reward=reward, terminated=bool(terminated), truncated=bool(truncated),
                         next_obs=next_obs, a_bc=a_bc, a_rl=a_rl, q_bc=float(q_bc), q_rl=float(q_rl),
                         source=source, param_version=self.version,
-                    ))
+                    )
+                    if self.recorder is not None:
+                        self.recorder.add(transition)
+                if send:
+                    self.sink.add(transition)
                     self.seq += 1
                     self.summary.env_steps += 1
                 step += 1
@@ -292,18 +316,24 @@ class Actor:
                     success = bool(terminated and (env_info.get("success", True) or reward > 0))
                     break
         except _Quit:
+            cut = EpisodeReport(self.actor_id, episode_id, step, False, total_reward, bc_steps / max(1, step),
+                                eval=evaluate, cut=True, fault="stopped")
             if report:
-                self._report(EpisodeReport(self.actor_id, episode_id, step, False, total_reward,
-                                           bc_steps / max(1, step), eval=evaluate, cut=True, fault="stopped"))
+                self._report(cut)
+            if self.recorder is not None:
+                self.recorder.end_episode(cut)
             self.summary.cut_episodes += 1
             raise
         result = EpisodeReport(self.actor_id, episode_id, step, success, total_reward, bc_steps / max(1, step),
                                eval=evaluate)
         if report:
             self._report(result)
+        if self.recorder is not None:
+            self.recorder.end_episode(result)
         if evaluate:
             self.summary.eval_episodes += 1
             self.summary.eval_successes += success
+            self._recent_eval = (self._recent_eval + [success])[-20:]
         else:
             self.summary.episodes += 1
             self.summary.successes += success
@@ -314,13 +344,17 @@ class Actor:
         """The gate's action and record, as numpy (pi_BC alone until parameters arrive); `modes`: act with the
         policies' modes."""
         self.key, k = jax.random.split(self.key)
-        if self.params is None:  # phase 1: pi_BC alone (sampled; its mode in evaluation)
+        if self.params is None or self.policy == "bc":  # phase 1: pi_BC alone (sampled; its mode in evaluation)
             act = self.agent.bc_mode_act if modes else self.agent.bc_act
             action = np.asarray(jax.device_get(act(self.template, obs, k)), np.float32)
             record = (action, action, 0.0, 0.0, False)
         elif self._random_left > 0 and not evaluate:
             self._random_left -= 1
             action = np.asarray(jax.device_get(self.agent.random_act(k)), np.float32)
+            record = (action, action, 0.0, 0.0, True)
+        elif self.policy == "rl":  # pi_RL alone (q2rl deploy --policy rl)
+            act = self.agent.rl_mode_act if modes else self.agent.rl_act
+            action = np.asarray(jax.device_get(act(self.params, obs, k)), np.float32)
             record = (action, action, 0.0, 0.0, True)
         else:
             gate = self.agent.eval_gate if modes else self.agent.gate
@@ -368,13 +402,16 @@ class Actor:
         if self.console is not None:
             from q2rl.robot.console import StatusLine
 
-            rate = float(np.mean(self._recent)) if self._recent else float("nan")
+            recent = self._recent or self._recent_eval  # an evaluation-only actor (q2rl deploy) shows its own
+            rate = float(np.mean(recent)) if recent else float("nan")
             self.console.set_status(StatusLine(
-                episode=self.episode_id, step=self._step, success_rate=rate,
+                episode=self._running_episode if self._running_episode is not None else self.episode_id,
+                step=self._step, success_rate=rate,
                 bc_share=self._bc_steps / self._step if self._step else float("nan"),
                 learner_version=self.version if self.params is not None else -1,
                 link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
-                mode="paused" if self.paused else self._mode, message="waiting for the learner" if waiting else ""))
+                mode="paused" if self.paused else self._mode,
+                message="waiting for the learner" if waiting and not self.paused else ""))
         if self._status_writer is not None:
             self._status_writer.update(ActorStatus(
                 actor_id=self.actor_id, episode=self.episode_id, step=self._step, env_steps=self.summary.env_steps,

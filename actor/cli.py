@@ -33,9 +33,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="run config YAML (use the learner's runs/<run>/config.yaml)")
     parser.add_argument("--learner", help="host:port of the learner")
     parser.add_argument("--evaluate", metavar="RUN", help="evaluate a checkpoint of run directory RUN instead")
-    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINTS), default="last",
-                        help="with --evaluate: the last checkpoint, or the one saved when the best eval window "
-                             "during training closed (checkpoint/best.ckpt)")
+    parser.add_argument("--checkpoint", choices=(*CHECKPOINTS, "candidates"), default="last",
+                        help="with --evaluate: the last checkpoint, the chosen best one (checkpoint/best.ckpt), or "
+                             "candidates: every kept best candidate and the last checkpoint on the same fresh "
+                             "episodes, best.ckpt then naming the winner (what a sim session does at its end)")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes (with --evaluate)")
     parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = parser.parse_args(argv)
@@ -53,7 +54,19 @@ def open_console(cfg):
     from q2rl.robot.console import OperatorConsole
 
     require = cfg.actor.console == "require" or cfg.env.backend == "franka"
-    return OperatorConsole.open(require_terminal=require)
+    return OperatorConsole.open(require_terminal=require, out=_terminal_out())
+
+
+def _terminal_out():
+    """Where the console draws: stderr, or the keyboard's own terminal when stderr goes to a log file (an actor a
+    session started with the keyboard: its log stays in RUN/actor-0.log, the status line on the operator's screen)."""
+    if sys.stderr.isatty() or not sys.stdin.isatty():
+        return sys.stderr
+    try:
+        fd = os.open(os.ttyname(sys.stdin.fileno()), os.O_WRONLY | os.O_NOCTTY)
+    except OSError:
+        return sys.stderr
+    return os.fdopen(fd, "w", buffering=1)
 
 
 def main(argv: list[str]) -> int:
@@ -118,38 +131,35 @@ def run_actor(cfg, address: str, stop: threading.Event) -> int:
 def evaluate_run(cfg, run_dir: Path, episodes: int, stop: threading.Event, checkpoint: str = "last") -> int:
     """Evaluate the run's last (or best) learner checkpoint in this process. Writes RUN/final_eval.json (last) or
     RUN/best_eval.json (best), the latest evaluation of that checkpoint, and appends the same record, with the
-    time, to RUN/evaluations.jsonl (all of them)."""
+    time, to RUN/evaluations.jsonl (all of them). `checkpoint` candidates: every best candidate and the last
+    checkpoint on the same fresh episodes, and best.ckpt made the winner (q2rl.actor.best)."""
     import datetime
 
-    from q2rl.actor.actor import Actor
-    from q2rl.core.checkpoint import load_bc_policy
-    from q2rl.core.parameters import load_checkpoint_params
-    from q2rl.run_dir import CHECKPOINTS, EVAL_FILES, EVALUATIONS_LOG, append_jsonl, write_json
+    from q2rl.actor.acting import ActingPolicy, build_actor
+    from q2rl.core.checkpoint import CheckpointError
+    from q2rl.run_dir import EVAL_FILES, EVALUATIONS_LOG, append_jsonl, write_json
     from q2rl.robot.envs import make_env
 
-    bc = load_bc_policy(cfg.bc.checkpoint)
-    path = run_dir / CHECKPOINTS[checkpoint]
-    if not path.is_file():
-        why = ("it is written when an evaluation window (learner.eval_window evaluation episodes) closes with the best "
-               "success so far" if checkpoint == "best" else "the learner writes it every learner.checkpoint_every_s")
-        print(f"q2rl actor: {path} does not exist, so there is no {checkpoint} checkpoint "
-              f"to evaluate; {why}", file=sys.stderr)
+    if checkpoint == "candidates":
+        from q2rl.actor.best import evaluate_candidates
+
+        return evaluate_candidates(cfg, run_dir, episodes, stop)
+    try:
+        policy = ActingPolicy.from_run(run_dir, checkpoint, cfg)
+    except CheckpointError as e:
+        print(f"q2rl actor: {e}", file=sys.stderr)
         return 2
     env = make_env(cfg.env)
-    actor = Actor(cfg, env, bc, sink=None, source=None)
-    params, metadata = load_checkpoint_params(path, actor.template)  # no Learner: only what acting needs
-    book = metadata["book"]
-    online = book["phase"] == "online"
-    if online:
-        actor.set_params(params, book["param_version"])
+    actor = build_actor(policy, cfg, env)  # no Learner: only what acting needs
+    book_updates = policy.provenance["updates"]
     reports = actor.evaluate(episodes, stop)
     result = {"success_rate": sum(r.success for r in reports) / max(1, len(reports)), "episodes": len(reports),
-              "policy": "gated" if online else "bc",
+              "policy": "gated" if policy.online else "bc",
               "actions": "modes" if cfg.actor.eval_deterministic else "sampled",  # the two can differ by 0.1
-              "checkpoint": checkpoint, "param_version": book["param_version"], "updates": book["updates"],
+              "checkpoint": checkpoint, "param_version": policy.param_version, "updates": book_updates,
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if checkpoint == "best":  # what it was chosen on: the training-time window, a biased (best-of) figure
-        result["chosen_on"] = book["best_eval"]
+        result["chosen_on"] = policy.provenance["chosen_on"]
     append_jsonl(run_dir / EVALUATIONS_LOG, result)
     write_json(run_dir / EVAL_FILES[checkpoint], result)
     print(json.dumps(result))

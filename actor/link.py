@@ -325,6 +325,12 @@ class ActorLink:
         else:
             self._write_transition(t, False)
 
+    def send_held(self) -> None:
+        """Spool the transition held back for its successor's frame, with its own next frame: the actor is about to
+        wait for the learner, whose grant may wait for that transition (a sim with cameras would stall forever)."""
+        self._raise_if_refused()
+        self._flush_held()
+
     def end_episode(self, report: EpisodeReport) -> None:
         """Spool the episode's report (after any transition still held back)."""
         self._raise_if_refused()

@@ -139,8 +139,28 @@ def eval_main(argv: list[str]) -> int:
         result = evaluate_policy(policy, env, args.episodes, args.seed, action_mode, progress=not args.no_progress)
     finally:
         env.close()
-    print(json.dumps(result.summary(task=env_cfg.task, policy=str(args.policy), seed=args.seed, action=action_mode)))
+    summary = result.summary(task=env_cfg.task, policy=str(args.policy), seed=args.seed, action=action_mode)
+    print(json.dumps(summary))
+    _keep_result(args.policy, summary)
     return 0
+
+
+def _keep_result(policy: str, summary: dict) -> None:
+    """Keep an evaluation beside the policy: eval.json (the latest) and evaluations.jsonl (every one, with the time)."""
+    import datetime
+
+    from q2rl.core.checkpoint import bc_policy_file
+    from q2rl.run_dir import append_jsonl, write_json
+
+    record = dict(summary, time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    folder = bc_policy_file(policy).parent
+    try:
+        write_json(folder / "eval.json", record)
+        append_jsonl(folder / "evaluations.jsonl", record)
+    except OSError as e:
+        print(f"q2rl bc eval: could not keep the result beside the policy ({e})", file=sys.stderr)
+        return
+    print(f"q2rl bc eval: result kept in {folder / 'eval.json'} (and appended to evaluations.jsonl)", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

@@ -23,8 +23,8 @@ from q2rl.core.agent_config import AgentConfig, AlgoRules
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
-from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, bc_dist, init_params,
-                           init_state, make_networks, make_optimizers, make_update)
+from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, actor_dist, bc_dist,
+                           init_params, init_state, make_networks, make_optimizers, make_update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Agent:
     eval_gate: Callable[[AgentParams, Any, jax.Array], tuple[jax.Array, GateInfo]]
     bc_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
     bc_mode_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
+    rl_act: Callable[[AgentParams, Any, jax.Array], jax.Array]  # pi_RL alone (`q2rl deploy --policy rl`)
+    rl_mode_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
     random_act: Callable[[jax.Array], jax.Array]  # uniform in the action box (cfg.random_steps)
 
     def init_params(self, key: jax.Array, example_obs: Any, bc: Any = None) -> AgentParams:
@@ -62,6 +64,14 @@ def _bc_action(params: AgentParams, obs: Any, key: jax.Array, deterministic: boo
     return jnp.clip((dist.mode() if deterministic else dist.sample(key))[0], -1.0, 1.0)
 
 
+def _rl_action(nets: Networks, params: AgentParams, obs: Any, key: jax.Array, deterministic: bool = False
+               ) -> jax.Array:
+    """pi_RL's own action, sampled or its mode (tanh of the mean), with no gate."""
+    batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
+    dist = actor_dist(nets, params, batched)
+    return (dist.mode() if deterministic else dist.sample(key))[0]
+
+
 def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str] = ()) -> Agent:
     """Everything one algorithm needs, built (and jitted) once."""
     nets = make_networks(cfg, action_dim, camera_names)
@@ -71,5 +81,7 @@ def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str
         cfg=cfg, spec=spec, nets=nets, opts=opts, q_estimation=QEstimation(nets, cfg),
         update=make_update(nets, cfg, opts), gate=make_gate(nets, cfg), eval_gate=make_gate(nets, cfg, True),
         bc_act=jax.jit(_bc_action), bc_mode_act=jax.jit(lambda p, o, k: _bc_action(p, o, k, True)),
+        rl_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k)),
+        rl_mode_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k, True)),
         random_act=jax.jit(lambda k: jax.random.uniform(k, (action_dim,), jnp.float32, -1.0, 1.0)),
     )

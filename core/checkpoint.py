@@ -210,14 +210,20 @@ def load_bc_policy_with_metadata(path: str | Path) -> tuple[BCPolicy, dict]:
     meta = ckpt.metadata
     if meta.get("kind") != BC_POLICY_KIND:
         raise CheckpointError(f"{path}: holds a {meta.get('kind')!r} checkpoint, not a BC policy")
+    return bc_policy_from_state(meta, ckpt.state, str(path)), meta
+
+
+def bc_policy_from_state(meta: Mapping[str, Any], state: Mapping[str, Any], where: str) -> BCPolicy:
+    """A `BCPolicy` from a BC checkpoint's metadata (policy config, action size, cameras) and its state
+    ({params, normalizer}), wherever they are kept (a BC checkpoint, or an exported policy file: `where` names it)."""
     try:
         cfg = from_dict(PolicyConfig, meta["policy"])
         net = make_policy_net(cfg, meta["action_dim"], tuple(meta["camera_names"]))
         normalizer = ObsNormalizer(
-            state_mean=np.asarray(ckpt.state["normalizer"]["state_mean"], np.float32),
-            state_std=np.asarray(ckpt.state["normalizer"]["state_std"], np.float32),
+            state_mean=np.asarray(state["normalizer"]["state_mean"], np.float32),
+            state_std=np.asarray(state["normalizer"]["state_std"], np.float32),
         )
-        params = ckpt.state["params"]
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{path}: BC policy checkpoint is missing or has a bad entry ({e})") from None
-    return BCPolicy(module=net, params=params, normalizer=normalizer), meta
+        params = state["params"]
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{where}: BC policy is missing or has a bad entry ({e})") from None
+    return BCPolicy(module=net, params=params, normalizer=normalizer)

@@ -166,8 +166,9 @@ class DemoWriter:
                                  compression=self._image_compression,
                                  chunks=(1, *img.shape[1:]) if self._image_compression else None)
 
-    def add(self, episode: Demo) -> str:
-        """Append one episode as data/demo_N; returns its name."""
+    def add(self, episode: Demo, attrs: Mapping[str, Any] | None = None) -> str:
+        """Append one episode as data/demo_N; returns its name. `attrs`: more of the demo's attributes (where it
+        came from, e.g. the run, actor and episode of an exported robot episode); readers ignore them."""
         episode.check()
         name = f"demo_{self._count}"
         group = self._data.create_group(name)
@@ -180,6 +181,8 @@ class DemoWriter:
         group.attrs["num_samples"] = len(episode)
         group.attrs["success"] = bool(episode.success)
         group.attrs["seed"] = int(episode.seed)
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = value
         self._count += 1
         self._total += len(episode)
         self._update_totals()

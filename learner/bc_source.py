@@ -106,3 +106,22 @@ def bc_baseline(policy_dir: str | Path) -> float | None:
         return float(json.loads(path.read_text())["success_rate"])
     except (FileNotFoundError, KeyError, ValueError):
         return None
+
+
+def bc_failure_warning(checkpoint: str | Path) -> str | None:
+    """A warning when pi_BC's last measured success is 0 (`q2rl bc eval`'s eval.json beside the policy, or the
+    cache's bc_eval.json); None when it succeeded or was never measured."""
+    folder = Path(checkpoint)
+    folder = folder.parent if folder.is_file() else folder
+    for path in (folder / "eval.json", folder.parent / BC_EVAL_FILE):
+        try:
+            result = json.loads(path.read_text())
+            rate, episodes = float(result["success_rate"]), int(result.get("episodes", 0))
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+        if rate > 0:
+            return None
+        return (f"pi_BC succeeded in 0% of {episodes} evaluation episodes ({path}): Q-Estimation's rollouts will "
+                "hold no success to value, so the gate has nothing to keep and pi_RL starts from a failing prior. "
+                "Check the demos and the BC training (q2rl bc eval) before spending the robot's time")
+    return None

@@ -12,6 +12,7 @@ The process loop (host code only; the math is in the jitted update):
     learner.work()                       # rollouts done? Q-Estimation; online: the update calls owed
     publish parameters + pacing          # every learner.publish_every_s when something changed
     status.json, lost actors, checkpoint # every status_every_s / checkpoint_every_s
+    metrics history                      # RUN/tensorboard/ (q2rl.metrics): the status, eval windows, episodes
 SIGINT/SIGTERM: stop serving, ingest what is stored, final checkpoint, exit 0.
 """
 
@@ -34,6 +35,7 @@ from q2rl.recordio import atomic_write
 from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, create_run_dir, default_run_name, open_run_dir
 
 log = logging.getLogger("q2rl.learner")
+STATUS_LINE_EVERY_S = 10.0  # a status line on stderr and in RUN/learner.log this often
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -145,6 +147,7 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event, fresh_
         log.info("resumed %s: %d transitions, phase %s, %d updates", run_dir, learner.book.env_steps,
                  learner.book.phase, learner.book.updates)
     learner.save()  # before any episode is stored: a run with episodes has a learner checkpoint unless it was lost
+    driver.start_metrics()  # after resume_from: the eval windows replayed from the store are logged already
     bc_digest = file_digest(bc_policy_file(cfg.bc.checkpoint))
     auth = ServiceAuth(config_hash=compatibility_hash(cfg, bc_digest), token=cfg.learner.token,
                        config_document=compatibility_document(cfg, bc_digest))
@@ -183,6 +186,8 @@ def run_learner(cfg, run_dir: Path, resumed: bool, stop: threading.Event, fresh_
         except DivergedError as e:  # the previous, finite checkpoint stays
             message = f"stopped: {e}"
         driver.write_status(force=True, message=message)
+        driver.write_summary(message)
+        driver.close_metrics()
         store.close()
 
 
@@ -195,7 +200,19 @@ class _Driver:
         self.learner = self.service = None
         self.started = time.monotonic()
         self.last_publish = self.last_status = self.last_checkpoint = time.monotonic()
+        self.last_line = 0.0  # when the last status line was logged
         self.lost_since: dict[str, float] = {}  # actors whose stream ended, and when
+        self.metrics = None  # q2rl.metrics.LearnerMetrics once started
+
+    def start_metrics(self) -> None:
+        from q2rl.metrics import LearnerMetrics
+
+        self.metrics = LearnerMetrics(self.run_dir, self.cfg.agent.utd,
+                                      logged_eval_points=len(self.learner.book.eval_curve))
+
+    def close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
     def drain(self, inbox: queue.Queue, wait_s: float = 0.0) -> int:
         n = 0
@@ -205,8 +222,12 @@ class _Driver:
                 if kind == "t":
                     for t in payload:
                         self.learner.ingest_transition(t)
+                        if self.metrics is not None:
+                            self.metrics.transition(t)
                 elif kind == "r":
                     self.learner.ingest_report(payload)
+                    if self.metrics is not None:
+                        self.metrics.episode(payload, self.learner.book.env_steps)
                 else:
                     self.lost_since.setdefault(payload, time.monotonic())
                 n += 1
@@ -252,4 +273,33 @@ class _Driver:
         status.wall_s = time.monotonic() - self.started
         status.message = message
         write_learner_status(self.run_dir, status)
+        if self.metrics is not None:
+            self.metrics.status(status, self.learner.q_estimation_report)
         self.last_status = time.monotonic()
+        self.status_line(status, force)
+
+    def status_line(self, status, force: bool = False) -> None:
+        """Every STATUS_LINE_EVERY_S (and at phase changes and the end) the session's status line, on stderr and in
+        RUN/learner.log: a learner started alone shows as much as a session."""
+        from q2rl.progress import ActorStatus, format_status_line
+
+        now = time.monotonic()
+        if not force and now - self.last_line < STATUS_LINE_EVERY_S:
+            return
+        self.last_line = now
+        connected = [] if self.service is None else sorted(self.service.connected_actors())
+        actors = [ActorStatus(actor_id=a, link="connected", updated_at=time.time()) for a in connected]
+        log.info("%s", format_status_line(status, actors, self.cfg.session.env_steps, time.time()))
+
+    def write_summary(self, reason: str) -> None:
+        """RUN/summary.json with the eval curve (the session's writer), and the summary on stderr."""
+        from q2rl.learner.session import format_summary, result_of, write_summary
+
+        status = self.learner.status()
+        result = result_of(self.run_dir, status, f"learner {reason}", time.monotonic() - self.started)
+        try:
+            write_summary(result)
+        except OSError as e:
+            log.warning("could not write %s/summary.json: %s", self.run_dir, e)
+            return
+        log.info("summary in %s/summary.json%s", self.run_dir, format_summary(result).rstrip("=\n"))

@@ -4,11 +4,15 @@
     store.stored_seq("sim-0")                     # highest contiguous seq on disk (-1: nothing) -> the ack
     store.append("sim-0", [(raw_item_bytes, parsed_item), ...])   # write, flush, fsync: then acknowledge
     for ep in store.episodes(contract): ...                      # rebuild replay on --resume (checked records)
+    reader = EpisodeStore(run_dir, read_only=True)  # report, export: reads a live or crashed run, changes nothing
 
 Layout: run_dir/episodes/<actor_id>/seg-<n:09d>.rec, an append-only log per actor (q2rl.recordio.SegmentLog, a
 new segment about every `segment_bytes`) whose records are the wire `Item` bytes exactly as received: transitions
 (images once per frame) and EpisodeReports, in the actor's order. One log per actor means one fsync per received batch.
 An episode is complete when its report is stored or its last transition terminated/truncated.
+A read-only store (`read_only=True`) is for readers beside a running learner (`q2rl report`, `q2rl episodes
+export`): it creates, cuts and writes nothing, and reads a record only once it is whole (a last record still being
+written reads as a torn tail: skipped with a warning).
 The service checks every item before it is stored (q2rl.contract); reading back checks them again, so a record
 an older learner stored unchecked, or one a damaged file lost, is left out with a warning instead of a crash.
 """
@@ -30,6 +34,7 @@ from q2rl.interfaces import EpisodeReport, Transition
 
 log = logging.getLogger(__name__)
 ACTOR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RECORD_HEADER_BYTES = len(recordio.encode_record(b""))  # a record's bytes on disk besides its payload
 
 
 def check_actor_id(actor_id: str) -> None:
@@ -114,15 +119,26 @@ class _ActorLog:
 
 
 class EpisodeStore:
-    """Append-only, crash-safe episode logs under run_dir/episodes (one per actor); thread-safe."""
+    """Append-only, crash-safe episode logs under run_dir/episodes (one per actor); thread-safe.
 
-    def __init__(self, run_dir: str | Path, fsync: bool = True, segment_bytes: int = 256 << 20) -> None:
+    `read_only`: only `actors()` and `episodes()` (and `transitions()`); the segment files are listed but not scanned,
+    so opening costs nothing and the records are read once, when iterated. The watermarks (stored_seq, ...) are the
+    learner's: asking a read-only store for them is an error."""
+
+    def __init__(self, run_dir: str | Path, fsync: bool = True, segment_bytes: int = 256 << 20,
+                 read_only: bool = False) -> None:
         self.root = Path(run_dir) / "episodes"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
         self._fsync, self._segment_bytes = fsync, segment_bytes
         self._lock = threading.Lock()
         self._actors: dict[str, _ActorLog] = {}
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        directories = sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        for directory in directories:
+            if read_only:  # never _scan: it cuts torn tails, which on a live run are records being written
+                self._actors[directory.name] = _ActorLog(recordio.SegmentLog(directory, self._segment_bytes))
+                continue
             try:
                 self._actors[directory.name] = self._scan(directory)
             except recordio.RecordFileError as e:  # a damaged header: nothing in that file can be trusted
@@ -156,25 +172,41 @@ class EpisodeStore:
         with self._lock:
             return sorted(self._actors)
 
+    def _writer_only(self, what: str) -> None:
+        if self.read_only:
+            raise RuntimeError(f"EpisodeStore.{what}: a read-only store reads episodes(); it keeps no watermarks and "
+                               "writes nothing")
+
+    def segment_paths(self, actor_id: str | None = None) -> list[Path]:
+        """The segment files of one actor (or all), in reading order: what `episodes()` reads (progress bars)."""
+        with self._lock:
+            logs = [self._actors[a] for a in ([actor_id] if actor_id is not None else sorted(self._actors))
+                    if a in self._actors]
+            return [segment.path for a in logs for segment in a.log.segments]
+
     def stored_seq(self, actor_id: str) -> int:
         """Highest transition seq stored for this actor (-1 if none)."""
+        self._writer_only("stored_seq")
         with self._lock:
             a = self._actors.get(actor_id)
             return -1 if a is None else a.stored_seq
 
     def reported_episode(self, actor_id: str) -> int:
         """Highest episode id whose EpisodeReport is stored (-1 if none)."""
+        self._writer_only("reported_episode")
         with self._lock:
             a = self._actors.get(actor_id)
             return -1 if a is None else a.reported_episode
 
     @property
     def num_transitions(self) -> int:
+        self._writer_only("num_transitions")
         with self._lock:
             return sum(a.num_transitions for a in self._actors.values())
 
     def last_episode_summary(self, actor_id: str) -> "EpisodeSummary | None":
         """Length, return and ending of an actor's newest stored episode."""
+        self._writer_only("last_episode_summary")
         with self._lock:
             a = self._actors.get(actor_id)
             return None if a is None or a.episode is None else copy.copy(a.episode)
@@ -182,6 +214,7 @@ class EpisodeStore:
     def unlinked_tail(self, actor_id: str, contract: TransitionContract | None = None) -> Transition | None:
         """The newest stored transition of an actor if it still waits for its successor's frame (and passes the
         checks of q2rl.contract: one stored unchecked never reaches replay)."""
+        self._writer_only("unlinked_tail")
         with self._lock:
             a = self._actors.get(actor_id)
             raw = None if a is None else a.tail
@@ -199,6 +232,7 @@ class EpisodeStore:
         """Durably append (raw bytes, parsed Item) records of one actor, in order; returns after one fsync.
 
         The caller (the service) has already dropped duplicates and checked contiguity."""
+        self._writer_only("append")
         if not items:
             return
         with self._lock:
@@ -221,28 +255,37 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ reading back
 
-    def _records(self, actor_id: str) -> Iterator[bytes]:
+    def _records(self, actor_id: str, on_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
         with self._lock:
             a = self._actors.get(actor_id)
             if a is None:
                 return
             segments = list(a.log.segments)
         for segment in segments:
-            yield from recordio.read_records(segment.path).records
+            result = recordio.read_records(segment.path)
+            if result.torn_bytes and self.read_only:  # the learner's own store cut it at open
+                log.warning("%s: skipped a truncated last record (%d bytes after %d whole ones): a write in progress, "
+                            "or a crash mid-write", segment.path, result.torn_bytes, len(result.records))
+            for raw in result.records:
+                if on_bytes is not None:
+                    on_bytes(len(raw) + RECORD_HEADER_BYTES)
+                yield raw
 
     def episodes(self, actor_id: str | None = None, contract: TransitionContract | None = None,
-                 on_skip: Callable[[str, int | None, str], None] | None = None) -> Iterator[StoredEpisode]:
+                 on_skip: Callable[[str, int | None, str], None] | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> Iterator[StoredEpisode]:
         """Every stored episode (complete and in progress), per actor in the order they were recorded.
 
         Each record is checked as the service checks what it receives (q2rl.contract; against the run's `contract`
         if given). One that fails, stored by a learner that did not check, is left out and passed to
-        `on_skip(actor_id, its seq (None: not a transition), reason)`, by default a warning."""
+        `on_skip(actor_id, its seq (None: not a transition), reason)`, by default a warning. `on_bytes(n)` is told
+        the file bytes of each record read (a progress bar over `segment_paths()`' sizes)."""
         def skip(aid: str, seq: int | None, reason: str) -> None:
             log.warning("actor %s: left out a stored record: %s", aid, reason)
 
         for aid in [actor_id] if actor_id is not None else self.actors():
             current: list = []  # (episode id, [(transition, pending) ...], report)
-            for raw in self._records(aid):
+            for raw in self._records(aid, on_bytes):
                 seq = None
                 try:
                     item = wire.parse_item(raw)

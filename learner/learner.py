@@ -42,8 +42,10 @@ from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND, init_agent_params, non
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Grants, ParameterBoard, Transition, example_obs
-from q2rl.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, FIT_CHECKPOINT_FILE
+from q2rl.candidates import link_file, rank_candidates, read_best_candidates
+from q2rl.run_dir import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE, FIT_CHECKPOINT_FILE, best_candidate_file
 from q2rl.progress import EvalPoint, LearnerStatus
+from q2rl.stats import wilson_lower
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,11 @@ class Learner:
         self.train_results: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.bc_steps: collections.deque = collections.deque(maxlen=cfg.learner.train_window)
         self.pending_eval: list[EpisodeReport] = []
-        self._since_eval: list[EpisodeReport] = []  # training episodes finished since the last eval point
-        self.best_due = False  # an eval window beat the best so far: save_best() writes best.ckpt
+        self._since_eval = _EpisodeTally()  # training episodes finished since the last eval point
+        # The kept best candidates (learner.best_candidates), best first: {"point", "successes", "lcb", "window",
+        # "file"}; rebuilt from their files on resume. `_due_candidate`: a closed window save_best() must keep.
+        self.best_candidates: list[dict] = []
+        self._due_candidate: dict | None = None
         self.duplicates = 0
         self._cut_keys: set[tuple[str, int]] = set()
         self.finished = False  # the env-step budget is spent and every owed update done
@@ -189,23 +194,26 @@ class Learner:
         self.book.train_successes += int(bool(r.success))
         self.train_results.append(bool(r.success))
         self.bc_steps.append((r.bc_share * r.length, r.length))
-        self._since_eval.append(r)
+        self._since_eval.add(r)
 
     def _close_eval_window(self) -> None:
         """A point of the eval curve from the pending evaluation episodes; best.ckpt is due if it is the best."""
         evals, trained = self.pending_eval, self._since_eval
         point = EvalPoint(
             self.book.env_steps, float(np.mean([r.success for r in evals])), len(evals), self.book.updates,
-            time.monotonic() - self._started, bc_share=_bc_share(trained),
-            train_success=float(np.mean([r.success for r in trained])) if trained else None,
+            time.monotonic() - self._started, bc_share=trained.bc_share(), train_success=trained.success_rate(),
             eval_bc_share=_bc_share(evals), train_episodes_total=self.book.episodes,
             train_successes_total=self.book.train_successes)
         self.book.eval_curve.append(dataclasses.asdict(point))
-        self.pending_eval, self._since_eval = [], []
-        best = self.book.best_eval
-        if best is None or point.success_rate >= best["success_rate"]:
-            self.book.best_eval = dataclasses.asdict(point)
-            self.best_due = True
+        self.pending_eval, self._since_eval = [], _EpisodeTally()
+        successes = int(sum(bool(r.success) for r in evals))
+        candidate = {"point": dataclasses.asdict(point), "successes": successes,
+                     "lcb": wilson_lower(successes, len(evals)), "window": len(self.book.eval_curve) - 1}
+        ranked = rank_candidates(self.best_candidates + [candidate])
+        if candidate in ranked[:self.cfg.learner.best_candidates]:
+            self._due_candidate = candidate
+            if ranked[0] is candidate:
+                self.book.best_eval = candidate["point"]
 
     def actor_lost(self, actor_id: str) -> None:
         """The service lost this actor (crash, network): its open episode is cut."""
@@ -414,24 +422,41 @@ class Learner:
         return self._save_to(CHECKPOINT_FILE, keep=self.cfg.learner.keep_checkpoints)
 
     def save_best(self) -> Path | None:
-        """Write best.ckpt if an eval window has beaten the best so far since the last call (else None).
+        """Keep the state of an eval window that closed among the best `learner.best_candidates` since the last
+        call as checkpoint/best-<updates>-<window>.ckpt (the one it pushes out of the top is deleted), and point
+        best.ckpt at it when it ranks first (by the Wilson lower bound of its window: rank_candidates). Returns
+        best.ckpt's path when it now names a new state, else None.
 
         The window's episodes ran on the parameter versions published while it filled; what is saved is the state
-        when it closed, the latest of them. `q2rl actor --evaluate RUN --checkpoint best` measures it afresh."""
-        if not self.best_due:
+        when it closed, the latest of them. A sim session's final evaluation measures every candidate afresh and
+        points best.ckpt at the winner (q2rl.actor.best)."""
+        candidate, self._due_candidate = self._due_candidate, None
+        if candidate is None:
             return None
-        path = self._save_to(BEST_CHECKPOINT_FILE)
-        self.best_due = False
-        log.info("best eval so far (%s): saved %s", self.book.best_eval, path)
+        file = best_candidate_file(self.book.updates, candidate["window"])
+        self._save_to(file, extra={"candidate": candidate})
+        candidate = dict(candidate, file=file)
+        ranked = rank_candidates(self.best_candidates + [candidate])
+        keep = self.cfg.learner.best_candidates
+        for dropped in ranked[keep:]:
+            (self.run_dir / dropped["file"]).unlink(missing_ok=True)
+        self.best_candidates = ranked[:keep]
+        if ranked[0] is not candidate:
+            log.info("eval window %d (%d/%d) kept as best candidate %s", candidate["window"], candidate["successes"],
+                     candidate["point"]["episodes"], file)
+            return None
+        path = link_file(self.run_dir / file, self.run_dir / BEST_CHECKPOINT_FILE)
+        log.info("best eval so far (%s, lower bound %.2f): saved %s", self.book.best_eval, candidate["lcb"], file)
         return path
 
-    def _save_to(self, file: str, keep: int = 1) -> Path:
+    def _save_to(self, file: str, keep: int = 1, extra: dict | None = None) -> Path:
         meta = {
             "kind": LEARNER_CHECKPOINT_KIND,
             "book": dataclasses.asdict(self.book),
             "key": _key_list(self.key),
             "rng": self.rng.bit_generator.state,
             "saved_at": time.time(),
+            **(extra or {}),
         }
         return save_checkpoint(self.run_dir / file, self._finite(jax.device_get(self.state)), meta, keep=keep,
                                number=self.book.updates)
@@ -465,9 +490,10 @@ class Learner:
         self.pending_eval = []
         # The replayed windows were judged before: best.ckpt, the file itself, says which won (it may be newer
         # than learner.ckpt), so a later window must beat that, not the replay's pick.
-        self.best_due = False
+        self._due_candidate = None
         best = self.run_dir / BEST_CHECKPOINT_FILE
         self.book.best_eval = self._best_eval_of(best) if best.is_file() else None
+        self.best_candidates = read_best_candidates(self.run_dir)
         if fresh_state or not self.restore_checkpoint():  # fresh_state: a learner state that starts over
             return len(skipped)
         saved = self.saved_book
@@ -525,7 +551,8 @@ class Learner:
     def _best_eval_of(best: Path) -> dict | None:
         """The eval window best.ckpt was saved at; a damaged best.ckpt is ignored with a warning."""
         try:
-            return read_metadata(best)["book"]["best_eval"]
+            meta = read_metadata(best)
+            return meta["candidate"]["point"] if "candidate" in meta else meta["book"]["best_eval"]
         except (CheckpointError, KeyError, TypeError) as e:
             log.warning("%s is damaged (%s); ignoring it: the next eval window saves a new one", best, e)
             return None
@@ -534,6 +561,28 @@ class Learner:
 def _key_list(key: jax.Array) -> list[int]:
     """A PRNG key as JSON (checkpoint metadata)."""
     return np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key).tolist()
+
+
+@dataclasses.dataclass
+class _EpisodeTally:
+    """Counts of finished episodes (not the reports: a run without evaluations would keep every one)."""
+
+    episodes: int = 0
+    successes: int = 0
+    steps: int = 0
+    bc_steps: float = 0.0
+
+    def add(self, r: EpisodeReport) -> None:
+        self.episodes += 1
+        self.successes += int(bool(r.success))
+        self.steps += r.length
+        self.bc_steps += r.bc_share * r.length
+
+    def success_rate(self) -> float | None:
+        return self.successes / self.episodes if self.episodes else None
+
+    def bc_share(self) -> float | None:
+        return self.bc_steps / self.steps if self.steps else None
 
 
 def _bc_share(reports: list[EpisodeReport]) -> float | None:

@@ -78,15 +78,17 @@ def child_environment(compile_cache: str, token: str = "") -> dict[str, str]:
     return env
 
 
-def spawn(argv: list[str], log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start a child in its own process group, so Ctrl-C reaches only the session, which orders the shutdown."""
+def spawn(argv: list[str], log_path: Path | None = None, env: dict | None = None,
+          keyboard: bool = False) -> subprocess.Popen:
+    """Start a child in its own process group, so Ctrl-C reaches only the session, which orders the shutdown.
+    `keyboard`: the child reads the session's terminal (the operator console of an actor)."""
     out = open(log_path, "ab") if log_path is not None else None
     return subprocess.Popen(
         argv,
         env=env,
         stdout=out or None,
         stderr=subprocess.STDOUT if out else None,
-        stdin=subprocess.DEVNULL,
+        stdin=None if keyboard else subprocess.DEVNULL,
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -121,25 +123,48 @@ def wait_for_address(run_dir: Path, learner: subprocess.Popen, timeout_s: float)
 class Display:
     """The live status line: rewritten in place on a terminal, one line every few seconds otherwise."""
 
-    def __init__(self, stream=sys.stdout, plain_every_s: float = 10.0):
+    def __init__(self, stream=sys.stdout, plain_every_s: float = 10.0, shared: bool = False):
+        """`shared`: an actor's console draws its status line on this terminal; the session prints a line every
+        `plain_every_s` above it instead of a line of its own."""
         self.stream = stream
-        self.tty = stream.isatty()
+        self.tty = stream.isatty() and not shared
+        self.shared = shared and stream.isatty()
         self.plain_every_s = plain_every_s
         self._last_plain = 0.0
+        self._latest = self._printed = ""  # the newest line, and the last one written out (plain mode)
+
+    def width(self) -> int | None:
+        """Columns the line may take on the terminal (None: not a terminal)."""
+        if not (self.tty or self.shared):
+            return None
+        try:
+            return max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
+        except OSError:
+            return 119
 
     def show(self, line: str) -> None:
+        self._latest = line
         if self.tty:
-            width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
-            self.stream.write("\r" + line[:width] + "\x1b[K")
+            self.stream.write("\r" + line[:self.width()] + "\x1b[K")
             self.stream.flush()
         elif time.monotonic() - self._last_plain >= self.plain_every_s:
             self._last_plain = time.monotonic()
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            self._write_plain(line)
+
+    def _write_plain(self, line: str) -> None:
+        self._printed = line
+        self.stream.write(("\r\x1b[2K" + line[:self.width()] if self.shared else line) + "\n")
+        self.stream.flush()
 
     def finish(self) -> None:
         if self.tty:
             self.stream.write("\n")
+            self.stream.flush()
+            return
+        if self._latest and self._latest != self._printed:  # the last state, not the one up to 10 s older
+            self._write_plain(self._latest)
+        elif self.shared:  # the session's next line must not run on from the actor's status line
+            self.stream.write("\r\x1b[2K")
             self.stream.flush()
 
 
@@ -159,6 +184,7 @@ class SessionResult:
     best_eval: EvalPoint | None = None  # the training-time eval window checkpoint/best.ckpt was saved at
     best_final_eval_success: float | None = None  # best.ckpt evaluated afresh after the session
     best_final_eval_episodes: int = 0
+    best_choice: dict | None = None  # best_eval.json: how the final evaluation chose best.ckpt among the candidates
 
 
 def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
@@ -207,16 +233,26 @@ def run_session(cfg, resume: str | None) -> SessionResult:
     started = time.monotonic()
     run_dir, cfg = prepare_run_dir(cfg, resume)
     print(f"session: run directory {run_dir}")
+    from q2rl.learner.bc_source import bc_failure_warning
+
+    warning = bc_failure_warning(cfg.bc.checkpoint)
+    if warning:
+        print(f"session: WARNING: {warning}", file=sys.stderr, flush=True)
     learner = spawn(q2rl_command("learner", "--resume", str(run_dir)), run_dir / "learner.log")
     actors: dict[str, subprocess.Popen] = {}
     restarts: dict[str, int] = {}
-    display = Display()
+    keyboard = cfg.session.console and sys.stdin.isatty()
+    if cfg.session.console and not keyboard:
+        print("session: session.console: stdin is not a terminal, so no actor gets the keyboard", file=sys.stderr)
+    terminal = _saved_terminal() if keyboard else None  # put back however the console actor ends
+    display = Display(shared=keyboard)
     reason = "interrupted (Ctrl-C)"
     try:
         address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
-        print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)")
+        print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)"
+              + ("; actor-0 has the keyboard (s f p e q, h for help)" if keyboard else ""))
         for i in range(cfg.session.actors):
-            actors[f"actor-{i}"] = _start_actor(run_dir, address, i)
+            actors[f"actor-{i}"] = _start_actor(run_dir, address, i, keyboard=keyboard and i == 0)
         while True:
             now = time.monotonic()
             status = read_learner_status(run_dir)
@@ -227,6 +263,9 @@ def run_session(cfg, resume: str | None) -> SessionResult:
                     reason += f": {last.message.removeprefix('stopped: ')}"
                 break
             for actor_id, proc in list(actors.items()):
+                if proc.poll() is not None and keyboard and actor_id == "actor-0" and proc.returncode == 0:
+                    reason = "the operator quit (key q)"
+                    break
                 if proc.poll() is not None:
                     restarts[actor_id] = restarts.get(actor_id, 0) + 1
                     if restarts[actor_id] > cfg.session.actor_restarts:
@@ -234,11 +273,13 @@ def run_session(cfg, resume: str | None) -> SessionResult:
                         break
                     display.finish()
                     print(f"session: {actor_id} exited with code {proc.returncode}; restarting it", file=sys.stderr)
-                    actors[actor_id] = _start_actor(run_dir, address, int(actor_id.split("-")[-1]))
-            if reason.startswith(tuple(actors)):
+                    index = int(actor_id.split("-")[-1])
+                    actors[actor_id] = _start_actor(run_dir, address, index, keyboard=keyboard and index == 0)
+            if reason.startswith(tuple(actors)) or reason.startswith("the operator quit"):
                 break
             if status is not None:
-                display.show(format_status_line(status, read_actor_statuses(run_dir), cfg.session.env_steps, time.time()))
+                display.show(format_status_line(status, read_actor_statuses(run_dir), cfg.session.env_steps, time.time(),
+                                                display.width()))
             why = stop_reason(status, cfg, started, now)
             if why:
                 reason = why
@@ -250,14 +291,27 @@ def run_session(cfg, resume: str | None) -> SessionResult:
         display.finish()
         print(f"session: stopping ({reason}) — actors first, then the learner (final checkpoint)")
         _shutdown(actors, learner, cfg.session.shutdown_timeout_s)
-    evaluate = cfg.session.final_eval_episodes > 0
-    final = _final_eval(run_dir, cfg, "last") if evaluate else None
-    best = _final_eval(run_dir, cfg, "best") if evaluate and (run_dir / BEST_CHECKPOINT_FILE).is_file() else None
+        _restore_terminal(terminal)
+    final = best = None
+    if cfg.session.final_eval_episodes > 0:
+        if any((run_dir / BEST_CHECKPOINT_FILE).parent.glob("best-*.ckpt")):
+            # every best candidate and the last checkpoint on the same fresh episodes; best.ckpt names the winner
+            best = _final_eval(run_dir, cfg, "candidates")
+            final = read_json(run_dir / FINAL_EVAL_FILE) if best is not None else None
+        else:
+            final = _final_eval(run_dir, cfg, "last")
     status = read_learner_status(run_dir) or LearnerStatus()
+    return result_of(run_dir, status, reason, time.monotonic() - started, final, best)
+
+
+def result_of(run_dir: Path, status: LearnerStatus, reason: str, wall_s: float, final: dict | None = None,
+              best: dict | None = None) -> SessionResult:
+    """What a run did, from the learner's status and the fresh evaluations (final_eval.json, best_eval.json
+    records) when there are any: what summary.json and the summary text show."""
     return SessionResult(
         run_dir=str(run_dir),
         reason=reason,
-        wall_s=time.monotonic() - started,
+        wall_s=wall_s,
         env_steps=status.env_steps,
         episodes=status.episodes,
         train_successes=status.train_successes,
@@ -266,13 +320,34 @@ def run_session(cfg, resume: str | None) -> SessionResult:
         eval_curve=status.eval_curve,
         final_eval_success=None if final is None else final.get("success_rate"),
         final_eval_episodes=0 if final is None else int(final.get("episodes", 0)),
-        best_eval=status.best_eval,
+        best_eval=status.best_eval if best is None else (EvalPoint(**best["chosen_on"]) if best.get("chosen_on")
+                                                         else None),
+        best_choice=best,
         best_final_eval_success=None if best is None else best.get("success_rate"),
         best_final_eval_episodes=0 if best is None else int(best.get("episodes", 0)),
     )
 
 
-def _start_actor(run_dir: Path, address: str, index: int) -> subprocess.Popen:
+def _saved_terminal():
+    """The terminal's settings (stdin), to put back after the actor that had the keyboard."""
+    import termios
+
+    try:
+        return termios.tcgetattr(sys.stdin.fileno())
+    except (termios.error, OSError, ValueError):
+        return None
+
+
+def _restore_terminal(saved) -> None:
+    if saved is None:
+        return
+    import termios
+
+    with contextlib.suppress(termios.error, OSError, ValueError):
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def _start_actor(run_dir: Path, address: str, index: int, keyboard: bool = False) -> subprocess.Popen:
     argv = q2rl_command(
         "actor",
         "--config", str(run_dir / "config.yaml"),
@@ -281,9 +356,9 @@ def _start_actor(run_dir: Path, address: str, index: int) -> subprocess.Popen:
         f"actor.seed={1000 * (index + 1)}",
         f"actor.status_dir={run_dir}",
         f"actor.spool_dir={run_dir / 'spool' / f'actor-{index}'}",
-        "actor.console=none",
+        "actor.console=require" if keyboard else "actor.console=none",
     )
-    return spawn(argv, run_dir / f"actor-{index}.log")
+    return spawn(argv, run_dir / f"actor-{index}.log", keyboard=keyboard)
 
 
 def _shutdown(actors: dict[str, subprocess.Popen], learner: subprocess.Popen, timeout_s: float) -> None:
@@ -300,7 +375,9 @@ def _final_eval(run_dir: Path, cfg, checkpoint: str) -> dict | None:
     """Evaluate the last or best checkpoint in a fresh actor process (no learner), `session.final_eval_episodes`
     episodes; the record `q2rl actor --evaluate` wrote (None if it failed)."""
     n = cfg.session.final_eval_episodes
-    print(f"session: final evaluation of the {checkpoint} checkpoint over {n} episodes")
+    what = ("every best candidate and the last checkpoint" if checkpoint == "candidates" else
+            f"the {checkpoint} checkpoint")
+    print(f"session: final evaluation of {what} over {n} fresh episodes")
     argv = q2rl_command("actor", "--config", str(run_dir / "config.yaml"), "--evaluate", str(run_dir),
                         "--checkpoint", checkpoint, "--episodes", str(n))
     with open(run_dir / "final_eval.log", "ab") as log:
@@ -309,7 +386,20 @@ def _final_eval(run_dir: Path, cfg, checkpoint: str) -> dict | None:
         print(f"session: final evaluation of the {checkpoint} checkpoint failed (code {code}); see "
               f"{run_dir}/final_eval.log", file=sys.stderr)
         return None
-    return read_json(run_dir / EVAL_FILES[checkpoint])
+    return read_json(run_dir / EVAL_FILES.get(checkpoint, BEST_EVAL_FILE))
+
+
+def write_summary(result: SessionResult) -> Path:
+    """RUN/summary.json: the result and the config as the run used it. The one writer, for the session at its end
+    and for a learner started alone (at its end, Ctrl-C included)."""
+    from q2rl.run_config import RunConfig
+
+    summary = dataclasses.asdict(result)
+    with contextlib.suppress(ConfigError, OSError):
+        summary["config"] = to_dict(load_config(RunConfig, Path(result.run_dir) / "config.yaml"))
+    path = Path(result.run_dir) / SUMMARY_FILE
+    write_json(path, summary)
+    return path
 
 
 def format_summary(result: SessionResult) -> str:
@@ -324,7 +414,17 @@ def format_summary(result: SessionResult) -> str:
     ]
     if result.final_eval_success is not None:
         lines.append(f"  final eval       {100 * result.final_eval_success:.0f}% success over {result.final_eval_episodes} episodes")
-    if result.best_eval is not None:
+    choice = result.best_choice
+    if choice is not None and choice.get("candidates"):
+        lines.append(f"  best checkpoint  {Path(choice['chosen_file']).name}: {100 * choice['success_rate']:.0f}% "
+                     f"over {choice['episodes']} fresh episodes, best of {len(choice['candidates'])}:")
+        for c in choice["candidates"]:
+            w, f = c.get("window"), c.get("fresh")
+            window = (f"window {w['successes']}/{w['episodes']} at {w['env_steps']} (LCB {w['lcb']:.2f})" if w
+                      else "the last checkpoint")
+            fresh = f"fresh {f['successes']}/{f['episodes']}" if f else "not evaluated"
+            lines.append(f"  {'*' if c['chosen'] else ' '} {Path(c['file']).name:<24} {window}, {fresh}")
+    elif result.best_eval is not None:
         b = result.best_eval
         afresh = ("" if result.best_final_eval_success is None else
                   f"; {100 * result.best_final_eval_success:.0f}% over {result.best_final_eval_episodes} fresh episodes")
@@ -333,13 +433,14 @@ def format_summary(result: SessionResult) -> str:
     if result.eval_curve:
         lines += ["", "eval success during training:", format_curve(result.eval_curve)]
     run = result.run_dir
+    evals = "   ".join(f for f in (FINAL_EVAL_FILE, BEST_EVAL_FILE) if (Path(run) / f).is_file())
     lines += [
         "",
         f"run files in {run}/",
         "  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
-        f"  status.json   {SUMMARY_FILE}   {FINAL_EVAL_FILE}   {BEST_EVAL_FILE}   actors/ (actor status)   *.log (process logs)",
+        f"  status.json   {SUMMARY_FILE}   {evals + '   ' if evals else ''}actors/ (actor status)   *.log (process logs)",
         f"continue it: q2rl session --resume {run}",
-        f"run a checkpoint: q2rl actor --config {run}/config.yaml --evaluate {run} --checkpoint best|last --episodes N",
+        f"deploy it: q2rl export {run} --checkpoint best|last, then q2rl deploy {run}/policy-best.q2rl",
         "=" * 72,
     ]
     return "\n".join(lines)
@@ -353,6 +454,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--actors", type=int, help="number of simulated actors (session.actors)")
     parser.add_argument("--env-steps", type=int, help="end after this many training env steps (session.env_steps)")
     parser.add_argument("--resume", metavar="RUN", help="continue the session in run directory RUN")
+    parser.add_argument("--console", action="store_true",
+                        help="give the first actor the keyboard, s/f/p/e/q as on the robot (session.console)")
     parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     return parser.parse_args(argv)
 
@@ -366,6 +469,8 @@ def main(argv: list[str]) -> int:
         overrides.append(f"session.actors={args.actors}")
     if args.env_steps is not None:
         overrides.append(f"session.env_steps={args.env_steps}")
+    if args.console:
+        overrides.append("session.console=true")
     config_path = str(Path(args.resume) / "config.yaml") if args.resume else args.config
     cfg = load_config(RunConfig, config_path, overrides)  # resolved here, written once by prepare_run_dir
     if cfg.env.backend != "sim":
@@ -376,9 +481,7 @@ def main(argv: list[str]) -> int:
     except RunDirError as e:
         print(f"q2rl session: {e}", file=sys.stderr)
         return 2
-    summary = dataclasses.asdict(result)
-    summary["config"] = to_dict(load_config(RunConfig, Path(result.run_dir) / "config.yaml"))  # as the run used it
-    write_json(Path(result.run_dir) / SUMMARY_FILE, summary)
+    write_summary(result)
     print(format_summary(result))
     failed = result.reason.startswith(("the learner exited", "actor-"))
     return 1 if failed else 0

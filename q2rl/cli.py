@@ -17,6 +17,10 @@ COMMANDS = {
     "learner": ("q2rl.learner.cli", "run the learner (gRPC server, replay, Q-Estimation, SAC)"),
     "actor": ("q2rl.actor.cli", "run an actor (robot or simulator) against a learner"),
     "session": ("q2rl.learner.session", "a whole training session: learner + actors as processes"),
+    "export": ("q2rl.actor.export", "write a run's best (or last) policy as one self-contained file"),
+    "deploy": ("q2rl.actor.deploy", "run an exported policy on sim or the Franka with the operator console"),
+    "report": ("q2rl.report", "a run's figures, rollout video and page in RUN/report/ (read-only on the run)"),
+    "episodes": ("q2rl.episodes", "export a run's stored robot episodes as robomimic HDF5 (to retrain BC)"),
 }
 
 

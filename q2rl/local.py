@@ -40,6 +40,9 @@ class LocalLink:
     def add(self, transition: Transition) -> None:
         self._on_transition(transition)
 
+    def send_held(self) -> None:
+        pass  # nothing is held back in process
+
     def end_episode(self, report: EpisodeReport) -> None:
         self._on_episode(report)
 

@@ -194,8 +194,10 @@ def _k(n: int) -> str:
     return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
 
 
-def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_steps: int, now: float) -> str:
-    """One line: phase, episodes, steps, success rates, BC/RL share, updates/s, mean Q, each actor's link health."""
+def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_steps: int, now: float,
+                       width: int | None = None) -> str:
+    """One line: phase, episodes, steps, success rates, BC/RL share, updates/s, mean Q, each actor's link health.
+    With `width` (a terminal's), a compact form when the full one does not fit, then cut to it."""
     links = []
     for a in actors:
         stale = now - a.updated_at > 5.0
@@ -217,7 +219,24 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         f"v{status.param_version}",
         "link " + (" ".join(links) if links else "-"),
     ]
-    return " | ".join(parts)
+    line = " | ".join(parts)
+    if width is None or len(line) <= width:
+        return line
+    short_phase = {"q_estimation": "q_est", "rollout": "rollout", "online": "online"}.get(status.phase, status.phase)
+    if status.phase == "q_estimation" and status.q_estimation_steps_left:
+        short_phase += f" {_k(status.q_estimation_steps_left)} left"
+    compact = [
+        short_phase,
+        f"ep {status.episodes}",
+        f"{_k(status.env_steps)}/{_k(target_steps)}",
+        f"tr {_pct(status.train_success_rate).strip()} ev {_pct(status.eval_success_rate).strip()}",
+        f"BC {_pct(status.bc_share).strip()}",
+        f"v{status.param_version}",
+        " ".join(links) if links else "-",
+        f"{status.updates_per_s:.0f} upd/s",
+        f"Q {format_number(status.learning.get('q_mean'))}",
+    ]
+    return " | ".join(compact)[:width]
 
 
 def format_curve(curve: list[EvalPoint], width: int = 40) -> str:

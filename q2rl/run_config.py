@@ -109,6 +109,9 @@ class LearnerConfig:
     ahead_steps: int = doc(200, "Sim pacing: env steps the actors may run ahead of the updates paid for.")
     devices: int = doc(0, "Local devices the update is data-parallel over (0: all).")
     eval_window: int = doc(10, "Eval episodes per point of the eval success curve.")
+    best_candidates: int = doc(3, "Best candidate checkpoints kept (checkpoint/best-*.ckpt): the states at the eval "
+                               "windows with the highest Wilson lower bound of success; best.ckpt names the first, "
+                               "or the one a sim session's final evaluation confirms on fresh episodes.")
     train_window: int = doc(20, "Training episodes the live success rate is computed over.")
     actor_lost_after_s: float = doc(30.0, "An actor disconnected this long has its open episode counted as cut.")
 
@@ -123,7 +126,7 @@ class LearnerConfig:
         check_numbers(self, "> 0", "publish_every_s", "checkpoint_every_s", "status_every_s", "actor_lost_after_s")
         check_numbers(self, ">= 0", "seed", "learning_starts", "devices")
         check_numbers(self, ">= 1", "replay_capacity", "keep_checkpoints", "updates_per_chunk", "ahead_steps",
-                      "eval_window", "train_window")
+                      "eval_window", "train_window", "best_candidates")
 
     def resolved_token(self) -> str:
         """The shared secret: learner.token, else the stripped content of learner.token_file, else $Q2RL_TOKEN.
@@ -180,6 +183,9 @@ class SessionConfig:
     shutdown_timeout_s: float = doc(60.0, "How long each process may take to shut down cleanly before it is killed.")
     actor_restarts: int = doc(3, "Restarts of an actor that exits unexpectedly before the session gives up.")
     refresh_s: float = doc(0.5, "Progress display refresh period (seconds).")
+    console: bool = doc(False, "Give the first actor the keyboard (the operator console, keys s f r p e q) when the "
+                        "session runs in a terminal: rehearse in sim what the robot will need. The session's own "
+                        "progress then prints a line every 10 s above the actor's status line.")
     compile_cache: str = doc("runs/jax-cache", "JAX compilation cache shared by the session's processes, so "
                              "restarts and later sessions skip recompiling (empty: off).")
 

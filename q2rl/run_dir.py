@@ -2,8 +2,9 @@
 
     runs/<name>/
         config.yaml          the resolved run config (its hash is the handshake's config hash)
-        checkpoint/          learner.ckpt (last state), best.ckpt (the state at the best eval window); msgpack,
-                             written atomically
+        checkpoint/          learner.ckpt (last state), best-<updates>-<window>.ckpt (the best candidates: the
+                             states at the top learner.best_candidates eval windows), best.ckpt (a second name of
+                             the chosen one); msgpack, written atomically
         episodes/            append-only episode files (learner.episode_store)
         status.json          the learner's live status (rewritten atomically about once a second)
         actors/<id>.json     each actor's live status (link health, spool)
@@ -11,6 +12,8 @@
         final_eval.json      the latest evaluation of the final checkpoint (`q2rl actor --evaluate`)
         best_eval.json       the latest evaluation of checkpoint/best.ckpt (`... --evaluate RUN --checkpoint best`)
         evaluations.jsonl    every such evaluation, appended, so a second one (other protocol) loses nothing
+        tensorboard/         the metrics history: TensorBoard event files of the learner and each actor (q2rl.metrics)
+        report/              what `q2rl report RUN` writes (figures, rollout video, index.html); nothing else does
 
 Every write that replaces a file goes through `q2rl.recordio.atomic_write`: a crash mid-write leaves the old
 file intact.
@@ -37,6 +40,11 @@ BEST_CHECKPOINT_FILE = "checkpoint/best.ckpt"
 # The Q-Estimation fit under way (params so far, optimiser state, stage): a learner restarted during the fit goes on.
 FIT_CHECKPOINT_FILE = "checkpoint/q_estimation_fit.ckpt"
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_CHECKPOINT_FILE}
+
+
+def best_candidate_file(updates: int, window: int) -> str:
+    """A kept best candidate: the state when eval window number `window` closed, after `updates` update calls."""
+    return f"checkpoint/best-{updates:09d}-{window:04d}.ckpt"
 EVAL_FILES = {"last": FINAL_EVAL_FILE, "best": BEST_EVAL_FILE}  # the latest evaluation of each checkpoint
 EVALUATIONS_LOG = "evaluations.jsonl"
 

@@ -61,9 +61,16 @@ class StatusLine:
     message: str = ""
 
     def render(self, width: int = 120) -> str:
+        """The line, at most `width` characters: in full when it fits, else in a compact form that keeps every
+        figure (the mode, the episode and its step, the BC/RL share, the success rate, the parameter version, the
+        link), the message last and cut first."""
         def pct(x: float) -> str:
             return "  -" if x != x else f"{100 * x:3.0f}%"
 
+        def tight(x: float) -> str:
+            return "-" if x != x else f"{100 * x:.0f}%"
+
+        width = max(width, 20)
         version = self.learner_version if self.learner_version >= 0 else "-"
         text = (
             f"[{self.mode}] ep {self.episode} step {self.step} | BC {pct(self.bc_share)} RL {pct(1 - self.bc_share)} | "
@@ -71,7 +78,14 @@ class StatusLine:
         )
         if self.message:
             text += f" | {self.message}"
-        return text[: max(width, 20)]
+        if len(text) <= width:
+            return text
+        mode = "press r" if self.mode.startswith("waiting for reset") else self.mode
+        text = (f"[{mode}] ep {self.episode} st {self.step} | BC {tight(self.bc_share)} RL "
+                f"{tight(1 - self.bc_share)} | succ {tight(self.success_rate)} | v{version} {self.link}")
+        if self.message and len(text) + 3 + len(self.message) <= width:
+            text += f" | {self.message}"
+        return text[:width]
 
 
 def parse_keys(data: str) -> list[Command]:

@@ -189,6 +189,9 @@ def test_bc_cli_train_refuses_overwrite_and_eval_prints_one_json_line(demo_files
     result = json.loads(lines[0])
     assert list(result)[-1] == "success_rate" and 0.0 <= result["success_rate"] <= 1.0
     assert result["task"] == "pick_cube" and result["episodes"] == 2 and result["mean_length"] > 0
+    kept = json.loads((out / "eval.json").read_text())  # the result stays beside the policy
+    assert {k: v for k, v in kept.items() if k != "time"} == result and kept["time"]
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == 1
 
 
 def test_eval_action_mode_outside_the_literal_is_refused():

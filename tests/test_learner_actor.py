@@ -428,7 +428,7 @@ def test_a_batch_that_does_not_split_over_the_devices_is_a_clear_error():
     class Fake:
         pass
 
-    with pytest.raises(ValueError, match="batch_size 10 does not split over 3 devices"):
+    with pytest.raises(ValueError, match="a critic minibatch of 10 transitions .* does not split over 3 devices"):
         DataParallel([Fake(), Fake(), Fake()], 10)
 
 
@@ -708,7 +708,7 @@ def test_the_status_line_shows_the_step_within_the_episode_and_its_bc_share(tmp_
         os.close(terminal)
     assert actor.summary.env_steps > 30  # so a total would show past the first episode's steps
     # No learner parameters yet: pi_BC acts on every step.
-    assert "ep 1 step 1 | BC 100% RL   0%" in out.getvalue(), out.getvalue()
+    assert "ep 0 step 1 | BC 100% RL   0%" in out.getvalue(), out.getvalue()  # the episode under way
     status = read_actor_statuses(tmp_path)[0]
     assert 1 <= status.step <= 30 and status.env_steps == actor.summary.env_steps
 

@@ -48,14 +48,18 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert final["actions"] == "modes"  # actor.eval_deterministic's default, recorded with the figure
     assert summary["final_eval_success"] == final["success_rate"]
     assert final["checkpoint"] == "last"
-    # The best eval window saved checkpoint/best.ckpt, and the session evaluated it afresh too.
+    # The best eval windows kept candidate checkpoints; the session evaluated each, and the last checkpoint, on the
+    # same fresh episodes and pointed best.ckpt at the winner.
     assert (run / "checkpoint" / "best.ckpt").is_file()
     best = read_json(run / "best_eval.json")
     assert best["checkpoint"] == "best" and best["episodes"] == 2
-    assert best["chosen_on"] == status["best_eval"] == summary["best_eval"]
-    assert best["chosen_on"]["success_rate"] == max(p["success_rate"] for p in status["eval_curve"])
+    assert summary["best_eval"] == best["chosen_on"]  # the chosen candidate's window (None: the last one won)
+    assert [c["chosen"] for c in best["candidates"]].count(True) == 1
+    assert (run / "checkpoint" / "best.ckpt").samefile(run / best["chosen_file"])
+    # windows of one size: the lower bound ranks them as their rates do
+    assert status["best_eval"]["success_rate"] == max(p["success_rate"] for p in status["eval_curve"])
     assert summary["best_final_eval_success"] == best["success_rate"]
-    assert "best checkpoint" in out and "--checkpoint best" in out
+    assert "best checkpoint" in out and "q2rl export" in out
     config_text = (run / "config.yaml").read_text()
     assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
 
@@ -165,6 +169,9 @@ def test_summary_json_is_plain_json(tmp_path):
                            final_eval_success=0.75, final_eval_episodes=4, best_eval=EvalPoint(10, 1.0, 2),
                            best_final_eval_success=0.8, best_final_eval_episodes=5)
     text = format_summary(result)
+    assert "best_eval.json" not in text and "final_eval.json" not in text  # listed only when they exist
+    (tmp_path / "best_eval.json").write_text("{}")
+    assert "best_eval.json" in format_summary(result)
     assert "1.0 min" in text and "75% success over 4 episodes" in text
     assert "10 in 2 training episodes (1 successful, 1 cut)" in text
     assert "best checkpoint  100% over 2 eval episodes at 10 env steps; 80% over 5 fresh episodes" in text

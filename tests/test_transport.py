@@ -237,6 +237,33 @@ def test_an_actor_whose_data_is_refused_stops_with_the_reason_instead_of_resendi
     assert Spool(tmp_path / "spool-a0").next_seq >= 3, "the refused transitions stay in the spool"
 
 
+@pytest.mark.parametrize("learner", [True], indirect=True)
+def test_a_transition_held_for_its_successors_frame_is_sent_when_the_actor_waits(learner, tmp_path):
+    """With cameras, a transition waits for the next one to carry its next frame. An actor about to wait for the
+    learner's grant sends it at once (send_held): the grant may wait for that very transition (a sim session with
+    cameras stalled two steps short of its budget)."""
+    server, store, collector, _ = learner
+    link = new_link(server, tmp_path)
+    assert link.wait_connected(10)
+    ep = make_episode("a0", 0, 0, 3, np.random.default_rng(15), images=True, terminal=False)
+    link.add(ep[0])
+    link.add(ep[1])
+    deadline = time.monotonic() + 10
+    while store.stored_seq("a0") < 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert store.stored_seq("a0") == 0, "seq 1 is held back for seq 2's frame"
+    link.send_held()
+    deadline = time.monotonic() + 10
+    while store.stored_seq("a0") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.stored_seq("a0") == 1
+    assert_transition_equal(collector.transitions[1], ep[1])  # with its own next frame
+    link.add(ep[2])  # the episode goes on as usual after it
+    assert link.flush(10) and [t.seq for t in collector.transitions] == [0, 1, 2]
+    link.close(0)
+
+
 def test_an_episode_must_go_on_where_it_stopped_also_across_a_learner_restart(tmp_path):
     ep = make_episode("a0", 0, 0, 4, np.random.default_rng(12), terminal=False)
     items = [wire.encode_item_transition(t) for t in ep]

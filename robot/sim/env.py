@@ -80,6 +80,7 @@ class FrankaSimEnv(gym.Env):
         self.elapsed_steps = 0  # control steps since the last reset
         self._gripper_closed = False
         self._renderer: mujoco.Renderer | None = None
+        self._view_renderers: dict[int, mujoco.Renderer] = {}  # render_view's, by size
         self.observation_space = self._make_observation_space()
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
 
@@ -253,24 +254,41 @@ class FrankaSimEnv(gym.Env):
             obs["images"] = {c: self._render(c) for c in self.cfg.cameras}
         return obs
 
+    def _new_renderer(self, size: int) -> mujoco.Renderer:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        renderer = mujoco.Renderer(self.model, size, size)
+        # Free the GL context at interpreter exit too (before EGL is torn down) if nobody calls close().
+        weakref.finalize(self, renderer.close)
+        flags = renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.cfg.shadows
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.cfg.reflections
+        flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
+        return renderer
+
     def _render(self, camera: str) -> np.ndarray:
         if self._renderer is None:
-            os.environ.setdefault("MUJOCO_GL", "egl")
-            self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
-            # Free the GL context at interpreter exit too (before EGL is torn down) if nobody calls close().
-            self._renderer_finalizer = weakref.finalize(self, self._renderer.close)
-            flags = self._renderer.scene.flags
-            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.cfg.shadows
-            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.cfg.reflections
-            flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
+            self._renderer = self._new_renderer(self.cfg.image_size)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render()
+
+    def render_view(self, camera: str = "front", size: int = 320) -> np.ndarray:
+        """An RGB frame of `camera` at `size` x `size` pixels, whatever the observation's image size (rollout
+        videos want more pixels than a policy reads); the observation's images are unchanged by it."""
+        renderer = self._view_renderers.get(size)
+        if renderer is None:
+            # The offscreen buffer is sized when a renderer is made: widen it for this one (rendering only).
+            visual = self.model.vis.global_
+            visual.offwidth, visual.offheight = max(visual.offwidth, size), max(visual.offheight, size)
+            renderer = self._view_renderers[size] = self._new_renderer(size)
+        renderer.update_scene(self.data, camera=camera)
+        return renderer.render()
 
     def render(self) -> np.ndarray:
         """An RGB frame from the front camera (gymnasium's rgb_array mode)."""
         return self._render("front")
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer_finalizer()
-            self._renderer = None
+        for renderer in [self._renderer, *self._view_renderers.values()]:
+            if renderer is not None:
+                renderer.close()
+        self._renderer, self._view_renderers = None, {}
