@@ -173,7 +173,12 @@ def export_main(argv: list[str]) -> int:
         print(f"q2rl episodes export: {e}", file=sys.stderr)
         return 2
     summary = {"out": str(out) if counts.written else None, **dataclasses.asdict(counts)}
-    print(json.dumps(summary))
+    reasons = {"incomplete": "incomplete", "failed": "failed (--only-success)",
+               "other_source": "from another source (--source)", "evaluation": "evaluation (no steps stored)"}
+    left_out = ", ".join(f"{getattr(counts, k)} {why}" for k, why in reasons.items() if getattr(counts, k))
+    print(f"q2rl episodes export: {counts.written} episodes ({counts.samples} steps) -> {out}"
+          + (f"; left out: {left_out}" if left_out else ""), file=sys.stderr)
+    print(json.dumps(summary))  # the last line of stdout, for scripts
     if not counts.written:
         print(f"q2rl episodes export: no stored episode matched (--only-success {args.only_success}, --source "
               f"{args.source}); nothing written", file=sys.stderr)
