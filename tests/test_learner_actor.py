@@ -454,7 +454,7 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
     hold every transition exactly once (counted by seq)."""
     port = free_port()
     hz = 20.0
-    publish_every_s = 1.0
+    publish_every_s = 6.0  # a set sent at once arrives in well under a second; one that waits for a publish, later
     config = tiny_run_config(
         tmp_path, bc_checkpoint,
         env={"sim": {"control_hz": hz}},
