@@ -52,17 +52,26 @@ def apply_parameter_set(template: AgentParams, subsets: Mapping[str, Any]) -> Ag
     return template.replace(**fields)
 
 
+def load_learner_checkpoint(path: str | Path, target: Any = None):
+    """A learner checkpoint (core.checkpoint.Checkpoint), checked to be one; `target` as load_checkpoint's."""
+    from q2rl.core.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path, target=target)
+    kind = ckpt.metadata.get("kind")
+    state = ckpt.state if isinstance(ckpt.state, dict) else {"params": getattr(ckpt.state, "params", None)}
+    if kind != LEARNER_CHECKPOINT_KIND or state.get("params") is None:
+        raise CheckpointError(f"{path}: not a learner checkpoint (kind {kind!r})")
+    return ckpt
+
+
 def load_checkpoint_params(path: str | Path, template: AgentParams) -> tuple[AgentParams, dict]:
     """The parameters saved in a learner checkpoint, typed like `template`, and the checkpoint's metadata.
     Only what acting needs is read; the optimizer state stays in the file."""
     from flax.serialization import from_state_dict
 
-    from q2rl.core.checkpoint import CheckpointError, load_checkpoint
+    from q2rl.core.checkpoint import CheckpointError
 
-    ckpt = load_checkpoint(path)
-    kind = ckpt.metadata.get("kind")
-    if kind != LEARNER_CHECKPOINT_KIND or "params" not in ckpt.state:
-        raise CheckpointError(f"{path}: not a learner checkpoint (kind {kind!r})")
+    ckpt = load_learner_checkpoint(path)
     try:
         return from_state_dict(template, ckpt.state["params"]), ckpt.metadata
     except (ValueError, KeyError, TypeError) as e:

@@ -38,7 +38,8 @@ from q2rl.config import ConfigError
 from q2rl.contract import TransitionContract
 from q2rl.core.agents import make_agent
 from q2rl.core.checkpoint import CheckpointError, kept_checkpoints, load_checkpoint, read_metadata, save_checkpoint
-from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND, init_agent_params, non_finite_leaves, publishable
+from q2rl.core.parameters import (LEARNER_CHECKPOINT_KIND, init_agent_params, load_learner_checkpoint,
+                                  non_finite_leaves, publishable)
 from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
 from q2rl.core.sac import SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Grants, ParameterBoard, Transition, example_obs
@@ -532,10 +533,8 @@ class Learner:
 
     def _restore(self, path: Path) -> None:
         """Load one learner checkpoint; nothing of this learner changes unless all of it loads."""
-        ckpt = load_checkpoint(path, target=jax.device_get(self.state))
+        ckpt = load_learner_checkpoint(path, target=jax.device_get(self.state))
         meta = ckpt.metadata
-        if meta.get("kind") != LEARNER_CHECKPOINT_KIND:
-            raise CheckpointError(f"{path}: not a learner checkpoint (kind {meta.get('kind')!r})")
         try:
             book = Bookkeeping(**meta["book"])
             key = jnp.asarray(np.asarray(meta["key"], np.uint32))
