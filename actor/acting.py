@@ -41,17 +41,6 @@ def git_commit(where: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def find_bc_checkpoint(path: str, run_dir: Path) -> Path:
-    """The BC checkpoint a run's config names: as given (absolute, or relative to this directory), else relative
-    to the run directory or one of its parents (a run evaluated from another working directory)."""
-    candidates = [Path(path)] + [base / path for base in (run_dir, *run_dir.resolve().parents)]
-    for candidate in candidates:
-        if bc_policy_file(candidate).is_file():
-            return candidate
-    raise CheckpointError(f"{run_dir}/config.yaml names the BC policy {path}, which is not there (nor relative to the "
-                          f"run directory); pass bc.checkpoint=PATH")
-
-
 @dataclasses.dataclass
 class ActingPolicy:
     """Everything acting needs: pi_BC, the agent config and parameters of the gate, the contract, provenance."""
@@ -73,9 +62,9 @@ class ActingPolicy:
         """The policy in a run's checkpoint: `checkpoint` last|best (or a file `path` of the run, e.g. a best
         candidate); `cfg` the run config (default: RUN/config.yaml)."""
         from q2rl.config import load_config, to_dict
-        from q2rl.core.parameters import LEARNER_CHECKPOINT_KIND
+        from q2rl.core.parameters import load_learner_checkpoint
         from q2rl.run_config import RunConfig, file_digest
-        from q2rl.run_dir import CHECKPOINTS, CONFIG_FILE, EVAL_FILES, read_json
+        from q2rl.run_dir import CHECKPOINTS, CONFIG_FILE, EVAL_FILES, find_bc_checkpoint, read_json
 
         run_dir = Path(run_dir)
         if cfg is None:
@@ -87,11 +76,9 @@ class ActingPolicy:
                    "the best so far" if checkpoint == "best" else "the learner writes it every "
                    "learner.checkpoint_every_s and when it stops")
             raise CheckpointError(f"{path} does not exist, so there is no {checkpoint} checkpoint; {why}")
-        ckpt = load_checkpoint(path)
+        ckpt = load_learner_checkpoint(path)
         meta = ckpt.metadata
-        if meta.get("kind") != LEARNER_CHECKPOINT_KIND or "params" not in ckpt.state:
-            raise CheckpointError(f"{path}: not a learner checkpoint (kind {meta.get('kind')!r})")
-        bc_path = find_bc_checkpoint(cfg.bc.checkpoint, run_dir)
+        bc_path = find_bc_checkpoint(cfg.bc.checkpoint, run_dir)  # RUN/bc/ first: a run stands alone
         bc, bc_meta = load_bc_policy_with_metadata(bc_path)
         book = meta.get("book", {})
         state_dim = int(bc.normalizer.state_mean.shape[-1])

@@ -29,7 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from q2rl.run_dir import CHECKPOINTS
     from q2rl.run_config import command_parser
 
-    parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.")
+    parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.",
+                            argv, sections=("env", "bc", "agent", "learner", "actor"))
     parser.add_argument("--config", required=True, help="run config YAML (use the learner's runs/<run>/config.yaml)")
     parser.add_argument("--learner", help="host:port of the learner")
     parser.add_argument("--evaluate", metavar="RUN", help="evaluate a checkpoint of run directory RUN instead")
@@ -38,7 +39,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "candidates: every kept best candidate and the last checkpoint on the same fresh "
                              "episodes, best.ckpt then naming the winner (what a sim session does at its end)")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes (with --evaluate)")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = parser.parse_args(argv)
     if bool(args.learner) == bool(args.evaluate):
         parser.error("give exactly one of --learner host:port or --evaluate RUN")
@@ -75,7 +75,11 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.run_config import RunConfig
 
+    from q2rl.run_dir import with_run_inputs
+
     cfg = load_config(RunConfig, args.config, args.overrides)
+    # RUN/config.yaml names the run's own pi_BC (RUN/bc/) relative to the run directory: from any working directory
+    cfg = with_run_inputs(cfg, Path(args.evaluate) if args.evaluate else Path(args.config).parent)
     if not cfg.bc.checkpoint:
         raise ConfigError("bc.checkpoint: the actor needs the run's BC policy; start it with the learner's "
                           "runs/<run>/config.yaml, which names it")

@@ -32,9 +32,10 @@ NO_LIMIT = 10**9  # "no time limit": more control steps than any episode runs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="q2rl deploy", description=__doc__.split("\n\n")[0],
-                                     epilog="Overrides: section.field=value of the --config (e.g. "
-                                            "actor.eval_deterministic=false acts with samples, as in training).")
+    from q2rl.run_config import command_parser
+
+    # e.g. actor.eval_deterministic=false acts with samples, as in training
+    parser = command_parser("q2rl deploy", __doc__.split("\n\n")[0], argv, sections=("env", "actor"))
     parser.add_argument("policy_file", metavar="POLICY", help="an exported policy file (q2rl export)")
     parser.add_argument("--config", help="run config YAML whose env section to run in (default: the env the policy "
                                          "was trained in)")
@@ -44,7 +45,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=0, help="episodes to run (0: until q or Ctrl-C)")
     parser.add_argument("--max-steps", type=int, default=0, help="episode time limit in control steps (0: none)")
     parser.add_argument("--record", metavar="OUT.hdf5", help="where to record the episodes (robomimic HDF5)")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = parser.parse_args(argv)
     if args.episodes < 0 or args.max_steps < 0:
         parser.error("--episodes and --max-steps must be >= 0")
@@ -90,16 +90,11 @@ class EpisodeRecorder:
 def deploy_config(policy, args):
     """The run config to act in: --config's (or the policy's own env section), the policy's agent, overrides, and
     the deployment's choices (time limit, console, actor id)."""
-    from q2rl.config import ConfigError, from_dict, merged, read_yaml_with_overrides
+    from q2rl.config import build_config, read_yaml
     from q2rl.run_config import RunConfig
 
-    data = read_yaml_with_overrides(args.config, args.overrides)
-    if not args.config:
-        data = merged({"env": policy.env}, data)
-    try:
-        cfg = from_dict(RunConfig, data)
-    except ConfigError as e:
-        raise ConfigError(f"{e}" + (f" in {args.config}" if args.config else "")) from None
+    data = read_yaml(args.config) if args.config else {"env": policy.env}
+    cfg = build_config(RunConfig, data, args.overrides, args.config or None)
     limit = args.max_steps or NO_LIMIT
     env = cfg.env
     env = (dataclasses.replace(env, sim=dataclasses.replace(env.sim, max_episode_steps=limit)) if env.backend == "sim"

@@ -1,6 +1,6 @@
 """`q2rl bc train` and `q2rl bc eval`.
 
-    q2rl bc train --demos demos.hdf5 --policy gaussian --out runs/bc/pick [--steps N --seed S --set bc.x=y]
+    q2rl bc train --demos demos.hdf5 --policy gaussian --out runs/bc/pick [--steps N --seed S] [bc.train.x=y ...]
     q2rl bc eval --policy runs/bc/pick --task pick_cube --episodes 50 [--seed S --action sample|mode]
 
 `bc eval` prints one JSON line ending with "success_rate": x.
@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import get_args
 
 from q2rl.bc.config import ActionMode, BCConfig
-from q2rl.config import ConfigError, describe, from_dict, parse_override, read_yaml
+from q2rl.config import ConfigError, build_config, doc, read_yaml
 
 DEFAULT_EVAL_SEED = 10_000  # far from the scripted demos' seeds, so evaluation starts are unseen
 
@@ -24,56 +26,65 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def load_bc_config(path: str | None, overrides: list[str]) -> BCConfig:
-    """BCConfig from a YAML file (a run config's `bc.train:` section, or a bare BC config) plus overrides."""
+@dataclasses.dataclass(frozen=True)
+class _BCSection:
+    train: BCConfig = doc(BCConfig(), "BC training (what `q2rl session` trains pi_BC with).")
+
+
+@dataclasses.dataclass(frozen=True)
+class BCTrainCommandConfig:
+    """What `q2rl bc train` reads: a run config's bc.train section, so an override is spelled as for a session
+    (bc.train.policy.kind=gmm) and can be copied between the two."""
+
+    bc: _BCSection = doc(_BCSection(), "Where pi_BC comes from; bc train reads its train section.")
+
+
+SECTION = "bc.train"
+
+
+def load_bc_config(path: str | None, overrides: typing.Sequence[str]) -> BCConfig:
+    """BCConfig from a YAML file (a run config's `bc.train:` section, or a bare BC config) plus bc.train.FIELD=VALUE
+    overrides."""
     data = read_yaml(path) if path else {}
     if "bc" in data:  # a whole run config: its bc.train section (or a bare bc: section)
         data = data["bc"] or {}
         if isinstance(data.get("train"), dict):
             data = data["train"]
-    for text in overrides:
-        key, value = parse_override(text)
-        key = key[3:] if key.startswith("bc.") else key
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    try:
-        return from_dict(BCConfig, data)
-    except ConfigError as e:
-        message = str(e)
-        message = "bc:" + message[len("BCConfig:"):] if message.startswith("BCConfig:") else f"bc.{message}"
-        raise ConfigError(message + (f" in {path}" if path else "")) from None
+    return build_config(BCTrainCommandConfig, {"bc": {"train": data}}, overrides, path).bc.train
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="q2rl bc train", description="Train a BC policy on HDF5 demonstrations.",
-                                epilog="config fields (--set bc.FIELD=VALUE):\n  " + "\n  ".join(describe(BCConfig)),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from q2rl.run_config import section_parser
+
+    p = section_parser("q2rl bc train", "Train a BC policy on HDF5 demonstrations.", BCTrainCommandConfig,
+                       example="bc.train.policy.kind=gmm")
     p.add_argument("--demos", required=True, help="HDF5 demonstration file (robomimic layout).")
     p.add_argument("--out", required=True, help="Output run directory, e.g. runs/bc/pick_gaussian.")
-    p.add_argument("--policy", choices=("gaussian", "gmm"), help="Policy head (bc.policy.kind).")
-    p.add_argument("--steps", type=int, help="Gradient steps (bc.steps).")
-    p.add_argument("--seed", type=int, help="Seed (bc.seed).")
-    p.add_argument("--batch-size", type=int, help="Minibatch size (bc.batch_size).")
-    p.add_argument("--lr", type=float, help="Adam learning rate (bc.learning_rate).")
+    p.add_argument("--policy", choices=("gaussian", "gmm"), help="Policy head (bc.train.policy.kind).")
+    p.add_argument("--steps", type=int, help="Gradient steps (bc.train.steps).")
+    p.add_argument("--seed", type=int, help="Seed (bc.train.seed).")
+    p.add_argument("--batch-size", type=int, help="Minibatch size (bc.train.batch_size).")
+    p.add_argument("--lr", type=float, help="Adam learning rate (bc.train.learning_rate).")
     p.add_argument("--cameras", type=_csv, help="Comma-separated cameras to train on, e.g. wrist,front.")
-    p.add_argument("--max-demos", type=int, help="Use only the first N demos (bc.max_demos).")
+    p.add_argument("--max-demos", type=int, help="Use only the first N demos (bc.train.max_demos).")
     p.add_argument("--state-keys", type=_csv, help="Real robomimic files: low-dim obs keys concatenated into state.")
     p.add_argument("--config", help="YAML run config (its bc.train: section) or a bare BC config.")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="Override a config field.")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="Deprecated (goes in the next release): write bc.train.FIELD=VALUE as a plain argument.")
     p.add_argument("--force", action="store_true", help="Write into an existing, non-empty output directory.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return p
 
 
 def train_main(argv: list[str]) -> int:
+    from q2rl.run_config import deprecated_set
+
     args = _train_parser().parse_args(argv)
     shortcuts = {"policy.kind": args.policy, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                  "learning_rate": args.lr, "max_demos": args.max_demos,
                  "cameras": list(args.cameras) if args.cameras is not None else None}
-    overrides = list(args.set) + [f"{k}={json.dumps(v)}" for k, v in shortcuts.items() if v is not None]
+    overrides = (deprecated_set("q2rl bc train", args.set, SECTION, old_prefixes=("bc.",)) + list(args.overrides)
+                 + [f"{SECTION}.{k}={json.dumps(v)}" for k, v in shortcuts.items() if v is not None])
     cfg = load_bc_config(args.config, overrides)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -169,4 +180,10 @@ def main(argv: list[str]) -> int:
         print("usage: q2rl bc {train,eval} [options]   (q2rl bc <command> --help for details)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return commands[argv[0]](argv[1:])
+    try:
+        return commands[argv[0]](argv[1:])
+    except ConfigError as e:
+        from q2rl.cli import error_line
+
+        print(error_line(f"q2rl bc {argv[0]}", e), file=sys.stderr)
+        return 2

@@ -8,12 +8,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from q2rl.config import ConfigError, from_dict, parse_override
+from q2rl.config import ConfigError, build_config, doc
+from q2rl.robot.sim.config import SimEnvConfig
 
 KEEP_CHOICES = {"all": "all", "failures": "all", "successes-only": "successes-only"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _SimSection:
+    sim: SimEnvConfig = doc(SimEnvConfig(), "Simulated Franka task.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptedCommandConfig:
+    """What `q2rl demos scripted` reads: a run config's env.sim section (overrides spelled env.sim.FIELD=VALUE, as
+    for a session)."""
+
+    env: _SimSection = doc(_SimSection(), "The simulated environment the expert acts in.")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -23,7 +38,10 @@ def _csv(text: str) -> tuple[str, ...]:
 def _scripted_parser() -> argparse.ArgumentParser:
     from q2rl.demos.scripted import DEFAULT_EPISODES, DEFAULT_NOISE
 
-    p = argparse.ArgumentParser(prog="q2rl demos scripted", description="Record scripted-expert demonstrations.")
+    from q2rl.run_config import section_parser
+
+    p = section_parser("q2rl demos scripted", "Record scripted-expert demonstrations.", ScriptedCommandConfig,
+                       "env.sim.max_episode_steps=80")
     p.add_argument("--task", default="pick_cube", help="Sim task, e.g. pick_cube, peg_insert, kitting, *_shifted.")
     p.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="Demos to write.")
     p.add_argument("--noise", type=float, help="Expert imperfection (0 = clean; default per task: "
@@ -35,24 +53,23 @@ def _scripted_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=sorted(KEEP_CHOICES), default="successes-only",
                    help="successes-only: write only successful episodes (retrying); all/failures: write every one.")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="Override a sim env field, e.g. --set max_episode_steps=80.")
+                   help="Deprecated (goes in the next release): write env.sim.FIELD=VALUE as a plain argument.")
     p.add_argument("--force", action="store_true", help="Overwrite an existing output file.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return p
 
 
 def scripted_main(argv: list[str]) -> int:
+    from q2rl.run_config import deprecated_set
+
     args = _scripted_parser().parse_args(argv)
     from q2rl.demos.scripted import ScriptedDemoSpec, default_noise, record_scripted_demos
-    from q2rl.robot.sim.config import SimEnvConfig
 
     env_fields: dict = {"task": args.task, "cameras": list(args.cameras)}
     if args.image_size is not None:
         env_fields["image_size"] = args.image_size
-    for text in args.set:
-        key, value = parse_override(text)
-        env_fields[key.removeprefix("env.sim.").removeprefix("sim.")] = value
-    env_cfg = from_dict(SimEnvConfig, env_fields)
+    overrides = deprecated_set("q2rl demos scripted", args.set, "env.sim", old_prefixes=("sim.",)) + args.overrides
+    env_cfg = build_config(ScriptedCommandConfig, {"env": {"sim": env_fields}}, overrides).env.sim
     noise = default_noise(args.task) if args.noise is None else args.noise
     spec = ScriptedDemoSpec(episodes=args.episodes, noise=noise, seed=args.seed, keep=KEEP_CHOICES[args.keep])
     try:
@@ -105,5 +122,7 @@ def main(argv: list[str]) -> int:
     try:
         return commands[argv[0]](argv[1:])
     except ConfigError as e:
-        print(f"q2rl demos {argv[0]}: config error: {e}", file=sys.stderr)
+        from q2rl.cli import error_line
+
+        print(error_line(f"q2rl demos {argv[0]}", e), file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from q2rl.config import ConfigError, from_dict, read_yaml_with_overrides, to_dict
+from q2rl.config import to_dict
 from q2rl.interfaces import ACTION_DIM
 
 # key -> (action index, sign)
@@ -33,6 +33,7 @@ MOVE_KEYS = {
     "1": (3, 1.0), "2": (3, -1.0), "3": (4, 1.0), "4": (4, -1.0), "5": (5, 1.0), "6": (5, -1.0),
 }
 GRIPPER_TOGGLE_KEY = " "
+SIM_MAX_STEPS = 3000  # 5 minutes at 10 Hz: a recording episode in sim ends when the operator marks it
 KEY_HELP = ("teleop keys: i/k x+/-  j/l y+/-  u/o up/down  1/2 roll  3/4 pitch  5/6 yaw  space gripper | "
             "s success (keep)  f failure (discard)  r start next episode  p pause  q quit  h help")
 
@@ -160,44 +161,48 @@ class TeleopEnv(NamedTuple):
     paces_itself: bool  # the real robot waits for its own control period inside step()
 
 
-def make_teleop_env(config_path: str, overrides: list[str], signals: Any = None) -> TeleopEnv:
-    """The env named by a run config's `env` section (backend sim or franka)."""
-    data = read_yaml_with_overrides(config_path, overrides)
-    env_section = data.get("env") or {}
-    backend = env_section.get("backend", "sim")
+def make_teleop_env(config_path: str, overrides: list[str], signals: Any = None,
+                    max_steps: int | None = None) -> TeleopEnv:
+    """The env named by a run config's `env` section (backend sim or franka), env.* overrides applied.
+    `max_steps`: the recording episode limit (None: the config's; sim teleoperation takes SIM_MAX_STEPS)."""
+    from q2rl.config import build_config, read_yaml
+    from q2rl.run_config import EnvOnlyConfig
+
+    data = read_yaml(config_path)
+    env = build_config(EnvOnlyConfig, {"env": data.get("env") or {}}, overrides, config_path).env
     source = {"kind": "teleop"}
-    if backend == "sim":
-        from q2rl.robot.sim import SimEnvConfig, make_sim_env
+    if env.backend == "sim":
+        from q2rl.robot.sim import make_sim_env
 
-        try:
-            cfg = from_dict(SimEnvConfig, env_section.get("sim") or {})
-        except ConfigError as e:
-            raise ConfigError(f"env.sim.{e} in {config_path}") from None
-        env_args = {"env_name": cfg.task, "type": "q2rl_sim", "env_kwargs": to_dict(cfg), "demo_source": source}
+        # pick_cube's 60-step training limit ends an episode after 6 s: far too short to drive the arm by hand. The
+        # file's env_kwargs keep the config's limit: `bc eval` evaluates with them, at the training limit.
+        cfg = dataclasses.replace(env.sim, max_episode_steps=max_steps or SIM_MAX_STEPS)
+        env_args = {"env_name": cfg.task, "type": "q2rl_sim", "env_kwargs": to_dict(env.sim), "demo_source": source}
         return TeleopEnv(make_sim_env(cfg), env_args, tuple(cfg.cameras), cfg.control_hz, False)
-    if backend == "franka":
-        from q2rl.robot.franka import FrankaEnv
-        from q2rl.robot.real_config import load_franka_env_config
+    from q2rl.robot.franka import FrankaEnv
 
-        cfg = load_franka_env_config(config_path, overrides)
-        env_args = {"env_name": cfg.task, "type": "q2rl_franka", "env_kwargs": to_dict(cfg),
-                    "demo_source": source}
-        env = FrankaEnv(cfg, signals=signals)
-        return TeleopEnv(env, env_args, tuple(c.name for c in cfg.cameras), cfg.control_hz, True)
-    raise ConfigError(f"env.backend: {backend!r} in {config_path} is not one of 'sim', 'franka'")
+    cfg = env.franka if max_steps is None else dataclasses.replace(env.franka, max_episode_steps=max_steps)
+    env_args = {"env_name": cfg.task, "type": "q2rl_franka", "env_kwargs": to_dict(env.franka), "demo_source": source}
+    return TeleopEnv(FrankaEnv(cfg, signals=signals), env_args, tuple(c.name for c in cfg.cameras), cfg.control_hz,
+                     True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="q2rl demos record", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=KEY_HELP)
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    from q2rl.run_config import EnvOnlyConfig, section_parser
+
+    p = section_parser("q2rl demos record", __doc__.split("\n\n")[0] + "\n\n" + KEY_HELP, EnvOnlyConfig,
+                       "env.sim.task=peg_insert", argv=argv, expand=False)
     p.add_argument("--config", required=True, help="Run config whose env section names the robot or sim task.")
     p.add_argument("--out", required=True, help="Output HDF5 file (only successful episodes are written).")
     p.add_argument("--episodes", type=int, default=20, help="Successful demos to collect before stopping.")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help=f"Recording episode limit in control steps (default: {SIM_MAX_STEPS} in sim, whatever the "
+                        "task's training limit; the config's env.franka.max_episode_steps on the robot).")
     p.add_argument("--input", choices=("keyboard", "spacemouse"), default="keyboard", help="Teleoperation device.")
     p.add_argument("--hz", type=float, default=None, help="Teleop rate in the simulator (default: env control_hz).")
     p.add_argument("--seed", type=int, default=0, help="Seed of the first reset (episode i uses seed + i).")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="Override a config field, e.g. --set env.franka.robot_ip=172.16.0.3.")
+                   help="Deprecated (goes in the next release): write env.FIELD=VALUE as a plain argument.")
     p.add_argument("--force", action="store_true", help="Overwrite an existing output file.")
     return p
 
@@ -207,15 +212,18 @@ class _Quit(Exception):
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    if args.episodes < 1:
-        print("q2rl demos record: --episodes must be >= 1", file=sys.stderr)
+    from q2rl.run_config import deprecated_set
+
+    args = _parser(argv).parse_args(argv)
+    if args.episodes < 1 or (args.max_steps is not None and args.max_steps < 1):
+        print("q2rl demos record: --episodes and --max-steps must be >= 1", file=sys.stderr)
         return 2
+    overrides = deprecated_set("q2rl demos record", args.set, "env") + list(args.overrides)
     from q2rl.demos.hdf5 import DemoWriter
     from q2rl.robot.console import ConsoleUnavailable, OperatorConsole
 
     try:
-        console = OperatorConsole.open(require_terminal=True)
+        console = OperatorConsole.open(require_terminal=True, help_text=KEY_HELP)
     except ConsoleUnavailable as e:
         print(f"q2rl demos record: {e}", file=sys.stderr)
         return 2
@@ -223,7 +231,7 @@ def main(argv: list[str]) -> int:
         print(f"q2rl demos record: {args.out} exists; choose another --out or pass --force", file=sys.stderr)
         return 2
     try:
-        teleop = make_teleop_env(args.config, args.set)
+        teleop = make_teleop_env(args.config, overrides, max_steps=args.max_steps)
     except RuntimeError as e:  # RobotError, CameraError, GripperError: unreachable or misconfigured hardware
         print(f"q2rl demos record: {e}", file=sys.stderr)
         return 1
@@ -242,16 +250,16 @@ def main(argv: list[str]) -> int:
 def _collect(args, teleop: TeleopEnv, console, writer, mouse: SpaceMouseReader | None) -> dict:
     from q2rl.robot.console import Command, StatusLine
 
-    console.print(KEY_HELP)
     hz = args.hz or teleop.control_hz
     attempts = 0
     status = lambda mode, step=0, msg="": console.set_status(StatusLine(  # noqa: E731
         episode=attempts, step=step, success_rate=writer.num_demos / attempts if attempts else float("nan"),
-        mode=mode, link=args.input, message=f"kept {writer.num_demos}/{args.episodes} {msg}".strip()))
+        mode=mode, link=args.input, message=f"kept {writer.num_demos}/{args.episodes} {msg}".strip(),
+        training=False))
     try:
         while writer.num_demos < args.episodes:
+            status("waiting for r")  # first: a print redraws the status line, which must be teleop's from the start
             console.print(f"episode {attempts + 1}: set up the scene, then press r")
-            status("waiting for r")
             _wait_for(console, Command.RESET_DONE)
             seed = args.seed + attempts
             attempts += 1

@@ -19,7 +19,6 @@ SIGINT/SIGTERM: stop serving, ingest what is stored, final checkpoint, exit 0.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import queue
@@ -29,10 +28,10 @@ import threading
 import time
 from pathlib import Path
 
-from q2rl.config import dump_yaml, load_config
+from q2rl.config import load_config
 from q2rl.logs import configure_logging, log_to_run_dir
 from q2rl.recordio import atomic_write
-from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, create_run_dir, default_run_name, open_run_dir
+from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, open_run_dir
 
 log = logging.getLogger("q2rl.learner")
 STATUS_LINE_EVERY_S = 10.0  # a status line on stderr and in RUN/learner.log this often
@@ -41,14 +40,14 @@ STATUS_LINE_EVERY_S = 10.0  # a status line on stderr and in RUN/learner.log thi
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from q2rl.run_config import command_parser
 
-    parser = command_parser("q2rl learner", "Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.")
+    parser = command_parser("q2rl learner", "Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.",
+                            argv, sections=("env", "bc", "agent", "learner", "session"))  # session.env_steps: budget
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="run config YAML (starts a new run directory)")
     source.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with all its data")
     parser.add_argument("--fresh-state", action="store_true",
                         help="with --resume: start the learner state (parameters, optimiser, update count, phase) "
                              "over, from the episode files, when no intact learner checkpoint is left")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     args = parser.parse_args(argv)
     if args.fresh_state and not args.resume:
         parser.error("--fresh-state goes with --resume RUN")
@@ -56,21 +55,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def prepare_run(args: argparse.Namespace):
-    """(cfg, run_dir, resumed): a new run directory with its resolved config, or the one to resume."""
-    from q2rl.learner.bc_source import with_bc_source
+    """(cfg, run_dir, resumed): a new run directory with its resolved config, or the one to resume; made as a
+    session makes it (learner.session.prepare_run_dir)."""
+    from q2rl.learner.session import prepare_run_dir
     from q2rl.run_config import RunConfig
 
-    if args.resume:
-        run_dir = open_run_dir(args.resume)
-        cfg = load_config(RunConfig, run_dir / CONFIG_FILE, args.overrides)
-        return cfg, run_dir, True
-    cfg = load_config(RunConfig, args.config, args.overrides)
-    cfg = with_bc_source(cfg)
-    name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
-    cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
-    run_dir = create_run_dir(cfg.learner.run_root, name)
-    dump_yaml(cfg, run_dir / CONFIG_FILE)
-    return cfg, run_dir, False
+    config_path = open_run_dir(args.resume) / CONFIG_FILE if args.resume else args.config
+    cfg = load_config(RunConfig, config_path, args.overrides)
+    run_dir, cfg = prepare_run_dir(cfg, args.resume)
+    return cfg, run_dir, bool(args.resume)
 
 
 def main(argv: list[str]) -> int:

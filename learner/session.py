@@ -189,11 +189,15 @@ class SessionResult:
 
 def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
     """The run directory and the run's config, resolved once and written once to its config.yaml, which every
-    process of the run reads: a new directory (pi_BC prepared, the run named), or the one to resume, whose
-    config.yaml takes the command line's overrides (the previous file is kept beside it)."""
+    process of the run reads: a new directory (pi_BC prepared and copied into RUN/bc/, the run named), or the one to
+    resume, whose config.yaml takes the command line's overrides (the previous file is kept beside it). The one
+    way a run directory is made, for `q2rl session` and the standalone `q2rl learner`. The config returned names
+    the run's inputs (bc.checkpoint, bc.demos) by paths this process can open; config.yaml by paths relative to
+    the run directory, so the directory stands alone."""
     from q2rl.config import dump_yaml
     from q2rl.learner.bc_source import with_bc_source
-    from q2rl.run_dir import CONFIG_FILE, create_run_dir, refuse_existing_run
+    from q2rl.run_dir import (CONFIG_FILE, bc_source_file, create_run_dir, keep_run_inputs, refuse_existing_run,
+                              with_run_inputs)
 
     if resume:
         run_dir = open_run_dir(resume)
@@ -205,14 +209,16 @@ def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
             previous = run_dir / CONFIG_FILE
             previous.rename(run_dir / f"config-before-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
             dump_yaml(cfg, run_dir / CONFIG_FILE)
-        return run_dir, cfg
+        return run_dir, with_run_inputs(cfg, run_dir)
     name = cfg.learner.run_name or default_run_name(cfg.env.task_name())
     refuse_existing_run(cfg.learner.run_root, name)  # before preparing pi_BC, which may take minutes
     cfg = with_bc_source(cfg)
     cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
+    bc_source_file(cfg)  # a missing pi_BC is refused before the run directory exists
     run_dir = create_run_dir(cfg.learner.run_root, name)
+    cfg = keep_run_inputs(cfg, run_dir)
     dump_yaml(cfg, run_dir / CONFIG_FILE)
-    return run_dir, cfg
+    return run_dir, with_run_inputs(cfg, run_dir)
 
 
 def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:
@@ -449,14 +455,14 @@ def format_summary(result: SessionResult) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from q2rl.run_config import command_parser
 
-    parser = command_parser("q2rl session", "Run a whole Q2RL training session: the learner and N actors as processes on loopback.")
+    parser = command_parser("q2rl session", "Run a whole Q2RL training session: the learner and N actors as processes on loopback.",
+                            argv, default_config="configs/sim/pick_cube.yaml")
     parser.add_argument("--config", default="configs/sim/pick_cube.yaml", help="run config YAML")
     parser.add_argument("--actors", type=int, help="number of simulated actors (session.actors)")
     parser.add_argument("--env-steps", type=int, help="end after this many training env steps (session.env_steps)")
     parser.add_argument("--resume", metavar="RUN", help="continue the session in run directory RUN")
     parser.add_argument("--console", action="store_true",
                         help="give the first actor the keyboard, s/f/p/e/q as on the robot (session.console)")
-    parser.add_argument("overrides", nargs="*", help="section.field=value config overrides")
     return parser.parse_args(argv)
 
 

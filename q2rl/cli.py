@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from q2rl.config import ConfigError
+from q2rl.config import ConfigError, OverrideError
 
 COMMANDS = {
     "demos": ("q2rl.demos.cli", "record scripted or teleoperated demonstrations (HDF5)"),
@@ -30,6 +30,12 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def error_line(prog: str, error: ConfigError) -> str:
+    """How a config error is shown: a command-line override's names its argument (the typo is there), any other
+    says it is in the config."""
+    return f"{prog}: {error}" if isinstance(error, OverrideError) else f"{prog}: config error: {error}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(rest) or 0)
     except ConfigError as e:
-        print(f"q2rl {name}: config error: {e}", file=sys.stderr)
+        print(error_line(f"q2rl {name}", e), file=sys.stderr)
         return 2
 
 

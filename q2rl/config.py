@@ -13,7 +13,9 @@ dotted field path and what to do for unknown keys, wrong types, or values a `val
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -234,11 +236,72 @@ def merged(base: dict, updates: dict) -> dict:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Load `cls` from a YAML file (or defaults), apply `a.b=value` overrides, validate."""
-    data = read_yaml_with_overrides(path, overrides)
+    return build_config(cls, read_yaml(path) if path is not None else {}, overrides, path)
+
+
+class OverrideError(ConfigError):
+    """A command-line override (section.field=value) is malformed, names no field, or gives a bad value. Its
+    message names the argument, not the YAML file: the typo is on the command line."""
+
+    def __init__(self, text: str, message: str) -> None:
+        super().__init__(f"argument {text!r}: {message}")
+
+
+def check_override(cls: type, text: str) -> tuple[str, Any]:
+    """(dotted key, value) of one override, checked against `cls` before it touches the data: the key names a
+    field (a close spelling is suggested when not) and the value has the field's type. OverrideError otherwise."""
+    try:
+        key, value = parse_override(text)
+    except ConfigError:
+        raise OverrideError(text, "expected the form section.field=value (e.g. agent.utd=4)") from None
+    tp: Any = cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):  # a mapping-typed field: its keys are checked when the config is built
+            break
+        names = sorted(f.name for f in dataclasses.fields(tp) if f.init)
+        if part not in names:
+            where = ".".join(parts[:i])
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; it has {', '.join(names)}"
+            raise OverrideError(text, f"no field {part} in {where}{hint}" if where else f"no section {part}{hint}")
+        tp = typing.get_type_hints(tp)[part]
+    else:
+        try:
+            value = _coerce(value, tp, key)
+        except ConfigError as e:
+            raise OverrideError(text, str(e)) from None
+        if dataclasses.is_dataclass(value):  # a whole section given as a mapping: keep it a mapping for merging
+            value = to_dict(value)
+    return key, value
+
+
+def _blamed_override(message: str, keys: dict[str, str]) -> str | None:
+    """The override (text) a validation message is about: the one whose field the message names."""
+    field = message.split(":", 1)[0].split(" ", 1)[0]
+    return next((text for key, text in reversed(keys.items()) if field == key or field.startswith(key + ".")), None)
+
+
+def build_config(cls: type[T], data: dict, overrides: typing.Sequence[str] = (),
+                 source: str | Path | None = None) -> T:
+    """`cls` from a mapping read from `source` (a file, for messages) with command-line overrides applied and
+    checked one by one; an error is named after the argument it comes from, or after the file."""
+    keys: dict[str, str] = {}
+    data = copy.deepcopy(data)  # the caller's mapping stays as read
+    for text in overrides:
+        key, value = check_override(cls, text)
+        try:
+            _set_path(data, key, value)
+        except ConfigError as e:
+            raise OverrideError(text, str(e).split(": ", 1)[-1]) from None
+        keys[key] = text
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        where = f" in {path}" if path is not None else ""
+        text = _blamed_override(str(e), keys)
+        if text is not None:
+            raise OverrideError(text, str(e)) from None
+        where = f" in {source}" if source is not None else (" (from the command line)" if keys else "")
         raise ConfigError(f"{e}{where}") from None
 
 

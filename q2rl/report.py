@@ -529,10 +529,11 @@ def load_run_config(run_dir: Path):
     """The run's config as the run used it; the token is left out (a reader needs none)."""
     from q2rl.config import load_config
     from q2rl.run_config import RunConfig
-    from q2rl.run_dir import CONFIG_FILE, open_run_dir
+    from q2rl.run_dir import CONFIG_FILE, open_run_dir, with_run_inputs
 
     open_run_dir(run_dir)
-    return load_config(RunConfig, run_dir / CONFIG_FILE, ["learner.token=", "learner.token_file="])
+    cfg = load_config(RunConfig, run_dir / CONFIG_FILE, ["learner.token=", "learner.token_file="])
+    return with_run_inputs(cfg, run_dir)  # its pi_BC (RUN/bc/) from any working directory
 
 
 def make_report(run_dir: Path, episodes: int = 3, checkpoint: str = "last", frames: str = "auto", size: int = 320,

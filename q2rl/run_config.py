@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,9 @@ from q2rl.config import ConfigError, canonical_hash, canonical_json, check_numbe
 from q2rl.core.agent_config import AgentConfig
 from q2rl.robot.real_config import FrankaEnvConfig
 from q2rl.robot.sim.config import SimEnvConfig
+
+if typing.TYPE_CHECKING:
+    import argparse
 
 TOKEN_ENV = "Q2RL_TOKEN"  # the shared secret, when neither learner.token nor learner.token_file gives it
 
@@ -219,6 +224,13 @@ class RunConfig:
             object.__setattr__(self, "learner", dataclasses.replace(self.learner, token=token))
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvOnlyConfig:
+    """What a command that only drives the robot reads of a run config (`q2rl demos record`): its env section."""
+
+    env: EnvConfig = doc(EnvConfig(), "The environment (sim or real Franka).")
+
+
 def _compatibility_fields(cfg: RunConfig, bc_digest: str) -> dict:
     """What actor and learner must agree on — env, agent, and the BC policy itself (`bc_digest`, a hash of its
     checkpoint file; paths differ between machines, contents must not)."""
@@ -241,15 +253,144 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def command_parser(prog: str, description: str) -> "argparse.ArgumentParser":
-    """An argument parser whose --help lists every RunConfig field with its help text."""
-    import argparse
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
+
+def config_backend(argv: typing.Sequence[str], default_config: str | None = None) -> str | None:
+    """The env backend of the config a command line names (--config FILE, --resume RUN, env.backend=...), read
+    without validating it, for --help; None when the command line names no readable config."""
+    import yaml
+
+    args = list(argv)
+    path = default_config
+    for i, arg in enumerate(args):
+        for flag, suffix in (("--config", ""), ("--resume", "/config.yaml")):
+            if arg == flag and i + 1 < len(args):
+                path = args[i + 1] + suffix
+            elif arg.startswith(flag + "="):
+                path = arg.split("=", 1)[1] + suffix
+    backend = next((a.split("=", 1)[1] for a in args if a.startswith("env.backend=")), None)
+    if backend is None and path:
+        try:
+            backend = ((yaml.safe_load(Path(path).read_text()) or {}).get("env") or {}).get("backend", "sim")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+    return backend if backend in ("sim", "franka") else None
+
+
+def _section_summary(name: str, tp: type, help_text: str) -> str:
     from q2rl.config import describe
 
-    return argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog="Config fields (override any with section.field=value):\n  " + "\n  ".join(describe(RunConfig)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    subs = [field for field, sub in typing.get_type_hints(tp).items() if dataclasses.is_dataclass(sub)]
+    inner = f"; sections {', '.join(f'{name}.{s}' for s in subs)}" if subs else ""
+    return f"  {name:<9} {help_text} ({len(describe(tp))} fields{inner})"
+
+
+def _shallow(tp: type, prefix: str) -> list[str]:
+    """`describe`'s lines for the fields of `tp` itself; a nested section in one line (its fields: --help-all)."""
+    from q2rl.config import describe
+
+    hints, every = typing.get_type_hints(tp), describe(tp, prefix)
+    lines = []
+    for f in dataclasses.fields(tp):
+        sub = hints[f.name]
+        if dataclasses.is_dataclass(sub):
+            lines.append(f"{prefix}{f.name}.* ({len(describe(sub))} fields): {f.metadata.get('help', '')}")
+        else:
+            lines += [line for line in every if line.startswith(f"{prefix}{f.name} ")]
+    return lines
+
+
+def help_lines(cls: type, sections: typing.Sequence[str], backend: str | None, expand: bool) -> list[str]:
+    """The config part of a command's --help: each section it reads, one line each (`expand`: every field), and
+    for env, the fields of the backend in use only (`backend`; None: unknown, its sections named)."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if f.name not in sections:
+            continue
+        tp, help_text = hints[f.name], f.metadata.get("help", "")
+        if expand:
+            prefix = f.name + "."
+            while len(dataclasses.fields(tp)) == 1:  # a wrapper (bc: {train: ...}): show what it wraps
+                only = dataclasses.fields(tp)[0]
+                tp, prefix = typing.get_type_hints(tp)[only.name], f"{prefix}{only.name}."
+            lines += ["  " + line for line in _shallow(tp, prefix)]
+        elif f.name == "env" and backend is not None:
+            lines.append(f"  env       {help_text} Backend {backend} (from the config), its fields:")
+            lines += ["    " + line for line in _shallow(tp, "env.") if line.startswith("env.backend ")]
+            lines += ["    " + line for line in _shallow(typing.get_type_hints(tp)[backend], f"env.{backend}.")]
+        else:
+            lines.append(_section_summary(f.name, tp, help_text))
+    return lines
+
+
+def _help_all_action(cls: type, sections: typing.Sequence[str]):
+    import argparse
+
+    class HelpAll(argparse.Action):
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.print_usage()
+            from q2rl.config import describe
+
+            print("\nEvery config field (override any with section.field=value):")
+            print("\n".join("  " + line for line in describe(cls) if line.split(".", 1)[0] in sections))
+            parser.exit()
+
+    return HelpAll
+
+
+def section_parser(prog: str, description: str, cls: type, example: str, sections: typing.Sequence[str] = (),
+                   argv: typing.Sequence[str] = (), default_config: str | None = None,
+                   expand: bool = True) -> "argparse.ArgumentParser":
+    """An argument parser for a command whose config is `cls` (its `sections`, default all): overrides as plain
+    `section.field=value` arguments, as every command takes them; --help names the sections (`expand`: their
+    fields; env: the backend in use), --help-all lists every field."""
+    import argparse
+
+    sections = tuple(sections) or tuple(f.name for f in dataclasses.fields(cls))
+    backend = config_backend(argv, default_config) if "env" in sections else None
+    where = "Fields" if expand else "Sections"
+    epilog = [f"Config overrides: plain arguments section.field=value (the value in YAML), e.g. {example}.",
+              f"{where} this command reads (--help-all lists every field):",
+              *help_lines(cls, sections, backend, expand)]
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog="\n".join(epilog),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--help-all", action=_help_all_action(cls, sections),
+                        help="show every config field this command reads, and exit")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help=f"config overrides (sections: {', '.join(sections)})")
+    return parser
+
+
+def command_parser(prog: str, description: str, argv: typing.Sequence[str] = (),
+                   sections: typing.Sequence[str] = SECTIONS,
+                   default_config: str | None = None) -> "argparse.ArgumentParser":
+    """An argument parser for a command that reads a run config: `section_parser` over the RunConfig sections it
+    reads, each named in --help in one line (env: the fields of the backend in use), every field by --help-all."""
+    return section_parser(prog, description, RunConfig, "agent.utd=4", sections, argv, default_config, expand=False)
+
+
+def deprecated_set(prog: str, values: typing.Sequence[str], section: str,
+                   old_prefixes: typing.Sequence[str] = ()) -> list[str]:
+    """Overrides given the old way (`--set FIELD=VALUE`, kept for one release) in the one form every command takes,
+    `section.FIELD=VALUE` (`old_prefixes`: what the old form let a key start with, e.g. "bc."); each prints a
+    one-line notice with its new spelling."""
+    out = []
+    for text in values:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not key.startswith(section + "."):
+            for prefix in old_prefixes:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    break
+            key = f"{section}.{key}"
+        new = f"{key}{sep}{value}"
+        print(f"{prog}: --set is deprecated and goes in the next release; write {new} (a plain argument)",
+              file=sys.stderr)
+        out.append(new)
+    return out

@@ -100,3 +100,87 @@ def open_run_dir(path: str | Path) -> Path:
     if not (path / CONFIG_FILE).is_file():
         raise RunDirError(f"{path} is not a q2rl run directory (no {CONFIG_FILE}); nothing to resume")
     return path
+
+
+# ------------------------------------------------------------------------- the run's inputs: pi_BC and its demos
+# A run directory stands alone: it holds a copy of its BC policy (and of the demos a demo buffer samples) under
+# RUN/bc/, and config.yaml names them relative to the run directory, so the directory can be moved, copied to the
+# robot's machine, or used from any working directory.
+
+RUN_BC_DIR = "bc"
+RUN_BC_POLICY = "bc/policy.ckpt"
+RUN_DEMOS = "bc/demos.hdf5"
+
+
+def find_run_input(path: str | Path, base: str | Path, present=Path.exists) -> Path | None:
+    """Where an input that a config file in directory `base` names (bc.checkpoint, bc.demos) is: an absolute path
+    as it is; a relative one in `base` first (a run's own copy), else relative to the working directory, else to a
+    parent of `base` (runs created before they held their inputs named them relative to where q2rl ran). None when
+    it is in none of these places."""
+    path, base = Path(path), Path(base)
+    if path.is_absolute():
+        return path if present(path) else None
+    candidates = [base / path, path, *(parent / path for parent in base.resolve().parents)]
+    return next((c for c in candidates if present(c)), None)
+
+
+def find_bc_checkpoint(path: str | Path, base: str | Path) -> Path:
+    """The BC checkpoint (directory or policy.ckpt) a run's config names, by `find_run_input`; CheckpointError
+    naming the places looked in when it is in none."""
+    from q2rl.core.checkpoint import CheckpointError, bc_policy_file
+
+    found = find_run_input(path, base, lambda p: bc_policy_file(p).is_file())
+    if found is None:
+        raise CheckpointError(f"{Path(base) / CONFIG_FILE} names the BC policy {path}, which is not there (neither "
+                              f"relative to {base} nor to the working directory); pass bc.checkpoint=PATH")
+    return found
+
+
+def with_run_inputs(cfg, base: str | Path):
+    """`cfg` (read from a config file in directory `base`, e.g. RUN/config.yaml) with bc.checkpoint and bc.demos
+    as paths this process can open, wherever it runs from; one left as it is when it is not found (the command
+    that needs it says so)."""
+    import dataclasses
+
+    from q2rl.core.checkpoint import bc_policy_file
+
+    bc = cfg.bc
+    checkpoint = bc.checkpoint and find_run_input(bc.checkpoint, base, lambda p: bc_policy_file(p).is_file())
+    demos = bc.demos and find_run_input(bc.demos, base, Path.is_file)
+    bc = dataclasses.replace(bc, checkpoint=str(checkpoint or bc.checkpoint), demos=str(demos or bc.demos))
+    return dataclasses.replace(cfg, bc=bc)
+
+
+def bc_source_file(cfg) -> Path:
+    """The policy.ckpt a new run's bc.checkpoint names; ConfigError when there is none (checked before the run
+    directory is created, so a typo leaves no empty run behind)."""
+    from q2rl.config import ConfigError
+    from q2rl.core.checkpoint import bc_policy_file
+
+    source = bc_policy_file(cfg.bc.checkpoint)
+    if not source.is_file():
+        raise ConfigError(f"bc.checkpoint: {cfg.bc.checkpoint} is not a BC policy (a `q2rl bc train` output directory "
+                          "or its policy.ckpt)")
+    return source
+
+
+def keep_run_inputs(cfg, run_dir: str | Path):
+    """Copy a new run's BC policy (with its eval.json, pi_BC's measured success) and, when the agent samples demos
+    (agent.algo rlpd, agent.use_demos), bc.demos into RUN/bc/; `cfg` naming the copies relative to the run
+    directory, as config.yaml is to say them."""
+    import dataclasses
+    import shutil
+
+    run_dir = Path(run_dir)
+    source = bc_source_file(cfg)
+    (run_dir / RUN_BC_DIR).mkdir(exist_ok=True)
+    shutil.copy2(source, run_dir / RUN_BC_POLICY)
+    # pi_BC's measured success: `bc eval`'s eval.json beside it, or the session cache's bc_eval.json (bc_source)
+    measured = [p for p in (source.parent / "eval.json", source.parent.parent / "bc_eval.json") if p.is_file()]
+    if measured:
+        shutil.copy2(measured[0], run_dir / RUN_BC_DIR / "eval.json")
+    demos = cfg.bc.demos
+    if demos and cfg.agent.use_demos and Path(demos).is_file():
+        shutil.copy2(demos, run_dir / RUN_DEMOS)
+        demos = RUN_DEMOS
+    return dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, checkpoint=RUN_BC_POLICY, demos=demos))

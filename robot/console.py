@@ -59,6 +59,7 @@ class StatusLine:
     link: str = "-"  # learner link health, e.g. "ok", "down 3s", "spooling 120"
     mode: str = "train"  # train | eval | paused | waiting for reset
     message: str = ""
+    training: bool = True  # False (teleoperation): no BC/RL share, no parameter version, which do not apply
 
     def render(self, width: int = 120) -> str:
         """The line, at most `width` characters: in full when it fits, else in a compact form that keeps every
@@ -72,17 +73,18 @@ class StatusLine:
 
         width = max(width, 20)
         version = self.learner_version if self.learner_version >= 0 else "-"
-        text = (
-            f"[{self.mode}] ep {self.episode} step {self.step} | BC {pct(self.bc_share)} RL {pct(1 - self.bc_share)} | "
-            f"success {pct(self.success_rate)} | learner v{version} | link {self.link}"
-        )
+        share = f"BC {pct(self.bc_share)} RL {pct(1 - self.bc_share)} | " if self.training else ""
+        learner = f"learner v{version} | " if self.training else ""
+        text = (f"[{self.mode}] ep {self.episode} step {self.step} | {share}"
+                f"success {pct(self.success_rate)} | {learner}link {self.link}")
         if self.message:
             text += f" | {self.message}"
         if len(text) <= width:
             return text
         mode = "press r" if self.mode.startswith("waiting for reset") else self.mode
-        text = (f"[{mode}] ep {self.episode} st {self.step} | BC {tight(self.bc_share)} RL "
-                f"{tight(1 - self.bc_share)} | succ {tight(self.success_rate)} | v{version} {self.link}")
+        share = f"BC {tight(self.bc_share)} RL {tight(1 - self.bc_share)} | " if self.training else ""
+        text = (f"[{mode}] ep {self.episode} st {self.step} | {share}succ {tight(self.success_rate)} | "
+                f"{f'v{version} ' if self.training else ''}{self.link}")
         if self.message and len(text) + 3 + len(self.message) <= width:
             text += f" | {self.message}"
         return text[:width]
@@ -96,11 +98,12 @@ def parse_keys(data: str) -> list[Command]:
 class OperatorConsole:
     """Reads operator keys from a terminal without blocking and keeps a status line on its last row."""
 
-    def __init__(self, fd: int | None, out: TextIO, *, handle_help: bool = True):
+    def __init__(self, fd: int | None, out: TextIO, *, handle_help: bool = True, help_text: str = HELP_TEXT):
         self.fd = fd
         self.out = out
         self.interactive = fd is not None
         self.handle_help = handle_help
+        self.help_text = help_text  # the keys that apply where it is used (teleoperation has no e, for one)
         self._saved_attrs = None
         self._status = StatusLine()
 
@@ -110,6 +113,7 @@ class OperatorConsole:
         require_terminal: bool,
         stdin: TextIO | None = None,
         out: TextIO | None = None,
+        help_text: str = HELP_TEXT,
     ) -> OperatorConsole:
         """A console on stdin; without a terminal: raise if `require_terminal`, else a key-less console."""
         stdin = stdin or sys.stdin
@@ -128,8 +132,8 @@ class OperatorConsole:
             out.write("q2rl: stdin is not a terminal; no operator keys, episodes end on the environment's own "
                       "success signal and time limit.\n")
             out.flush()
-            return cls(None, out)
-        return cls(fd, out)
+            return cls(None, out, help_text=help_text)
+        return cls(fd, out, help_text=help_text)
 
     # ---- context manager: cbreak mode in, restored out -------------------------------------------------------
 
@@ -137,7 +141,7 @@ class OperatorConsole:
         if self.fd is not None:
             self._saved_attrs = termios.tcgetattr(self.fd)
             tty.setcbreak(self.fd)  # keys without Enter, no echo; Ctrl-C still raises KeyboardInterrupt
-            self._write(HELP_TEXT + "\n")
+            self._write(self.help_text + "\n")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -203,4 +207,4 @@ class OperatorConsole:
             self._write(text + "\n")
 
     def show_help(self) -> None:
-        self.print(HELP_TEXT)
+        self.print(self.help_text)

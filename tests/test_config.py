@@ -311,6 +311,7 @@ def test_the_token_comes_from_a_file_or_the_environment_and_is_never_written_to_
     token_file = tmp_path / "token"
     token_file.write_text("  from-a-file\n")
     base = f"learner: {{run_root: {tmp_path / 'runs'}}}\nbc: {{checkpoint: {tmp_path / 'policy.ckpt'}}}\n"
+    (tmp_path / "policy.ckpt").write_bytes(b"a run copies its pi_BC; the bytes do not matter here")
     config = write(tmp_path, base)
     assert load_config(RunConfig, config, [f"learner.token_file={token_file}"]).learner.token == "from-a-file"
     monkeypatch.setenv("Q2RL_TOKEN", "from-the-environment")
@@ -345,3 +346,123 @@ def test_batch_accounting_says_what_batch_size_counts():
     assert (authors.utd, authors.batch_size, authors.minibatch_size) == (4, 256, 64)
     with pytest.raises(ConfigError, match="batch_size: 250 must split into utd=4 equal minibatches"):
         from_dict(AgentConfig, {"preset": "paper", "batch_size": 250, "batch_accounting": "update"}).validate()
+
+
+# ------------------------------------------------------------------ one override syntax, errors in the argument
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("agent.utdd=4", "argument 'agent.utdd=4': no field utdd in agent (did you mean utd?)"),
+        ("agnt.utd=4", "argument 'agnt.utd=4': no section agnt (did you mean agent?)"),
+        ("agent.utd=many", "argument 'agent.utd=many': agent.utd: expected an integer, got 'many'"),
+        ("learner.replay_capacity=-5", "argument 'learner.replay_capacity=-5': learner.replay_capacity: -5 must be"),
+        ("agent.utd", "argument 'agent.utd': expected the form section.field=value"),
+    ],
+)
+def test_a_command_line_typo_is_an_error_in_its_argument_not_in_the_yaml_file(tmp_path, override, message):
+    from q2rl.config import OverrideError
+    from q2rl.run_config import RunConfig
+
+    path = write(tmp_path, "env: {backend: sim}\n")
+    with pytest.raises(OverrideError) as err:
+        load_config(RunConfig, path, [override])
+    assert str(err.value).startswith(message)
+    assert str(path) not in str(err.value)
+
+
+def test_an_error_in_the_file_still_names_the_file_when_overrides_are_given(tmp_path):
+    from q2rl.config import OverrideError
+
+    path = write(tmp_path, "optim: {lr: -1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Run, path, ["steps=3"])
+    assert not isinstance(err.value, OverrideError) and str(path) in str(err.value)
+
+
+def _cli(*argv):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "q2rl.cli", *argv], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["session", "agent.utdd=4"], "q2rl session: argument 'agent.utdd=4': no field utdd in agent (did you mean utd?)"),
+        (["bc", "train", "--demos", "x.hdf5", "--out", "o", "bc.train.stepz=3"],
+         "q2rl bc train: argument 'bc.train.stepz=3': no field stepz in bc.train (did you mean steps?)"),
+        (["demos", "scripted", "--out", "x.hdf5", "env.sim.max_episode_stepz=80"],
+         "q2rl demos scripted: argument 'env.sim.max_episode_stepz=80': no field max_episode_stepz in env.sim "
+         "(did you mean max_episode_steps?)"),
+        (["demos", "record", "--config", "configs/sim/pick_cube.yaml", "--out", "x.hdf5", "env.sim.tsk=kitting"],
+         None),  # needs a terminal first; checked below through its parser
+    ],
+)
+def test_every_command_takes_overrides_as_plain_section_field_arguments(argv, error):
+    if error is None:
+        from q2rl.config import OverrideError, build_config
+        from q2rl.run_config import EnvOnlyConfig
+
+        with pytest.raises(OverrideError, match="no field tsk in env.sim"):
+            build_config(EnvOnlyConfig, {}, ["env.sim.tsk=kitting"])
+        return
+    proc = _cli(*argv)
+    assert proc.returncode == 2
+    assert error in proc.stderr.splitlines(), proc.stderr
+
+
+def test_the_old_set_form_still_works_for_one_release_and_says_the_new_one(tmp_path):
+    from q2rl.bc.cli import load_bc_config
+    from q2rl.run_config import deprecated_set
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        overrides = deprecated_set("q2rl bc train", ["bc.policy.kind=gmm", "steps=7", "bc.train.seed=3"], "bc.train",
+                                   old_prefixes=("bc.",))
+    assert overrides == ["bc.train.policy.kind=gmm", "bc.train.steps=7", "bc.train.seed=3"]
+    notices = err.getvalue().splitlines()
+    assert len(notices) == 3 and "write bc.train.policy.kind=gmm (a plain argument)" in notices[0]
+    cfg = load_bc_config(None, overrides)
+    assert (cfg.policy.kind, cfg.steps, cfg.seed) == ("gmm", 7, 3)
+    proc = _cli("demos", "scripted", "--out", str(tmp_path / "x.hdf5"), "--set", "max_episode_steps=oops")
+    assert "write env.sim.max_episode_steps=oops" in proc.stderr
+    assert "argument 'env.sim.max_episode_steps=oops'" in proc.stderr
+
+
+# ------------------------------------------------------------------ --help shows the sections that apply
+
+
+def test_session_help_lists_the_sections_and_only_the_sim_backend_and_help_all_lists_every_field(tmp_path):
+    proc = _cli("session", "--help")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= 60, len(lines)
+    assert not any("env.franka" in line for line in lines)
+    assert any(line.strip().startswith("env.sim.task ") for line in lines)
+    for section in ("bc", "agent", "learner", "actor", "session"):
+        assert any(line.startswith(f"  {section} ") for line in lines), section
+    assert "--help-all" in proc.stdout
+    full = _cli("session", "--help-all").stdout
+    assert "env.franka.robot_ip" in full and "agent.utd " in full and "session.env_steps " in full
+
+
+def test_a_help_without_a_known_config_names_envs_backends_and_a_real_config_shows_franka_only(tmp_path):
+    lines = _cli("learner", "--help").stdout.splitlines()
+    assert len(lines) <= 60
+    env = next(line for line in lines if line.startswith("  env "))
+    assert "env.sim" in env and "env.franka" in env
+    assert not any(line.startswith("  actor ") for line in lines)  # the learner does not read actor.*
+    real = write(tmp_path, "env: {backend: franka}\n")
+    lines = _cli("learner", "--config", str(real), "--help").stdout.splitlines()
+    assert len(lines) <= 60, len(lines)
+    assert any("env.franka.robot_ip " in line for line in lines)
+    assert not any("env.sim." in line for line in lines)
+    for argv in (["actor", "--help"], ["deploy", "--help"], ["bc", "train", "--help"], ["demos", "scripted", "--help"]):
+        lines = _cli(*argv).stdout.splitlines()
+        assert len(lines) <= 60 and "--help-all" in "\n".join(lines), argv

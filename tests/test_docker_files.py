@@ -134,3 +134,40 @@ def test_compose_builds_existing_dockerfiles_and_runs_existing_commands():
     assert actor_cmd[actor_cmd.index("--learner") + 1].startswith("learner:")
     default_config = re.search(r":-([^}]+)\}", services["learner"]["command"][1]).group(1)
     assert (REPO / default_config).is_file(), f"compose's default config {default_config} does not exist"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_an_image_that_runs_make_installs_it(dockerfile):
+    """python:*-slim has no make; `make protos` in a RUN then fails the build."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    runs = [args for word, args in dockerfile_instructions(dockerfile) if word == "RUN"]
+    if not any(re.search(r"(^|&&|;)\s*make\b", args) for args in runs):
+        return
+    installed = set()
+    for m in re.finditer(r"apt-get install ([^&]+)", text):
+        installed |= {w for w in m.group(1).split() if not w.startswith("-")}
+    assert "make" in installed, f"{dockerfile.name} runs make but does not install it"
+
+
+def test_the_build_context_leaves_out_the_venv_the_runs_and_caches():
+    path = REPO / ".dockerignore"
+    assert path.is_file(), "no .dockerignore: the .venv (over a gigabyte) and runs/ go into every build context"
+    patterns = {line.strip().rstrip("/") for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    for needed in (".venv", "runs", ".git"):
+        assert needed in patterns, f".dockerignore does not exclude {needed}"
+    assert any("__pycache__" in p for p in patterns)
+    # nothing an image copies is excluded
+    for dockerfile in DOCKERFILES:
+        for word, args in dockerfile_instructions(dockerfile):
+            if word == "COPY":
+                for source in args.split()[:-1]:
+                    assert source.rstrip("/").split("/")[0] not in patterns, f"{dockerfile.name} copies {source}"
+
+
+def test_a_second_compose_up_is_not_refused_for_a_fixed_run_name():
+    """A fixed learner.run_name makes the second `up` stop on 'run directory exists'; the default must be empty
+    (the learner then names the run <task>-<date>-<time>) unless the user names one."""
+    command = yaml.safe_load((REPO / "docker/compose.yaml").read_text())["services"]["learner"]["command"]
+    names = [a for a in command if a.startswith("learner.run_name=")]
+    assert all(re.fullmatch(r"learner\.run_name=\$\{\w+:-\}", a) for a in names), names

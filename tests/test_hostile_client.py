@@ -82,7 +82,9 @@ def test_bad_values_between_good_ones_are_refused_and_survive_a_sigkill_and_resu
         from q2rl.core.checkpoint import bc_policy_file, load_bc_policy
         from q2rl.run_config import compatibility_hash, file_digest
 
-        cfg = load_config(RunConfig, run / "config.yaml")
+        from q2rl.run_dir import with_run_inputs
+
+        cfg = with_run_inputs(load_config(RunConfig, run / "config.yaml"), run)  # bc/policy.ckpt is in the run
         state_dim = int(load_bc_policy(cfg.bc.checkpoint).normalizer.state_mean.shape[-1])
         reasons = expected_reasons(state_dim)
         args = {"config_hash": compatibility_hash(cfg, file_digest(bc_policy_file(cfg.bc.checkpoint))),

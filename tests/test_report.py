@@ -130,7 +130,7 @@ def test_export_round_trips_the_stored_episodes_into_bc_train(session):
         assert proc.returncode == 1 and "no stored episode matched" in proc.stderr
     # `q2rl bc train` accepts the file.
     proc = run_q2rl("bc", "train", "--demos", str(out), "--out", str(session.tmp / "bc_retrained"), "--steps", "20",
-                    "--no-progress", "--set", "eval_every=10", "--set", "successes_only=false")
+                    "--no-progress", "bc.train.eval_every=10", "bc.train.successes_only=false")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 20
 

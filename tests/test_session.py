@@ -60,8 +60,10 @@ def test_a_short_session_with_two_actors_trains_and_leaves_a_complete_run_direct
     assert status["best_eval"]["success_rate"] == max(p["success_rate"] for p in status["eval_curve"])
     assert summary["best_final_eval_success"] == best["success_rate"]
     assert "best checkpoint" in out and "q2rl export" in out
+    # The run holds its own pi_BC, named relative to the run directory (the directory stands alone).
     config_text = (run / "config.yaml").read_text()
-    assert "policy.ckpt" not in config_text and str(cache[0].parent) in config_text  # the resolved BC path
+    assert "checkpoint: bc/policy.ckpt" in config_text and str(cache[0].parent) not in config_text
+    assert (run / "bc" / "policy.ckpt").read_bytes() == cache[0].read_bytes()
 
     # The episode store holds exactly the transitions the learner counted: per actor, seq 0..N-1 without gaps,
     # and both actors fed the one learner.
@@ -141,8 +143,8 @@ def test_a_session_into_an_existing_run_directory_changes_nothing_in_it(tmp_path
     assert not (tmp_path / "bc-cache").exists()
 
 
-def test_session_help_lists_every_config_field():
-    proc = subprocess.run(q2rl("session", "--help"), stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
+def test_session_help_all_lists_every_config_field():
+    proc = subprocess.run(q2rl("session", "--help-all"), stdout=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
                           timeout=60)
     assert proc.returncode == 0
     for field in ("session.env_steps", "learner.address", "actor.pace", "agent.q_estimation.rollout_episodes",

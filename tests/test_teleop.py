@@ -51,6 +51,7 @@ class Terminal:
                                       cwd=cwd, env=env, close_fds=True)
         os.close(slave)
         self.seen = b""
+        self.everything = b""  # all output, for what must never be shown
 
     def expect(self, pattern: bytes, timeout_s: float = 60.0) -> re.Match:
         deadline = time.monotonic() + timeout_s
@@ -64,7 +65,9 @@ class Terminal:
                 raise AssertionError(f"{pattern!r} not seen; output: {self.seen[-2000:]!r}")
             if select.select([self.master], [], [], min(remaining, 0.5))[0]:
                 try:
-                    self.seen += os.read(self.master, 65536)
+                    chunk = os.read(self.master, 65536)
+                    self.seen += chunk
+                    self.everything += chunk
                 except OSError:
                     pass
 
@@ -109,6 +112,10 @@ def test_record_in_the_simulator_through_a_pty(tmp_path):
     finally:
         term.close()
     assert json.loads(summary.group(1)) == {"out": str(out), "demos": 1, "attempts": 2}
+    shown = term.everything.decode(errors="replace")
+    assert "s success (keep)" in shown and "space gripper" in shown  # the teleop keys
+    assert "evaluation episode" not in shown and "checkpoint" not in shown  # no training key
+    assert "learner v" not in shown and "RL " not in shown  # nor training figures on the status line
     demos = read_demos(out, load_next_obs=True)
     assert len(demos) == 1 and demos.env_args["env_name"] == "pick_cube"
     assert demos.env_args["demo_source"]["kind"] == "teleop"
@@ -132,3 +139,34 @@ def test_record_refuses_without_a_terminal(tmp_path):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "stdin is not a terminal" in result.stderr
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_sim_teleop_has_a_recording_limit_of_its_own_and_the_file_keeps_the_training_limit(tmp_path):
+    """pick_cube's 60-step training limit ended a hand-driven episode after 6 s."""
+    from q2rl.demos.teleop import SIM_MAX_STEPS, make_teleop_env
+
+    config = tmp_path / "sim.yaml"
+    config.write_text("env:\n  backend: sim\n  sim:\n    task: pick_cube\n")
+    teleop = make_teleop_env(str(config), ["env.sim.control_hz=20"])
+    try:
+        assert teleop.env.max_episode_steps == SIM_MAX_STEPS >= 1000
+        assert teleop.env_args["env_kwargs"]["max_episode_steps"] == 0  # bc eval: the task's own limit
+        assert teleop.control_hz == 20.0
+    finally:
+        teleop.env.close()
+    teleop = make_teleop_env(str(config), [], max_steps=77)
+    try:
+        assert teleop.env.max_episode_steps == 77
+    finally:
+        teleop.env.close()
+
+
+def test_record_help_names_the_recording_limit_and_the_env_backend_in_use(tmp_path):
+    config = tmp_path / "sim.yaml"
+    config.write_text("env:\n  backend: sim\n  sim:\n    task: pick_cube\n")
+    code = "import sys; from q2rl.cli import main; sys.exit(main(['demos', 'record', *sys.argv[1:]]))"
+    result = subprocess.run([sys.executable, "-c", code, "--config", str(config), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--max-steps" in result.stdout and "env.sim.task " in result.stdout
+    assert "env.franka.robot_ip" not in result.stdout and "evaluation episode" not in result.stdout
