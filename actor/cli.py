@@ -47,14 +47,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def open_console(cfg):
-    """The operator console the config asks for (auto: when stdin is a terminal); None when off."""
+def open_console(cfg, help_text: str | None = None):
+    """The operator console the config asks for (auto: when stdin is a terminal); None when off. `help_text`: the
+    keys that apply where it is used (default: a training actor's)."""
     if cfg.actor.console == "none":
         return None
-    from q2rl.robot.console import OperatorConsole
+    from q2rl.robot.console import HELP_TEXT, OperatorConsole
 
     require = cfg.actor.console == "require" or cfg.env.backend == "franka"
-    return OperatorConsole.open(require_terminal=require, out=_terminal_out())
+    return OperatorConsole.open(require_terminal=require, out=_terminal_out(), help_text=help_text or HELP_TEXT)
 
 
 def _terminal_out():

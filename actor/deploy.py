@@ -134,6 +134,7 @@ def run_deploy(args, stop: threading.Event) -> dict:
     from q2rl.actor.acting import ActingPolicy, build_actor
     from q2rl.actor.actor import _Quit
     from q2rl.actor.cli import open_console
+    from q2rl.robot.console import DEPLOY_HELP_TEXT
     from q2rl.demos.hdf5 import DemoWriter
     from q2rl.robot.envs import make_env
     from q2rl.stats import format_rate, wilson_interval
@@ -153,7 +154,7 @@ def run_deploy(args, stop: threading.Event) -> dict:
     console = None
     try:
         check_fits(policy, cfg, env)
-        console = open_console(cfg)
+        console = open_console(cfg, help_text=DEPLOY_HELP_TEXT)
         interactive = console is not None and getattr(console, "interactive", False)
         writer = DemoWriter(out, env_args={"env_name": cfg.env.task_name(), "type": "q2rl_deploy",
                                            "env": _plain(cfg.env), "policy_file": str(args.policy_file),

@@ -40,6 +40,12 @@ HELP_TEXT = (
     "p pause/resume | e evaluation episode | q quit (flush, checkpoint) | h help"
 )
 
+# Deploying a policy: no learner, so no evaluation episodes to ask for and nothing to checkpoint.
+DEPLOY_HELP_TEXT = (
+    "keys: s success (reward 1, ends episode) | f failure (ends episode) | r reset done, start next episode | "
+    "p pause/resume | q quit (the episode under way is recorded as cut) | h help"
+)
+
 _KEYS = {c.value: c for c in Command}
 
 
