@@ -22,7 +22,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from q2rl.config import from_dict
@@ -106,7 +105,6 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
 def fit_seconds(name: str, overrides: dict, seconds: float, steps_per_episode: int = 60) -> dict:
     """The Q-Estimation fit of a preset on synthetic pick_cube-sized rollouts: each regression timed for up to
     `seconds` after its first (compiling) chunk, its total steps extrapolated at that rate."""
-    from q2rl.core.q_estimation import STAGES
     from q2rl.core.replay import Episode
 
     cfg = from_dict(AgentConfig, overrides)

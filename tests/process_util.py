@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +84,21 @@ def start(argv: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
     prefix = ["nice", "-n", str(niceness)] if niceness else []
     return subprocess.Popen(prefix + argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=child_env(), cwd=REPO)
+
+
+def stop_in_order(*procs: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Ctrl-C each process in turn (actors before their learner, so the spools drain into it) and check that each
+    exits cleanly."""
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout_s) == 0, f"{p.args[3:5]} exited with {p.returncode} after Ctrl-C"
+
+
+def kill_left(procs) -> None:
+    """SIGKILL whatever of `procs` still runs (a test's `finally`)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
 
 
 def free_port() -> int:

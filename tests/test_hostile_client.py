@@ -6,13 +6,12 @@ the episode store holds every good transition exactly once and none of the bad o
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from process_util import (REPO, free_port, generate_stubs, q2rl, read_json, start, tiny_bc_policy,
-                          tiny_run_config, wait_for)
+from process_util import (REPO, free_port, generate_stubs, kill_left, q2rl, read_json, start, stop_in_order,
+                          tiny_bc_policy, tiny_run_config, wait_for)
 
 from q2rl import wire
 from q2rl.config import load_config
@@ -106,12 +105,9 @@ def test_bad_values_between_good_ones_are_refused_and_survive_a_sigkill_and_resu
         assert second[0]["acks"] == [4 * 10 - 1]  # duplicates of what the killed learner stored: dropped
         check_refusals(second, reasons)
         assert learner.poll() is None, "the resumed learner died of a client's data"
-        learner.send_signal(signal.SIGINT)
-        assert learner.wait(60) == 0
+        stop_in_order(learner)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        kill_left(procs)
 
     good = 4 * len(kinds)
     store = EpisodeStore(run)

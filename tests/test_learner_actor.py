@@ -4,7 +4,6 @@ learner (then --resume) without losing or duplicating a transition."""
 
 import dataclasses
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from process_util import REPO, child_env, free_port, q2rl, read_json, start, tiny_bc_policy, tiny_run_config, wait_for
+from process_util import (REPO, child_env, free_port, kill_left, q2rl, read_json, start, stop_in_order, tiny_bc_policy,
+                          tiny_run_config, wait_for)
 
 from q2rl.config import load_config
 from q2rl.interfaces import EpisodeReport, Transition
@@ -528,14 +528,9 @@ def test_faults_over_loopback_grpc_kill_an_actor_then_the_learner_and_resume(tmp
         assert adopted_at - connected_at < publish_every_s, (adopted_at - connected_at)
 
         # 3. Clean shutdown: the actor flushes its spool, then the learner checkpoints.
-        steady.send_signal(signal.SIGINT)
-        assert steady.wait(60) == 0
-        learner.send_signal(signal.SIGINT)
-        assert learner.wait(60) == 0
+        stop_in_order(steady, learner)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        kill_left(procs)
 
     final = read_json(run / "status.json")
     steady_status = read_json(run / "actors" / "steady.json")
@@ -603,7 +598,6 @@ def test_a_learner_killed_in_the_rollouts_and_in_the_fit_resumes_and_the_same_ac
         resumed = start(q2rl("learner", "--resume", str(run)), log)
         procs.append(resumed)
         wait_for(lambda: "serving on" in log.read_text(), 180, "the resumed learner to serve", (resumed, actor))
-        serving = time.monotonic()
         wait_for(lambda: actor_steps() > held, 15, "the same actor to step again", (resumed, actor))
         return resumed, seen
 
@@ -639,14 +633,9 @@ def test_a_learner_killed_in_the_rollouts_and_in_the_fit_resumes_and_the_same_ac
         wait_for(lambda: status().get("phase") == "online" and status().get("updates", 0) > 10, 120,
                  "online updates after the fit", (learner, actor))
 
-        actor.send_signal(signal.SIGINT)
-        assert actor.wait(60) == 0
-        learner.send_signal(signal.SIGINT)
-        assert learner.wait(60) == 0
+        stop_in_order(actor, learner)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        kill_left(procs)
     sent = read_json(run / "actors" / "paced.json")["env_steps"]
     assert store_seqs(run, "paced") == list(range(sent)), "every transition the actor made is stored exactly once"
     # A learner started alone keeps its log in the run directory too, across restarts, without JAX's backend noise.

@@ -4,10 +4,10 @@ written by the session's own summary writer."""
 
 from __future__ import annotations
 
-import signal
 
 import pytest
-from process_util import free_port, q2rl, read_json, start, tiny_bc_policy, tiny_run_config, wait_for
+from process_util import (free_port, kill_left, q2rl, read_json, start, stop_in_order, tiny_bc_policy, tiny_run_config,
+                          wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,9 @@ def test_a_learner_alone_prints_status_lines_and_writes_summary_json_on_ctrl_c(t
                            f"actor.spool_dir={tmp_path / 'spool'}", "actor.console=none"), tmp_path / "actor.out")
         procs.append(actor)
         wait_for(lambda: (read_json(run / "status.json") or {}).get("eval_curve"), 90, "an eval window", procs)
-        actor.send_signal(signal.SIGINT)
-        assert actor.wait(60) == 0
-        learner.send_signal(signal.SIGINT)  # Ctrl-C
-        assert learner.wait(60) == 0
+        stop_in_order(actor, learner)  # Ctrl-C
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        kill_left(procs)
     status = read_json(run / "status.json")
     summary = read_json(run / "summary.json")
     assert summary is not None, "summary.json written when the learner stops"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from q2rl.actor.link import ActorLink
 from q2rl.learner.episode_store import EpisodeStore
