@@ -136,9 +136,8 @@ def fit_seconds(name: str, overrides: dict, seconds: float, steps_per_episode: i
         rate = (done - fit.chunk_steps) / max(time.perf_counter() - t0, 1e-9) if done > fit.chunk_steps else 0.0
         rates[stage] = round(rate, 1)
         total_s += first + (steps - fit.chunk_steps) / rate if rate else first
-        while fit.stage_name == stage:  # the rest of the stage is extrapolated, not run
-            fit.stage, fit.done, fit._current = fit.stage + 1, 0, None
-            fit._skip_empty_stages()
+        if fit.stage_name == stage:  # the rest of the stage is extrapolated, not run
+            fit.end_stage()
     out = {"name": name, "fit_s": round(total_s, 1), "steps_per_s": rates,
            "rollout_s_at_10hz": cfg.q_estimation.rollout_episodes * steps_per_episode / 10.0}
     print(json.dumps(out), file=sys.stderr, flush=True)

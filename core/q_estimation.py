@@ -95,6 +95,19 @@ def rollout_data(episodes: Sequence[Episode], cfg: AgentConfig) -> RolloutData:
 
 
 # ------------------------------------------------------------------------------------------------ fitting
+def regression_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """The optimiser of every Q-Estimation regression (its state's structure does not depend on the rate)."""
+    return optax.adam(learning_rate)
+
+
+# What each stage trains, read off the params (STAGES below names them in order).
+STAGE_PARTS: dict[str, Callable[[AgentParams], Any]] = {
+    "value": lambda p: p.value,
+    "actor": lambda p: p.actor,
+    "critic": lambda p: (p.critic, p.encoder),
+}
+
+
 class Regression:
     """Adam on `loss_fn(params, minibatch, key)` over random minibatches of `data` (a pytree of [N, ...] arrays),
     in jitted lax.scan chunks that can stop and go on: the state between chunks is just (params, opt_state)."""
@@ -102,7 +115,7 @@ class Regression:
     def __init__(self, loss_fn: Callable[[Any, Any, jax.Array], jax.Array], data: Any, batch_size: int,
                  learning_rate: float):
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
-        self.tx = tx = optax.adam(learning_rate)
+        self.tx = tx = regression_optimizer(learning_rate)
         self.data = jax.tree_util.tree_map(jnp.asarray, data)
 
         def run(params, opt_state, data, key, num):
@@ -193,7 +206,7 @@ class QEstimation:
 
             return (params.replace(value_stats=jnp.asarray(stats)),
                     Regression(value_loss, (data.obs, data.returns), qcfg.batch_size, qcfg.learning_rate),
-                    lambda p: p.value, lambda p, v: p.replace(value=v))
+                    STAGE_PARTS["value"], lambda p, v: p.replace(value=v))
         if stage == "actor":
             # Every minibatch draws fresh BC actions: fitting the one executed action per state instead memorises it
             # and leaves pi_RL far narrower than pi_BC; then E_{a~pi_RL}[log pi_BC(a|s) + H] > 0, and the TD backup
@@ -204,7 +217,7 @@ class QEstimation:
                 return -jnp.mean(nets.actor.apply(actor, feats).log_prob(jax.lax.stop_gradient(bc_actions)))
 
             return (params, Regression(actor_loss, data.obs, qcfg.batch_size, qcfg.actor_learning_rate),
-                    lambda p: p.actor, lambda p, a: p.replace(actor=a))
+                    STAGE_PARTS["actor"], lambda p, a: p.replace(actor=a))
         # Every head of Q_RL (and the shared encoder) regresses onto Qhat_BC; the targets copy the result. Support:
         # the rollout's (s, a) with precomputed targets, and with `critic_support=data_policy_uniform` also
         # a ~ pi_RL(s) and a ~ U[-1, 1]^d at the same states, scored by Qhat_BC on the fly.
@@ -231,7 +244,7 @@ class QEstimation:
             return p.replace(critic=critic, encoder=encoder, critic_target=critic, encoder_target=encoder)
 
         return (params, Regression(critic_loss, (data.obs, data.actions, targets), qcfg.batch_size, qcfg.learning_rate),
-                lambda p: (p.critic, p.encoder), put_critic)
+                STAGE_PARTS["critic"], put_critic)
 
     def critic_targets(self, params: AgentParams, data: RolloutData, key: jax.Array, chunk: int = 1024
                        ) -> np.ndarray:
@@ -296,9 +309,13 @@ class QEstimationFit:
         self.params = put(self.params, part)
         self._current = (regression, get, put, part, opt_state)
         if self.done >= steps:
-            self.stage, self.done, self._current, self._stage_params = self.stage + 1, 0, None, None
-            self._skip_empty_stages()
+            self.end_stage()
         return self.finished
+
+    def end_stage(self) -> None:
+        """Go to the next stage that has steps (the current one's params stay as they are)."""
+        self.stage, self.done, self._current, self._stage_params = self.stage + 1, 0, None, None
+        self._skip_empty_stages()
 
     def report(self) -> QEstimationReport:
         return QEstimationReport(
@@ -317,9 +334,8 @@ class QEstimationFit:
         """The pytree structure `progress()` had at the saved point (to restore the checkpoint into)."""
         if int(meta["stage"]) >= len(STAGES) or int(meta["done"]) == 0:
             return {"params": self.params}
-        _, regression, get, _ = self.qe.regression(STAGES[int(meta["stage"])], self.params, self.data,
-                                                   jax.random.fold_in(self.key, int(meta["stage"])))
-        return {"params": self.params, "stage_params": self.params, "opt_state": regression.init(get(self.params))}
+        part = STAGE_PARTS[STAGES[int(meta["stage"])]](self.params)
+        return {"params": self.params, "stage_params": self.params, "opt_state": regression_optimizer(1.0).init(part)}
 
     def restore(self, tree: dict, meta: dict) -> None:
         """Go on from a saved progress of a fit on the same episodes and key."""

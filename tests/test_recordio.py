@@ -82,14 +82,19 @@ def damage_record_4(path, where: str) -> int:
     return record4
 
 
-@pytest.mark.parametrize("where", ["length", "length high byte", "crc", "payload", "zeroed"])
-def test_damage_in_the_middle_is_skipped_record_by_record_and_nothing_is_cut(tmp_path, caplog, where):
-    log = recordio.SegmentLog(tmp_path, 1 << 20)
+def ten_record_segment(directory) -> tuple:
+    """A segment of records payload(0..9), closed: (its path, its size)."""
+    log = recordio.SegmentLog(directory, 1 << 20)
     for i in range(10):
         log.write(recordio.encode_record(payload(i)))
     log.close()
-    path = tmp_path / "seg-000000000.rec"
-    size = path.stat().st_size
+    path = directory / "seg-000000000.rec"
+    return path, path.stat().st_size
+
+
+@pytest.mark.parametrize("where", ["length", "length high byte", "crc", "payload", "zeroed"])
+def test_damage_in_the_middle_is_skipped_record_by_record_and_nothing_is_cut(tmp_path, caplog, where):
+    path, size = ten_record_segment(tmp_path)
     record4 = damage_record_4(path, where)
 
     intact = [payload(i) for i in range(10) if i != 4]
@@ -106,12 +111,7 @@ def test_damage_in_the_middle_is_skipped_record_by_record_and_nothing_is_cut(tmp
 
 
 def test_damage_in_the_middle_and_a_torn_tail_keep_what_is_between_them(tmp_path, caplog):
-    log = recordio.SegmentLog(tmp_path, 1 << 20)
-    for i in range(10):
-        log.write(recordio.encode_record(payload(i)))
-    log.close()
-    path = tmp_path / "seg-000000000.rec"
-    size = path.stat().st_size
+    path, size = ten_record_segment(tmp_path)
     damage_record_4(path, "payload")
     with open(path, "ab") as f:
         f.write(recordio.encode_record(b"z" * 50)[:20])  # and a crash mid-write
