@@ -560,9 +560,8 @@ class FrankaEnv(gym.Env):
                 fault = self._record_fault(e)
             if self._gripper is not None and not fault:
                 decision = self._gripper_filter.decide(float(a[6]))
-                if decision is not None:
-                    self._call(lambda: self._gripper.command(decision == "close"), self.cfg.command_timeout_s,
-                               "commanding the gripper")
+                self._call(lambda: self._command_gripper(decision), self.cfg.command_timeout_s,
+                           "commanding the gripper")
         self._wait_for_tick()
         if not fault:
             fault = self._poll_fault()
@@ -593,6 +592,11 @@ class FrankaEnv(gym.Env):
                 self._call(robot.stop, self.cfg.command_timeout_s, "stopping the robot")
         except self._franky.ControlException as e:
             self._record_fault(e)
+
+    def _command_gripper(self, decision: str | None) -> None:
+        if decision is not None:
+            self._gripper.command(decision == "close")
+        self._gripper.poll()  # starts a command that waited for the fingers to stop
 
     def _wait_for_tick(self) -> None:
         now = time.monotonic()

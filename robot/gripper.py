@@ -33,6 +33,10 @@ class Gripper(Protocol):
         """Start opening or closing and return at once (the fingers keep moving)."""
         ...
 
+    def poll(self) -> None:
+        """Called every control step: start a command that had to wait for the one before it."""
+        ...
+
     def open_blocking(self) -> None:
         """Open and wait until done (used at reset), bounded by the configured timeout."""
         ...
@@ -85,6 +89,7 @@ class FrankaHandGripper:
         self._franky = franky
         self._gripper = (connect or franky.Gripper)(hostname)
         self._pending = None  # future of the last command
+        self._waiting: bool | None = None  # close? of the newest command, while the one before it still runs
         self.last_error = ""
         if cfg.home_on_connect:
             timeout = 3 * cfg.command_timeout_s
@@ -106,6 +111,21 @@ class FrankaHandGripper:
 
     def command(self, close: bool) -> None:
         self._collect()
+        if self._pending is not None:
+            # A running grasp or move cannot be replaced, and dropping franky's future waits for the fingers (holding
+            # the GIL): the control loop would stall, or deadlock with an in-process simulator. The newest command
+            # waits instead and starts when the fingers stop (poll); one it replaces never runs.
+            self._waiting = close
+            return
+        self._start(close)
+
+    def poll(self) -> None:
+        self._collect()
+        if self._pending is None and self._waiting is not None:
+            close, self._waiting = self._waiting, None
+            self._start(close)
+
+    def _start(self, close: bool) -> None:
         if close:
             # A wide epsilon makes any grasped width count as success: we only need the fingers to close.
             self._pending = self._gripper.grasp_async(0.0, self.cfg.speed, self.cfg.force, 1.0, 1.0)
@@ -113,23 +133,34 @@ class FrankaHandGripper:
             self._pending = self._gripper.move_async(self.cfg.open_width, self.cfg.speed)
 
     def open_blocking(self) -> None:
+        self._waiting = None  # opening replaces a waiting command
+        if not self._finish_pending():
+            raise GripperError(f"a Franka Hand command was still running after {self.cfg.command_timeout_s} s "
+                               f"(gripper.command_timeout_s), so it could not open")
         future = self._gripper.move_async(self.cfg.open_width, self.cfg.speed)
         if not future.wait(self.cfg.command_timeout_s):
+            self._pending = future  # still running: dropping it would wait for it
             raise GripperError(
                 f"Franka Hand did not open within {self.cfg.command_timeout_s} s (gripper.command_timeout_s)"
             )
         future.get()
-        self._pending = None
+
+    def _finish_pending(self) -> bool:
+        """Wait (bounded by the command timeout) for the running command; False if it is still running."""
+        if self._pending is not None and not self._pending.wait(self.cfg.command_timeout_s):
+            return False
+        self._collect()
+        return True
 
     def width(self) -> float:
         return float(self._gripper.width)
 
     def close(self) -> None:
         # Let a running command finish first: the connection's destructor waits for it while holding the GIL.
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.wait(self.cfg.command_timeout_s):
+        self._waiting = None
+        if not self._finish_pending():
             self.last_error = f"a gripper command was still running after {self.cfg.command_timeout_s} s at close"
-        self._gripper = None  # dropping the last reference disconnects
+        self._pending = self._gripper = None  # dropping the last reference disconnects
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,6 +309,9 @@ class RobotiqGripper:
     def command(self, close: bool) -> None:
         position = 255 if close else width_to_robotiq_position(self.cfg.open_width)
         self._write(robotiq_command_payload(position, self._speed, self._force))
+
+    def poll(self) -> None:
+        """Nothing waits: a new position request replaces the running one in the gripper's registers."""
 
     def open_blocking(self) -> None:
         self.command(close=False)

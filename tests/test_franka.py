@@ -474,6 +474,29 @@ def test_cartesian_mode_reaches_target_closes_gripper_and_truncates_at_time_limi
 
 
 @pytest.mark.timeout(120)
+def test_a_gripper_command_given_while_the_fingers_move_waits_for_them_and_the_newest_wins(sim):
+    # A policy's gripper action flipping every step (an untrained one does): a command given while the last still
+    # runs must neither block the step (franky's future waits on being dropped; with the simulator in this process
+    # that was a deadlock) nor be lost: the newest one runs once the fingers stop.
+    hostname, _ = sim
+    env = make_env(hostname, max_episode_steps=200)
+    try:
+        env.reset(seed=5)
+        for sign in (1, -1, 1, -1, 1):
+            _, _, _, truncated, info = env.step(np.array([0, 0, 0, 0, 0, 0, sign], np.float32))
+            assert not truncated and not info["fault"]
+        for _ in range(150):  # zeros keep the filter's last decision (close); the fingers get there in time
+            _, _, _, truncated, info = env.step(np.zeros(7, np.float32))
+            assert not truncated and not info["fault"]
+            if env._gripper.width() < 0.01 and env._gripper._pending is None and env._gripper._waiting is None:
+                break
+        assert env._gripper.width() < 0.01, env._gripper.width()
+        assert env._gripper._waiting is None
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(120)
 def test_reflex_truncates_with_errors_and_recovery_happens_before_next_reset(sim):
     hostname, server = sim
     env = make_env(hostname)
