@@ -278,7 +278,7 @@ def check_override(cls: type, text: str) -> tuple[str, Any]:
 
 def _blamed_override(message: str, keys: dict[str, str]) -> str | None:
     """The override (text) a validation message is about: the one whose field the message names."""
-    field = message.split(":", 1)[0].split(" ", 1)[0]
+    field = message.split(":", 1)[0].split(" ", 1)[0].rstrip(",")  # e.g. "agent.utd, batch_size ... must be"
     return next((text for key, text in reversed(keys.items()) if field == key or field.startswith(key + ".")), None)
 
 
@@ -287,7 +287,7 @@ def build_config(cls: type[T], data: dict, overrides: typing.Sequence[str] = (),
     """`cls` from a mapping read from `source` (a file, for messages) with command-line overrides applied and
     checked one by one; an error is named after the argument it comes from, or after the file."""
     keys: dict[str, str] = {}
-    data = copy.deepcopy(data)  # the caller's mapping stays as read
+    data_as_read, data = data, copy.deepcopy(data)  # the caller's mapping stays as read
     for text in overrides:
         key, value = check_override(cls, text)
         try:
@@ -301,8 +301,20 @@ def build_config(cls: type[T], data: dict, overrides: typing.Sequence[str] = (),
         text = _blamed_override(str(e), keys)
         if text is not None:
             raise OverrideError(text, str(e)) from None
+        if keys and _valid(cls, data_as_read):
+            # A rule across fields that only the overrides break: the file is not to blame.
+            raise ConfigError(f"{e} (from the command line: {' '.join(keys.values())}"
+                              f"{f'; {source} alone is valid' if source is not None else ''})") from None
         where = f" in {source}" if source is not None else (" (from the command line)" if keys else "")
         raise ConfigError(f"{e}{where}") from None
+
+
+def _valid(cls: type, data: dict) -> bool:
+    try:
+        from_dict(cls, data)
+    except ConfigError:
+        return False
+    return True
 
 
 def to_dict(cfg: Any) -> dict:

@@ -359,6 +359,7 @@ def test_batch_accounting_says_what_batch_size_counts():
         ("agent.utd=many", "argument 'agent.utd=many': agent.utd: expected an integer, got 'many'"),
         ("learner.replay_capacity=-5", "argument 'learner.replay_capacity=-5': learner.replay_capacity: -5 must be"),
         ("agent.utd", "argument 'agent.utd': expected the form section.field=value"),
+        ("agent.utd=0", "argument 'agent.utd=0': agent.utd, batch_size and n_step must be >= 1"),
     ],
 )
 def test_a_command_line_typo_is_an_error_in_its_argument_not_in_the_yaml_file(tmp_path, override, message):
@@ -379,6 +380,19 @@ def test_an_error_in_the_file_still_names_the_file_when_overrides_are_given(tmp_
     with pytest.raises(ConfigError) as err:
         load_config(Run, path, ["steps=3"])
     assert not isinstance(err.value, OverrideError) and str(path) in str(err.value)
+
+
+def test_a_rule_across_fields_that_only_the_overrides_break_blames_the_command_line_not_the_file(tmp_path):
+    from q2rl.config import OverrideError
+    from q2rl.run_config import RunConfig
+
+    path = write(tmp_path, "agent: {ensemble_size: 4, critic_subsample: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, path, ["agent.ensemble_size=1"])
+    message = str(err.value)
+    assert not isinstance(err.value, OverrideError)  # the message names critic_subsample, which no argument set
+    assert "critic_subsample: 2 must be in [1, ensemble_size=1]" in message
+    assert f"from the command line: agent.ensemble_size=1; {path} alone is valid" in message
 
 
 def _cli(*argv):
