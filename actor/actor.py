@@ -54,6 +54,13 @@ class ActorSummary:
     max_loop_gap_at: str = ""  # "episode/step" where the longest gap between two control steps happened
     quit: bool = False
 
+    def describe(self) -> str:
+        """One line for the log."""
+        gap = f"; longest gap between steps {1000 * self.max_loop_gap_s:.0f} ms (episode/step {self.max_loop_gap_at})"
+        return (f"{self.episodes} training episodes ({self.successes} successes), {self.eval_episodes} evaluation "
+                f"({self.eval_successes} successes), {self.cut_episodes} cut; {self.env_steps} env steps sent"
+                f"{gap if self.max_loop_gap_at else ''}; {self.paced_s:.0f} s held for the learner")
+
 
 class _Quit(Exception):
     """Raised inside an episode when the actor must stop (signal, key q)."""
@@ -174,7 +181,7 @@ class Actor:
             if started is None and self.sink is not None:
                 self.sink.send_held()  # the learner may be waiting for it to grant the next step
             started = started or self.clock()
-            self._pending_keys += self._serve_console(stop)  # an s or f while holding marks this step's episode
+            self._pending_keys += self._episode_keys(stop)  # an s or f while holding marks this step's episode
             if stop.is_set():
                 raise _Quit
             self._publish_status(waiting=True, holding_s=self.clock() - started)
@@ -184,14 +191,15 @@ class Actor:
             self._last_step_time = None  # a deliberate hold is not a loop stall
 
     # -------------------------------------------------------------------------------------- console
-    def _serve_console(self, stop: threading.Event) -> list:
-        """Handle operator keys; returns the episode-ending commands (success/failure) for the caller."""
+    def _serve_console(self, stop: threading.Event, timeout_s: float = 0.0) -> list:
+        """Handle the operator's quit, pause and evaluation keys; returns the keys left for the caller (success,
+        failure, reset done)."""
         if self.console is None:
             return []
         from q2rl.robot.console import Command
 
-        ending = []
-        for command in self.console.poll():
+        left = []
+        for command in self.console.poll(timeout_s=timeout_s):
             if command == Command.QUIT:
                 stop.set()
             elif command == Command.PAUSE:
@@ -201,25 +209,30 @@ class Actor:
             elif command == Command.EVAL:
                 self.eval_requested = True
                 self.console.print("the next episode is an evaluation episode")
-            elif command in (Command.SUCCESS, Command.FAILURE):
-                ending.append(command)
-        return ending
+            elif command in (Command.SUCCESS, Command.FAILURE, Command.RESET_DONE):
+                left.append(command)
+        return left
+
+    def _episode_keys(self, stop: threading.Event) -> list:
+        """The success/failure keys pressed since the last look (r means nothing during an episode)."""
+        from q2rl.robot.console import Command
+
+        return [c for c in self._serve_console(stop) if c is not Command.RESET_DONE]
 
     def _wait_for_reset(self, stop: threading.Event) -> None:
-        """Real robot with an operator: the next episode starts when they press r (scene reset done)."""
-        if self.console is None or not getattr(self.console, "interactive", False) or self.cfg.env.backend == "sim":
+        """With an operator at a terminal (on the robot, or rehearsing in sim with actor.reset_key=always): the next
+        episode starts when they press r (scene reset done)."""
+        wait = self.cfg.actor.reset_key
+        if wait == "never" or (wait == "robot" and self.cfg.env.backend == "sim"):
+            return
+        if self.console is None or not getattr(self.console, "interactive", False):
             return
         from q2rl.robot.console import Command
 
-        self._mode = "waiting for reset (r)"
+        self._mode, self._step, self._bc_steps = "waiting for reset (r)", 0, 0  # the next episode, not the last
         self._publish_status(force=True)
         while not stop.is_set():
-            commands = self.console.poll(timeout_s=0.1)
-            if Command.QUIT in commands:
-                stop.set()
-            if Command.EVAL in commands:
-                self.eval_requested = True
-            if Command.RESET_DONE in commands:
+            if Command.RESET_DONE in self._serve_console(stop, timeout_s=0.1):
                 return
         raise _Quit
 
@@ -232,9 +245,11 @@ class Actor:
         since_eval = 0
         try:
             while not stop.is_set() and (not limit or self.summary.episodes < limit):
+                self._running_episode = None
+                self._wait_for_reset(stop)  # first: an e pressed while the scene is reset applies to this episode
                 evaluate = self.eval_requested or (every > 0 and since_eval >= every)
                 self.eval_requested = False
-                self.run_episode(stop, evaluate=evaluate)
+                self.run_episode(stop, evaluate=evaluate, wait_for_reset=False)
                 since_eval = 0 if evaluate else since_eval + 1
         except _Quit:
             self.summary.quit = True
@@ -253,11 +268,14 @@ class Actor:
                                  seed=None if first_seed is None else first_seed + i) for i in range(episodes)]
 
     def run_episode(self, stop: threading.Event, evaluate: bool = False, seed: int | None = None,
-                    deterministic: bool | None = None, report: bool = True) -> EpisodeReport:
-        """One episode; a stop mid-episode cuts it (reported with cut=True) and raises _Quit. An evaluation episode
-        acts with the modes when `deterministic` (default actor.eval_deterministic) is true."""
+                    deterministic: bool | None = None, report: bool = True, wait_for_reset: bool = True
+                    ) -> EpisodeReport:
+        """One episode, after the operator's r when one is asked for (`wait_for_reset`); a stop mid-episode cuts it
+        (reported with cut=True) and raises _Quit. An evaluation episode acts with the modes when `deterministic`
+        (default actor.eval_deterministic) is true."""
         self._running_episode = None  # between episodes the console shows the next one
-        self._wait_for_reset(stop)
+        if wait_for_reset:
+            self._wait_for_reset(stop)
         episode_id = self._running_episode = self.episode_id
         self.episode_id += 1
         self._mode = "eval" if evaluate else "train"
@@ -277,10 +295,13 @@ class Actor:
                     if not self.paced_by_learner:
                         next_tick = self._hold_control_rate(next_tick)
                     self.refresh()
-                ending, self._pending_keys = self._pending_keys + self._serve_console(stop), []
-                while self.paused and not stop.is_set():
-                    self.sleep(0.05)
-                    ending += self._serve_console(stop)
+                ending, self._pending_keys = self._pending_keys + self._episode_keys(stop), []
+                if self.paused:
+                    while self.paused and not stop.is_set():
+                        self.sleep(0.05)
+                        ending += self._episode_keys(stop)
+                        self._publish_status()
+                    self._last_step_time, next_tick = None, self.clock()  # a pause is not a loop stall
                 if stop.is_set():
                     raise _Quit
                 self._step = step
@@ -288,7 +309,7 @@ class Actor:
                 self._note_loop_gap()
                 raw_next, reward, terminated, truncated, env_info = self.env.step(action)
                 next_obs = policy_obs(raw_next, self.cameras)
-                ending += self._serve_console(stop)
+                ending += self._episode_keys(stop)
                 reward, terminated, truncated = _apply_operator(ending, float(reward), terminated, truncated)
                 a_bc, a_rl, q_bc, q_rl, use_rl = info
                 source = "rl" if use_rl else "bc"
@@ -367,8 +388,13 @@ class Actor:
         return action, record
 
     def _report(self, report: EpisodeReport) -> None:
-        if self.sink is not None:
-            self.sink.end_episode(report)
+        if self.sink is None:
+            return
+        self.sink.end_episode(report)
+        if self.console is not None:  # the operator sees how each episode they marked (or the env ended) counted
+            outcome = "cut" if report.cut else ("success" if report.success else "failure")
+            self.console.print(f"episode {report.episode_id}{' (evaluation)' if report.eval else ''}: {outcome} "
+                               f"after {report.length} steps, BC {100 * report.bc_share:.0f}%")
 
     def _hold_control_rate(self, next_tick: float) -> float:
         """Real-time pacing: sleep until the next control tick; a late tick starts a new schedule."""
@@ -410,6 +436,7 @@ class Actor:
                 bc_share=self._bc_steps / self._step if self._step else float("nan"),
                 learner_version=self.version if self.params is not None else -1,
                 link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
+                policy=self._deployed_label(),
                 mode="paused" if self.paused else self._mode,
                 message="waiting for the learner" if waiting and not self.paused else ""))
         if self._status_writer is not None:
@@ -419,6 +446,12 @@ class Actor:
                 waiting_for_learner_s=self.summary.paced_s + holding_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
                 max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))
             self._recent_max_gap = 0.0
+
+    def _deployed_label(self) -> str:
+        """What acts, for the status line of an actor with no learner (q2rl deploy); empty while training."""
+        if self.source is not None or self.sink is not None:
+            return ""
+        return self.policy if self.params is not None else "bc (pre-RL)"
 
 
 def _apply_operator(commands: list, reward: float, terminated: bool, truncated: bool) -> tuple[float, bool, bool]:

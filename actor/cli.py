@@ -27,7 +27,7 @@ log = logging.getLogger("q2rl.actor")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from q2rl.run_dir import CHECKPOINTS
-    from q2rl.run_config import command_parser
+    from q2rl.run_config import command_parser, parse_command_line
 
     parser = command_parser("q2rl actor", "Run an actor: environment loop with Q-Gating, streaming transitions to a learner.",
                             argv, sections=("env", "bc", "agent", "learner", "actor"))
@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "candidates: every kept best candidate and the last checkpoint on the same fresh "
                              "episodes, best.ckpt then naming the winner (what a sim session does at its end)")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes (with --evaluate)")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if bool(args.learner) == bool(args.evaluate):
         parser.error("give exactly one of --learner host:port or --evaluate RUN")
     if args.checkpoint != "last" and not args.evaluate:
@@ -72,7 +72,9 @@ def _terminal_out():
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s actor %(levelname)s %(message)s", stream=sys.stderr)
+    from q2rl.logs import configure_logging
+
+    configure_logging("actor")
     os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.run_config import RunConfig
 
@@ -89,7 +91,19 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.evaluate:
         return evaluate_run(cfg, Path(args.evaluate), args.episodes, stop, args.checkpoint)
-    return run_actor(cfg, args.learner, stop)
+    from q2rl.robot.cameras import CameraError
+    from q2rl.robot.console import ConsoleUnavailable
+    from q2rl.robot.franka import RobotError
+    from q2rl.robot.gripper import GripperError
+
+    try:
+        return run_actor(cfg, args.learner, stop)
+    except (RobotError, CameraError, GripperError, ConsoleUnavailable) as e:
+        # The hardware's own message says what to check; what was practised is in the spool (flushed on the way
+        # out, or sent by the next start), so starting the actor again continues the run.
+        print(f"q2rl actor: stopped: {e}. Episodes so far are kept (spool {cfg.actor.spool_dir}); fix this and "
+              "start the actor again to go on.", file=sys.stderr)
+        return 1
 
 
 def run_actor(cfg, address: str, stop: threading.Event) -> int:
@@ -118,18 +132,20 @@ def run_actor(cfg, address: str, stop: threading.Event) -> int:
         if console is not None:
             console.__enter__()
         summary = actor.run(stop)
-        log.info("actor %s stopping: %s", cfg.actor.actor_id, summary)
     except LinkRefused as e:
+        summary = None
         print(f"q2rl actor: {e}", file=sys.stderr)
         code = 2
     finally:
         if console is not None:
-            console.restore()
+            console.restore()  # the status line ends before the log goes on
         flushed = link.close(flush_timeout=cfg.actor.flush_timeout_s)
         if not flushed and code == 0:
             log.warning("the learner has not acknowledged everything; the spool in %s keeps it for the next start",
                         cfg.actor.spool_dir)
         env.close()
+    if summary is not None:
+        log.info("actor %s stopped: %s", cfg.actor.actor_id, summary.describe())
     return code
 
 

@@ -32,11 +32,11 @@ NO_LIMIT = 10**9  # "no time limit": more control steps than any episode runs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import command_parser
+    from q2rl.run_config import command_parser, parse_command_line
 
     # e.g. actor.eval_deterministic=false acts with samples, as in training
-    parser = command_parser("q2rl deploy", __doc__.split("\n\n")[0], argv, sections=("env", "actor"))
-    parser.add_argument("policy_file", metavar="POLICY", help="an exported policy file (q2rl export)")
+    parser = command_parser("q2rl deploy", __doc__.split("\n\n")[0], argv, sections=("env", "actor"),
+                            operand=("POLICY", "an exported policy file (q2rl export)"))
     parser.add_argument("--config", help="run config YAML whose env section to run in (default: the env the policy "
                                          "was trained in)")
     parser.add_argument("--policy", choices=("gated", "rl", "bc"), default="gated",
@@ -45,7 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=0, help="episodes to run (0: until q or Ctrl-C)")
     parser.add_argument("--max-steps", type=int, default=0, help="episode time limit in control steps (0: none)")
     parser.add_argument("--record", metavar="OUT.hdf5", help="where to record the episodes (robomimic HDF5)")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
+    args.policy_file = args.operand
     if args.episodes < 0 or args.max_steps < 0:
         parser.error("--episodes and --max-steps must be >= 0")
     return args

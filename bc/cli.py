@@ -77,9 +77,9 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(argv: list[str]) -> int:
-    from q2rl.run_config import deprecated_set
+    from q2rl.run_config import deprecated_set, parse_command_line
 
-    args = _train_parser().parse_args(argv)
+    args = parse_command_line(_train_parser(), argv)
     shortcuts = {"policy.kind": args.policy, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
                  "learning_rate": args.lr, "max_demos": args.max_demos,
                  "cameras": list(args.cameras) if args.cameras is not None else None}

@@ -60,9 +60,9 @@ def _scripted_parser() -> argparse.ArgumentParser:
 
 
 def scripted_main(argv: list[str]) -> int:
-    from q2rl.run_config import deprecated_set
+    from q2rl.run_config import deprecated_set, parse_command_line
 
-    args = _scripted_parser().parse_args(argv)
+    args = parse_command_line(_scripted_parser(), argv)
     from q2rl.demos.scripted import ScriptedDemoSpec, default_noise, record_scripted_demos
 
     env_fields: dict = {"task": args.task, "cameras": list(args.cameras)}

@@ -212,9 +212,9 @@ class _Quit(Exception):
 
 
 def main(argv: list[str]) -> int:
-    from q2rl.run_config import deprecated_set
+    from q2rl.run_config import deprecated_set, parse_command_line
 
-    args = _parser(argv).parse_args(argv)
+    args = parse_command_line(_parser(argv), argv)
     if args.episodes < 1 or (args.max_steps is not None and args.max_steps < 1):
         print("q2rl demos record: --episodes and --max-steps must be >= 1", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ STATUS_LINE_EVERY_S = 10.0  # a status line on stderr and in RUN/learner.log thi
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import command_parser
+    from q2rl.run_config import command_parser, parse_command_line
 
     parser = command_parser("q2rl learner", "Run the Q2RL learner: gRPC service, replay, Q-Estimation, SAC updates, checkpoints.",
                             argv, sections=("env", "bc", "agent", "learner", "session"))  # session.env_steps: budget
@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fresh-state", action="store_true",
                         help="with --resume: start the learner state (parameters, optimiser, update count, phase) "
                              "over, from the episode files, when no intact learner checkpoint is left")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if args.fresh_state and not args.resume:
         parser.error("--fresh-state goes with --resume RUN")
     return args
@@ -295,4 +295,4 @@ class _Driver:
         except OSError as e:
             log.warning("could not write %s/summary.json: %s", self.run_dir, e)
             return
-        log.info("summary in %s/summary.json%s", self.run_dir, format_summary(result).rstrip("=\n"))
+        log.info("summary in %s/summary.json%s", self.run_dir, format_summary(result, "learner").rstrip("=\n"))

@@ -408,11 +408,12 @@ def write_summary(result: SessionResult) -> Path:
     return path
 
 
-def format_summary(result: SessionResult) -> str:
+def format_summary(result: SessionResult, command: str = "session") -> str:
+    """What the run did and where its files are; `command` (session or learner) is the one that resumes it."""
     lines = [
         "",
         "=" * 72,
-        f"session finished: {result.reason}",
+        f"{command} finished: {result.reason}",
         f"  wall time        {result.wall_s / 60:.1f} min",
         f"  env steps        {result.env_steps} in {result.episodes} training episodes ({result.train_successes} "
         f"successful, {result.cut_episodes} cut)",
@@ -439,21 +440,25 @@ def format_summary(result: SessionResult) -> str:
     if result.eval_curve:
         lines += ["", "eval success during training:", format_curve(result.eval_curve)]
     run = result.run_dir
+    best = (Path(run) / "checkpoint" / "best.ckpt").is_file()
+    deploy_hint = (f"deploy it: q2rl export {run}, then q2rl deploy {run}/policy-best.q2rl" if best else
+                   f"deploy it: q2rl export {run} --checkpoint last, then q2rl deploy {run}/policy-last.q2rl"
+                   f"{'' if result.updates else ' (pi_BC alone: no online update yet)'}")
     evals = "   ".join(f for f in (FINAL_EVAL_FILE, BEST_EVAL_FILE) if (Path(run) / f).is_file())
     lines += [
         "",
         f"run files in {run}/",
         "  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
         f"  status.json   {SUMMARY_FILE}   {evals + '   ' if evals else ''}actors/ (actor status)   *.log (process logs)",
-        f"continue it: q2rl session --resume {run}",
-        f"deploy it: q2rl export {run} --checkpoint best|last, then q2rl deploy {run}/policy-best.q2rl",
+        f"continue it: q2rl {command} --resume {run}",
+        deploy_hint,
         "=" * 72,
     ]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from q2rl.run_config import command_parser
+    from q2rl.run_config import command_parser, parse_command_line
 
     parser = command_parser("q2rl session", "Run a whole Q2RL training session: the learner and N actors as processes on loopback.",
                             argv, default_config="configs/sim/pick_cube.yaml")
@@ -463,7 +468,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN", help="continue the session in run directory RUN")
     parser.add_argument("--console", action="store_true",
                         help="give the first actor the keyboard, s/f/p/e/q as on the robot (session.console)")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
 def main(argv: list[str]) -> int:

@@ -166,6 +166,9 @@ class ActorConfig:
     eval_deterministic: bool = doc(True, "Evaluation episodes act with the policies' modes instead of samples.")
     console: Literal["auto", "require", "none"] = doc(
         "auto", "Operator keyboard console: auto = when stdin is a terminal; require = refuse to start without one; none.")
+    reset_key: Literal["robot", "always", "never"] = doc(
+        "robot", "Wait for the operator's r (scene reset done) before each episode, when a console is open: robot = "
+                 "on a real robot only; always = in sim too (rehearse the robot's day); never.")
     max_episodes: int = doc(0, "Stop after this many training episodes (0: until stopped).")
     flush_timeout_s: float = doc(10.0, "At shutdown, wait this long for the learner to acknowledge the spool.")
 
@@ -345,10 +348,11 @@ def _help_all_action(cls: type, sections: typing.Sequence[str]):
 
 def section_parser(prog: str, description: str, cls: type, example: str, sections: typing.Sequence[str] = (),
                    argv: typing.Sequence[str] = (), default_config: str | None = None,
-                   expand: bool = True) -> "argparse.ArgumentParser":
+                   expand: bool = True, operand: tuple[str, str] | None = None) -> "argparse.ArgumentParser":
     """An argument parser for a command whose config is `cls` (its `sections`, default all): overrides as plain
     `section.field=value` arguments, as every command takes them; --help names the sections (`expand`: their
-    fields; env: the backend in use), --help-all lists every field."""
+    fields; env: the backend in use), --help-all lists every field. `operand` (NAME, help): one more plain argument,
+    in any place among the overrides (the one without "="), put in args.operand by `parse_command_line`."""
     import argparse
 
     sections = tuple(sections) or tuple(f.name for f in dataclasses.fields(cls))
@@ -361,17 +365,36 @@ def section_parser(prog: str, description: str, cls: type, example: str, section
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--help-all", action=_help_all_action(cls, sections),
                         help="show every config field this command reads, and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
-                        help=f"config overrides (sections: {', '.join(sections)})")
+    what = f"config overrides (sections: {', '.join(sections)})"
+    if operand is not None:
+        parser.usage = f"{prog} [options] {operand[0]} [section.field=value ...]"
+        what = f"{operand[0]}: {operand[1]}; then {what}"
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help=what)
+    parser.set_defaults(operand_name=operand[0] if operand else None)
     return parser
 
 
+def parse_command_line(parser: "argparse.ArgumentParser", argv: typing.Sequence[str]) -> "argparse.Namespace":
+    """`parser.parse_intermixed_args`, and the parser's operand (if it has one) taken out of the overrides: argparse
+    cannot split two lists of plain arguments, so the operand is the one without "="."""
+    args = parser.parse_intermixed_args(argv)
+    if getattr(args, "operand_name", None) is None:
+        return args
+    plain = [a for a in args.overrides if "=" not in a]
+    if len(plain) != 1:
+        parser.error(f"give one {args.operand_name}, got {' '.join(plain) or 'none'}; then any section.field=value "
+                     "overrides")
+    args.operand, args.overrides = plain[0], [a for a in args.overrides if "=" in a]
+    return args
+
+
 def command_parser(prog: str, description: str, argv: typing.Sequence[str] = (),
-                   sections: typing.Sequence[str] = SECTIONS,
-                   default_config: str | None = None) -> "argparse.ArgumentParser":
+                   sections: typing.Sequence[str] = SECTIONS, default_config: str | None = None,
+                   operand: tuple[str, str] | None = None) -> "argparse.ArgumentParser":
     """An argument parser for a command that reads a run config: `section_parser` over the RunConfig sections it
     reads, each named in --help in one line (env: the fields of the backend in use), every field by --help-all."""
-    return section_parser(prog, description, RunConfig, "agent.utd=4", sections, argv, default_config, expand=False)
+    return section_parser(prog, description, RunConfig, "agent.utd=4", sections, argv, default_config, expand=False,
+                          operand=operand)
 
 
 def deprecated_set(prog: str, values: typing.Sequence[str], section: str,

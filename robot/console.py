@@ -66,6 +66,7 @@ class StatusLine:
     mode: str = "train"  # train | eval | paused | waiting for reset
     message: str = ""
     training: bool = True  # False (teleoperation): no BC/RL share, no parameter version, which do not apply
+    policy: str = ""  # a deployed policy (q2rl deploy): what acts, shown instead of the learner and its link
 
     def render(self, width: int = 120) -> str:
         """The line, at most `width` characters: in full when it fits, else in a compact form that keeps every
@@ -81,16 +82,17 @@ class StatusLine:
         version = self.learner_version if self.learner_version >= 0 else "-"
         share = f"BC {pct(self.bc_share)} RL {pct(1 - self.bc_share)} | " if self.training else ""
         learner = f"learner v{version} | " if self.training else ""
+        source = f"policy {self.policy}" if self.policy else f"{learner}link {self.link}"
         text = (f"[{self.mode}] ep {self.episode} step {self.step} | {share}"
-                f"success {pct(self.success_rate)} | {learner}link {self.link}")
+                f"success {pct(self.success_rate)} | {source}")
         if self.message:
             text += f" | {self.message}"
         if len(text) <= width:
             return text
         mode = "press r" if self.mode.startswith("waiting for reset") else self.mode
         share = f"BC {tight(self.bc_share)} RL {tight(1 - self.bc_share)} | " if self.training else ""
-        text = (f"[{mode}] ep {self.episode} st {self.step} | {share}succ {tight(self.success_rate)} | "
-                f"{f'v{version} ' if self.training else ''}{self.link}")
+        source = self.policy or f"{f'v{version} ' if self.training else ''}{self.link}"
+        text = f"[{mode}] ep {self.episode} st {self.step} | {share}succ {tight(self.success_rate)} | {source}"
         if self.message and len(text) + 3 + len(self.message) <= width:
             text += f" | {self.message}"
         return text[:width]
