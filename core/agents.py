@@ -37,6 +37,9 @@ class Agent:
     opts: Optimizers
     q_estimation: QEstimation
     update: Callable[[SacState, Batch, jax.Array], tuple[SacState, UpdateMetrics]]
+    # The same update, consuming the state it is given (its buffers are reused): for an owner that keeps only the
+    # newest state, as the learner does.
+    update_donating: Callable[[SacState, Batch, jax.Array], tuple[SacState, UpdateMetrics]]
     gate: Callable[[AgentParams, Any, jax.Array], tuple[jax.Array, GateInfo]]
     eval_gate: Callable[[AgentParams, Any, jax.Array], tuple[jax.Array, GateInfo]]
     bc_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
@@ -79,7 +82,7 @@ def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str
     spec = dataclasses.replace(cfg.rules, entropy=cfg.entropy, uses_demos=cfg.use_demos)
     return Agent(
         cfg=cfg, spec=spec, nets=nets, opts=opts, q_estimation=QEstimation(nets, cfg),
-        update=make_update(nets, cfg, opts), gate=make_gate(nets, cfg), eval_gate=make_gate(nets, cfg, True),
+        update=make_update(nets, cfg, opts), update_donating=make_update(nets, cfg, opts, donate=True), gate=make_gate(nets, cfg), eval_gate=make_gate(nets, cfg, True),
         bc_act=jax.jit(_bc_action), bc_mode_act=jax.jit(lambda p, o, k: _bc_action(p, o, k, True)),
         rl_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k)),
         rl_mode_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k, True)),

@@ -169,9 +169,19 @@ def init_params(nets: Networks, cfg: AgentConfig, key: jax.Array, example_obs: A
 def init_state(params: AgentParams, opts: Optimizers) -> SacState:
     """Optimizer states for exactly the subtrees each optimizer trains.
 
-    Every leaf becomes a device array first, so the update sees the same argument types on every call.
+    Every leaf becomes a device array of its own first, so the update sees the same argument types on every call
+    and a donating update never gets one buffer twice (fresh targets are their networks' very arrays).
     """
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    seen: set[int] = set()
+
+    def own(x):
+        x = jnp.asarray(x)
+        if id(x) in seen:
+            x = jnp.array(x, copy=True)
+        seen.add(id(x))
+        return x
+
+    params = jax.tree_util.tree_map(own, params)
     return SacState(
         params=params,
         actor_opt=opts.actor.init(params.actor),
@@ -427,10 +437,33 @@ def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
     return state, UpdateMetrics(mean(critic_metrics), mean(actor_metrics))
 
 
-def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers
+# The params an update reads and never changes (phase 1 fitted them, or they came with pi_BC).
+FROZEN_PARAMS = ("value", "value_stats", "normalizer", "bc")
+
+
+def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers, donate: bool = False
                 ) -> Callable[[SacState, Batch, jax.Array], tuple[SacState, UpdateMetrics]]:
     """The jitted `(state, batches[utd], key) -> (state, metrics)`.
 
-    No buffer donation: the frozen BC/value params in the state are shared with the actor's gate.
+    `donate`: the update writes the parts it replaces (trained params, their targets, optimiser states, step) into
+    the old state's buffers instead of fresh ones, so the caller's old state is consumed and must not be read
+    again. The frozen params (FROZEN_PARAMS) go in apart and are never donated: the gate and Q-Estimation read them.
+    (A buffer something else still views, e.g. a numpy array from device_get on the CPU, is copied, not donated.)
     """
-    return jax.jit(lambda s, b, k: update_step(nets, cfg, opts, s, b, k))
+    step = lambda s, b, k: update_step(nets, cfg, opts, s, b, k)
+    if not donate:
+        return jax.jit(step)
+    without_frozen = lambda state: state.replace(params=state.params.replace(**{n: None for n in FROZEN_PARAMS}))
+
+    def live_step(live: SacState, frozen: dict, batches: Batch, key: jax.Array):
+        state, metrics = step(live.replace(params=live.params.replace(**frozen)), batches, key)
+        return without_frozen(state), metrics
+
+    jitted = jax.jit(live_step, donate_argnums=0)
+
+    def update(state: SacState, batches: Batch, key: jax.Array) -> tuple[SacState, UpdateMetrics]:
+        frozen = {n: getattr(state.params, n) for n in FROZEN_PARAMS}
+        live, metrics = jitted(without_frozen(state), frozen, batches, key)
+        return live.replace(params=live.params.replace(**frozen)), metrics
+
+    return update

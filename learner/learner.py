@@ -127,7 +127,7 @@ class Learner:
         self.rng = np.random.default_rng(cfg.learner.seed)
         self.key, k_init = jax.random.split(self.key)
         params = init_agent_params(self.agent, k_init, example_obs(state_dim, self.images), bc)
-        self.state: SacState = jax.jit(self.agent.init_state)(params)
+        self.state: SacState = self.agent.init_state(params)
         self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
         # Read from bc.demos at every start (resume included): the demos are an input of the run, not its state.
         self.demos = load_demo_buffer(cfg, state_dim, tuple(self.images)) if self.spec.uses_demos else None
@@ -137,7 +137,7 @@ class Learner:
         self.book = Bookkeeping(phase="rollout")
         self.mesh = DataParallel(devices, self.acfg.minibatch_size)
         self.state = self.mesh.replicate(self.state)
-        self.update = self.agent.update
+        self.update = self.agent.update_donating  # the learner keeps only the newest state
         # per-actor stream bookkeeping
         self.last_seq: dict[str, int] = {}
         self.open_episode: dict[str, int] = {}

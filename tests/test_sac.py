@@ -366,6 +366,29 @@ def test_utd_scan_equals_sequential_updates_and_compiles_once():
     assert np.isfinite(float(metrics.critic.critic_loss))
 
 
+def test_the_donating_update_equals_the_pure_one_reuses_the_replaced_buffers_and_keeps_the_frozen_ones():
+    agent, cached = agent_and_params()
+    # fresh params (the donation must not consume the cache's), whose targets are their networks' very arrays
+    params = agent.init_params(jax.random.PRNGKey(1), {"state": np.zeros(STATE_DIM, np.float32)}, cached.bc)
+    assert params.critic_target is params.critic
+    batches, key = stack_batches([batch(30 + i) for i in range(3)]), jax.random.PRNGKey(5)
+    pure, pure_metrics = agent.update(agent.init_state(params), batches, key)
+    state = agent.init_state(params)
+    donated, metrics = agent.update_donating(state, batches, key)
+    for x, y in zip(jax.tree_util.tree_leaves(pure), jax.tree_util.tree_leaves(donated)):
+        np.testing.assert_array_equal(x, y)
+    assert float(metrics.critic.critic_loss) == float(pure_metrics.critic.critic_loss)
+    # the replaced parts were written in place: the old state's buffers are gone ...
+    assert all(x.is_deleted() for x in jax.tree_util.tree_leaves((state.params.critic, state.critic_opt, state.step)))
+    # ... while the frozen params, which the gate and Q-Estimation share, are the same arrays, intact
+    frozen = [getattr(state.params, name) for name in sac.FROZEN_PARAMS]
+    assert jax.tree_util.tree_leaves(frozen) and not any(x.is_deleted() for x in jax.tree_util.tree_leaves(frozen))
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(frozen), jax.tree_util.tree_leaves(
+        [getattr(donated.params, name) for name in sac.FROZEN_PARAMS])))
+    again, _ = agent.update_donating(donated, batches, key)
+    assert int(again.step) == 2
+
+
 @pytest.mark.parametrize("actor_utd", [3, 1])
 def test_actor_utd_spreads_actor_steps_evenly_over_the_critic_steps(actor_utd):
     """actor_utd = utd: critic, actor, critic, actor, ... on the same minibatches, i.e. plain SAC repeated; the
