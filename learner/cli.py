@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from q2rl.config import load_config
-from q2rl.logs import configure_logging, log_to_run_dir
+from q2rl.logs import configure_logging, log_to_run_dir, room_on_terminal
 from q2rl.recordio import atomic_write
 from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, open_run_dir
 
@@ -282,7 +282,8 @@ class _Driver:
         self.last_line = now
         connected = [] if self.service is None else sorted(self.service.connected_actors())
         actors = [ActorStatus(actor_id=a, link="connected", updated_at=time.time()) for a in connected]
-        log.info("%s", format_status_line(status, actors, self.cfg.session.env_steps, time.time()))
+        log.info("%s", format_status_line(status, actors, self.cfg.session.env_steps, time.time(),
+                                          room_on_terminal("learner")))
 
     def write_summary(self, reason: str) -> None:
         """RUN/summary.json with the eval curve (the session's writer), and the summary on stderr."""

@@ -441,17 +441,20 @@ def format_summary(result: SessionResult, command: str = "session") -> str:
         lines += ["", "eval success during training:", format_curve(result.eval_curve)]
     run = result.run_dir
     best = (Path(run) / "checkpoint" / "best.ckpt").is_file()
-    deploy_hint = (f"deploy it: q2rl export {run}, then q2rl deploy {run}/policy-best.q2rl" if best else
-                   f"deploy it: q2rl export {run} --checkpoint last, then q2rl deploy {run}/policy-last.q2rl"
-                   f"{'' if result.updates else ' (pi_BC alone: no online update yet)'}")
+    # Lines that fit 80 columns (a run path aside): the operator's terminal may be that narrow.
+    deploy_hint = ([f"deploy it: q2rl export {run}", f"           q2rl deploy {run}/policy-best.q2rl"] if best else
+                   [f"deploy it: q2rl export {run} --checkpoint last",
+                    f"           q2rl deploy {run}/policy-last.q2rl"
+                    f"{'' if result.updates else '   (pi_BC alone: no online update yet)'}"])
     evals = "   ".join(f for f in (FINAL_EVAL_FILE, BEST_EVAL_FILE) if (Path(run) / f).is_file())
     lines += [
         "",
         f"run files in {run}/",
-        "  config.yaml (resolved config)   checkpoint/ (learner state)   episodes/ (every transition + report)",
-        f"  status.json   {SUMMARY_FILE}   {evals + '   ' if evals else ''}actors/ (actor status)   *.log (process logs)",
+        "  config.yaml (resolved config)   checkpoint/ (learner state)   actors/ (actor status)",
+        "  episodes/ (every transition + report)   *.log (process logs)",
+        f"  status.json   {SUMMARY_FILE}{'   ' + evals if evals else ''}",
         f"continue it: q2rl {command} --resume {run}",
-        deploy_hint,
+        *deploy_hint,
         "=" * 72,
     ]
     return "\n".join(lines)

@@ -33,6 +33,17 @@ def configure_logging(process: str, level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def room_on_terminal(process: str) -> int | None:
+    """Columns a log message has on the terminal stderr is (after the time, process and level), None off one:
+    the learner fits its status line to them instead of wrapping (a session's learner logs to a file: whole)."""
+    if not sys.stderr.isatty():
+        return None
+    import shutil
+
+    prefix = len(_format(process).format(logging.LogRecord(process, logging.INFO, "", 0, "", None, None)))
+    return max(40, shutil.get_terminal_size().columns - prefix)
+
+
 def log_to_run_dir(path: Path, process: str) -> None:
     """Also append the log to `path` (e.g. RUN/learner.log), unless stderr already goes to that file (the session
     starts its learner that way), so a learner started alone leaves the same record in its run directory."""
