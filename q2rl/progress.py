@@ -204,6 +204,7 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         state = "stale" if stale else a.link
         spool = f"/{a.spooled}" if a.spooled else ""
         links.append(f"{a.actor_id}:{state}{spool}")
+    train = status.train_success_rate if status.episodes else None  # no episode yet: "-", not 0 %
     phase = status.phase
     if phase == "q_estimation" and status.q_estimation_steps_left:
         phase += f" ({_k(status.q_estimation_steps_left)} steps left)"
@@ -211,7 +212,7 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         f"{phase:<12}",
         f"ep {status.episodes:4d}",
         f"steps {_k(status.env_steps)}/{_k(target_steps)}",
-        f"train {_pct(status.train_success_rate)}",
+        f"train {_pct(train)}",
         f"eval {_pct(status.eval_success_rate)}",
         f"BC/RL {_pct(status.bc_share)}/{_pct(1 - status.bc_share)}",
         f"upd/s {status.updates_per_s:5.0f}",
@@ -229,7 +230,7 @@ def format_status_line(status: LearnerStatus, actors: list[ActorStatus], target_
         short_phase,
         f"ep {status.episodes}",
         f"{_k(status.env_steps)}/{_k(target_steps)}",
-        f"tr {_pct(status.train_success_rate).strip()} ev {_pct(status.eval_success_rate).strip()}",
+        f"tr {_pct(train).strip()} ev {_pct(status.eval_success_rate).strip()}",
         f"BC {_pct(status.bc_share).strip()}",
         f"v{status.param_version}",
         " ".join(links) if links else "-",

@@ -90,6 +90,17 @@ def test_the_status_line_fits_80_columns_and_the_pause_screen_does_not_blame_the
     assert short.render(79) == short.render(200)  # what fits is shown in full
 
 
+def test_the_learners_status_line_shows_no_training_success_before_an_episode_and_fits_what_it_is_given():
+    from q2rl.progress import LearnerStatus, format_status_line
+
+    fresh = LearnerStatus(phase="rollout", episodes=0)
+    assert "train   -" in format_status_line(fresh, [], 50000, 0.0)
+    assert "tr - ev -" in format_status_line(fresh, [], 50000, 0.0, width=63)
+    later = LearnerStatus(phase="online", episodes=4, train_success_rate=0.5, env_steps=1200)
+    assert "train  50%" in format_status_line(later, [], 50000, 0.0)
+    assert len(format_status_line(later, [], 50000, 0.0, width=63)) <= 63
+
+
 @pytest.mark.timeout(180)
 def test_a_session_gives_its_first_actor_the_keyboard_in_a_terminal(tmp_path, bc_checkpoint):
     config = tiny_run_config(tmp_path, bc_checkpoint, session={"final_eval_episodes": 0, "env_steps": 100000})
