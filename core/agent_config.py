@@ -94,10 +94,12 @@ class QEstimationConfig:
         "infinite_horizon", "MC return of a failed (truncated) episode: plain discounted sum, or r'_neg/(1-gamma).")
     alpha: float = doc(1.0, "Boltzmann temperature in Qhat_BC = V + alpha*(log pi_BC + H).")
     log_prob_floor: float = doc(-100.0, "log pi_BC(a|s) is clipped below at this value.")
-    value_updates: int = doc(3000, "Gradient steps fitting V_phi to the MC returns.")
-    critic_updates: int | None = doc(None, "Gradient steps regressing the critic ensemble onto Qhat_BC "
-                                           "(None: from the agent preset, paper 20000).")
-    actor_updates: int = doc(3000, "Gradient steps of NLL pre-training of pi_RL on the rollout's BC actions.")
+    value_updates: int = doc(3000, "Most gradient steps fitting V_phi to the MC returns (fewer once its held-out "
+                                   "loss has converged: converge_patience).")
+    critic_updates: int | None = doc(None, "Most gradient steps regressing the critic ensemble onto Qhat_BC "
+                                           "(None: from the agent preset, paper 20000; fewer once converged).")
+    actor_updates: int = doc(3000, "Most gradient steps of NLL pre-training of pi_RL on the rollout's BC actions "
+                                   "(fewer once converged).")
     init_actor: Literal["bc", "random"] = doc("bc", "Initialise pi_RL by NLL on the rollouts (bc) or not (random).")
     batch_size: int = doc(256, "Minibatch size of the Q-Estimation regressions.")
     learning_rate: float = doc(3e-4, "Adam learning rate of the V_phi and critic regressions.")
@@ -107,12 +109,28 @@ class QEstimationConfig:
         "data_policy_uniform", "Actions Q_RL regresses onto Qhat_BC at: the rollout's only, or also fresh pi_RL "
         "samples and uniform actions (Qhat_BC is defined everywhere; without them Q_RL extrapolates ~V(s) to "
         "off-BC actions and the gate runs them).")
+    support_samples: int = doc(
+        8, "With data_policy_uniform: actions per rollout state drawn once per fit from pi_RL and from the uniform "
+           "box (each), scored by Qhat_BC; every critic step regresses at one of each per state, drawn at random.")
+    holdout_fraction: float = doc(
+        0.1, "Share of the rollout episodes held out to tell when each regression has converged (at least one when "
+             "there are two or more; none with one: the stages then run their configured steps).")
+    converge_patience: int = doc(
+        1000, "A regression stops once its held-out loss (checked after every chunk of the fit, 100 steps) has not "
+              "improved by converge_tol for this many steps, and keeps its params of the best held-out loss; the "
+              "*_updates fields are maxima. Long enough to ride out a rise: the critic's held-out loss can climb for "
+              "hundreds of steps before it falls further. 0: no held-out set, every stage runs its *_updates.")
+    converge_tol: float = doc(0.01, "The relative improvement of the held-out loss that counts as progress.")
 
     def validate(self) -> None:
         if self.rollout_episodes < 1:
             raise ConfigError(f"rollout_episodes: {self.rollout_episodes} must be >= 1")
-        check_numbers(self, ">= 0", "value_updates", "critic_updates", "actor_updates")
-        check_numbers(self, ">= 1", "batch_size")
+        check_numbers(self, ">= 0", "value_updates", "critic_updates", "actor_updates", "converge_patience",
+                      "converge_tol")
+        check_numbers(self, ">= 1", "batch_size", "support_samples")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"holdout_fraction: {self.holdout_fraction} must be in [0, 1) (e.g. 0.1; 0: no "
+                              f"held-out set and no early stop)")
         check_numbers(self, "> 0", "learning_rate", "actor_learning_rate")
         check_numbers(self, "finite", "log_prob_floor")
         if self.alpha < 0:

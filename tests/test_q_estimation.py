@@ -1,5 +1,6 @@
 """Q-Estimation: MC returns and the failure convention by hand, Qhat_BC terms against scipy,
-E_{a~pi_BC}[Qhat_BC] = V by Monte Carlo, and the three regressions on tiny problems."""
+E_{a~pi_BC}[Qhat_BC] = V by Monte Carlo, the held-out split, the convergence rule and the precomputed critic
+support by hand, and the three regressions on tiny problems (to convergence, and saved and restored mid-stage)."""
 
 import functools
 
@@ -14,7 +15,8 @@ from q2rl.core.agent_config import AgentConfig
 from q2rl.core.agents import make_agent
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.policies import BCPolicy, PolicyConfig, make_policy_net
-from q2rl.core.q_estimation import mc_returns, qhat_bc, qhat_bc_from_terms, rollout_data
+from q2rl.core.q_estimation import (STAGES, Convergence, CriticSupport, holdout_episodes, mc_returns, pick_support,
+                                    qhat_bc, qhat_bc_from_terms, rollout_data, track)
 from q2rl.core.replay import Episode
 from q2rl.core.sac import value
 
@@ -137,9 +139,11 @@ def test_rollout_data_stacks_returns_per_episode():
 
 @pytest.mark.slow
 def test_fit_regresses_value_critic_and_actor():
-    """On a tiny problem whose returns depend on the state, all three regressions get close."""
+    """On a tiny problem whose returns depend on the state, all three regressions get close. Every stage runs its
+    configured steps (converge_patience 0): the states do not tell the step within an episode, so held-out episodes
+    would (rightly) stop V_phi before it memorises the per-step returns this test asks it to fit."""
     cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 400, "critic_updates": 400, "actor_updates": 300,
-                                               "batch_size": 64, "learning_rate": 3e-3})
+                                               "batch_size": 64, "learning_rate": 3e-3, "converge_patience": 0})
     bc = random_bc()
     agent, params = _params(cfg, bc)
     rng = np.random.default_rng(0)
@@ -168,19 +172,154 @@ def test_fit_regresses_value_critic_and_actor():
     nll = lambda p: -float(jnp.mean(actor_dist(agent.nets, p, data.obs).log_prob(jnp.asarray(data.actions))))
     assert nll(fitted) < nll(params) - 1.0
     assert report.num_steps == 48 and report.success_rate == 0.5
+    assert report.heldout_episodes == 0 and report.stage_steps == (400, 300, 400)  # no held-out set: every step
     # targets copied: the online TD target starts from the regressed critic
     np.testing.assert_array_equal(jax.tree_util.tree_leaves(fitted.critic)[0],
                                   jax.tree_util.tree_leaves(fitted.critic_target)[0])
 
 
-@pytest.mark.parametrize("stop_after_chunks", [3, 7])  # between two stages; within the critic stage
-def test_a_fit_saved_mid_stage_and_restored_ends_where_the_uninterrupted_one_does(tmp_path, stop_after_chunks):
+def test_holdout_episodes_counts_alternates_successes_and_failures_and_follows_the_key():
+    key = jax.random.PRNGKey(0)
+    mixed = [True, False] * 10
+    # round(fraction * n), at least 1 and at most n - 1; none below two episodes or at fraction 0
+    assert [len(holdout_episodes(mixed, f, key)) for f in (0.1, 0.12, 0.01, 0.95, 0.0)] == [2, 2, 1, 19, 0]
+    assert holdout_episodes([True], 0.5, key) == [] and len(holdout_episodes([True, False], 0.1, key)) == 1
+    assert len(holdout_episodes([False] * 4, 0.9, key)) == 3  # round(3.6) = 4, but one episode must stay to train on
+    # successes and failures in turn: 4 of 20 -> 2 + 2, 5 -> 3 + 2 or 2 + 3, whatever the key
+    for seed in range(5):
+        held = holdout_episodes(mixed, 0.2, jax.random.PRNGKey(seed))
+        assert sorted(mixed[i] for i in held) == [False, False, True, True]
+        assert sum(mixed[i] for i in holdout_episodes(mixed, 0.25, jax.random.PRNGKey(seed))) in (2, 3)
+    # one failure among ten: it is held out, with two successes, when three are
+    lone = [True] * 9 + [False]
+    held = holdout_episodes(lone, 0.3, key)
+    assert len(held) == 3 and 9 in held and held == sorted(set(held)) and all(0 <= i < 10 for i in held)
+    # deterministic per key; another key draws other episodes
+    assert holdout_episodes(mixed, 0.2, key) == holdout_episodes(mixed, 0.2, jax.random.PRNGKey(0))
+    assert len({tuple(holdout_episodes(mixed, 0.2, jax.random.PRNGKey(seed))) for seed in range(5)}) > 1
+
+
+def test_track_counts_steps_without_an_improvement_beyond_tol():
+    state = track(Convergence(), 1.0, 100, 0.01)
+    assert state == Convergence(1.0, 0)  # the first loss is the best so far
+    state = track(state, 0.995, 100, 0.01)  # 0.5 % better: within tol, noise
+    assert state == Convergence(1.0, 100)
+    state = track(state, 1.2, 50, 0.01)  # worse: the steps add up
+    assert state == Convergence(1.0, 150)
+    state = track(state, 0.98, 100, 0.01)  # 2 % better than the best: progress, the count starts over
+    assert state == Convergence(0.98, 0)
+    # relative to the size of the best, also below zero (an NLL can be): -2.01 is 0.5 % better than -2, -2.03 1.5 %
+    assert track(Convergence(-2.0, 0), -2.01, 100, 0.01) == Convergence(-2.0, 100)
+    assert track(Convergence(-2.0, 100), -2.03, 100, 0.01) == Convergence(-2.03, 0)
+    assert track(Convergence(1.0, 0), float("nan"), 100, 0.01) == Convergence(1.0, 100)  # a NaN is no progress
+    assert track(Convergence(1.0, 0), 0.999, 100, 0.0) == Convergence(0.999, 0)  # tol 0: any gain counts
+
+
+def test_pick_support_takes_one_of_each_states_k_actions_with_its_target():
+    batch, k, dim = 6, 4, 3
+    # action j of state i, coordinate c: 100 i + 10 j + c (+ 0.5 for the uniform ones); its target 100 i + 10 j
+    ids = 100 * np.arange(batch)[:, None] + 10 * np.arange(k)[None, :]
+    policy = (ids[..., None] + np.arange(dim)).astype(np.float32)
+    support = CriticSupport(policy, ids.astype(np.float32), policy + 0.5, ids.astype(np.float32) + 0.5)
+    picks = set()
+    for seed in range(8):
+        actions, targets = pick_support(support, jax.random.PRNGKey(seed))
+        actions, targets = np.asarray(actions), np.asarray(targets)
+        assert actions.shape == (2 * batch, dim) and targets.shape == (2 * batch,)
+        rows = np.r_[np.arange(batch), np.arange(batch)]
+        np.testing.assert_array_equal(actions[:, 0] // 100, rows)  # row i (pi_RL, then uniform) is state i's
+        j = (actions[:, 0] % 100) // 10
+        assert np.all((0 <= j) & (j < k))
+        np.testing.assert_array_equal(actions[:, 1:] - actions[:, :1], np.broadcast_to(np.arange(1, dim), (12, 2)))
+        np.testing.assert_array_equal(actions[:batch] % 1, 0.0)  # pi_RL's first, then the uniform ones
+        np.testing.assert_array_equal(actions[batch:] % 1, 0.5)
+        np.testing.assert_array_equal(targets, actions[:, 0])  # each action's own Qhat_BC
+        picks.update(j.tolist())
+    assert picks == set(range(k))  # drawn from all K
+
+
+def test_critic_support_holds_k_actions_per_state_each_with_its_qhat_bc():
+    """Scored in chunks (the last one padded), each state's K pi_RL and K uniform actions carry Qhat_BC at that
+    state and action: the rows and the K axis are not mixed up on the way."""
+    cfg = tiny_cfg(q_estimation={"support_samples": 3})
+    agent, params = _params(cfg, random_bc(), value_mean=-5.0, value_std=2.0)
+    rng = np.random.default_rng(1)
+    n = 13  # 4 chunks of 12 // 3 = 4 states, the last padded
+    data = rollout_data([_episode(rng.normal(size=(n + 1, STATE_DIM)), rng.uniform(-1, 1, (n, 7)), True)], cfg)
+    support = agent.q_estimation.critic_support(params, data, jax.random.PRNGKey(0), chunk=12)
+    assert support.policy_actions.shape == support.uniform_actions.shape == (n, 3, 7)
+    assert support.policy_targets.shape == support.uniform_targets.shape == (n, 3)
+    assert np.all(np.abs(support.uniform_actions) <= 1.0) and np.all(np.abs(support.policy_actions) <= 1.0)
+    assert len(np.unique(support.policy_actions[:, :, 0])) == 3 * n  # fresh draws, per state and per k
+    obs = {"state": np.repeat(data.obs["state"], 3, axis=0)}  # state i, k = 0, 1, 2, then state i + 1 ...
+    for actions, targets in ((support.policy_actions, support.policy_targets),
+                             (support.uniform_actions, support.uniform_targets)):
+        by_hand = qhat_bc(agent.nets, params, obs, jnp.asarray(actions.reshape(-1, 7)), cfg.q_estimation)
+        np.testing.assert_allclose(targets.reshape(-1), np.asarray(by_hand), rtol=1e-4, atol=1e-3)
+    # pi_RL's actions are its own at that state: likelier under pi_RL(s_i) than under another state's
+    from q2rl.core.sac import actor_dist
+    log_p = lambda states, a: np.asarray(actor_dist(agent.nets, params, {"state": jnp.asarray(states)}).log_prob(a))
+    own = log_p(obs["state"], support.policy_actions.reshape(-1, 7))
+    other = log_p(np.roll(obs["state"], 3, axis=0), support.policy_actions.reshape(-1, 7))
+    assert own.mean() > other.mean() + 1.0  # -4.1 against -5.5 nats
+
+
+def _noise_episodes(n: int, length: int = 5, seed: int = 0) -> list[Episode]:
+    """Episodes of random states and actions, successes and failures in turn: nothing for V_phi to learn beyond
+    the two kinds' mean returns, so its held-out loss soon stops improving."""
+    rng = np.random.default_rng(seed)
+    return [_episode(rng.normal(size=(length + 1, STATE_DIM)), rng.uniform(-1, 1, (length, 7)), i % 2 == 0)
+            for i in range(n)]
+
+
+def test_a_stage_stops_once_its_heldout_loss_stops_improving_and_keeps_its_best_params():
+    patience, chunk = 200, 50
+    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 3000, "critic_updates": 0, "actor_updates": 0,
+                                               "batch_size": 16, "holdout_fraction": 0.25,
+                                               "converge_patience": patience})
+    agent, params = _params(cfg, random_bc())
+    eps, key = _noise_episodes(8), jax.random.PRNGKey(3)
+    fit = agent.q_estimation.start(params, eps, key)
+    fit.chunk_steps = chunk
+    while not fit.advance():
+        pass
+    report, losses = fit.report(), fit.heldout_losses["value"]
+    # the last new best (1 % below the best before it, converge_tol's default) came `patience` steps before the stop
+    best, at = np.inf, None
+    for i, loss in enumerate(losses):
+        if loss < best * (1 - 0.01):
+            best, at = loss, i
+    assert report.stage_steps == ((at + 1) * chunk + patience, 0, 0) and len(losses) == at + 1 + patience // chunk
+    assert report.stage_steps[0] < 3000 and report.heldout_episodes == 2  # round(0.25 * 8)
+    assert report.value_heldout == (losses[0], best)
+    # the params kept are that best chunk's, not the last: their loss on the held-out episodes (by hand: squared
+    # error of V_phi in units of the training returns' std) is the one recorded for it
+    held = rollout_data([eps[i] for i in holdout_episodes([ep.success for ep in eps], 0.25,
+                                                          jax.random.fold_in(key, len(STAGES)))], cfg)
+    v = np.asarray(value(agent.nets, fit.params, held.obs))
+    by_hand = float(np.mean(((v - held.returns) / float(fit.params.value_stats[1])) ** 2))
+    assert by_hand == pytest.approx(best, rel=1e-4)
+    assert by_hand != pytest.approx(losses[-1], rel=1e-4)
+    assert report.num_steps == 40 and report.num_episodes == 8  # the held-out episodes count as seen
+
+
+@pytest.mark.parametrize("setting, stop_after_chunks", [
+    ("configured_steps", 3),  # between two stages
+    ("configured_steps", 7),  # within the critic stage
+    ("converging", 2),  # within V_phi's stage, a chunk past its best held-out loss
+    ("converging", 12),  # within the critic stage, a chunk past its best
+])
+def test_a_fit_saved_mid_stage_and_restored_ends_where_the_uninterrupted_one_does(tmp_path, setting,
+                                                                                 stop_after_chunks):
     """The fit's progress, checkpointed to a file and put back into a fit started afresh on the same episodes and
-    key, goes on to the parameters the uninterrupted fit reaches (a learner killed during the fit loses nothing)."""
+    key, goes on to the parameters the uninterrupted fit reaches (a learner killed during the fit loses nothing):
+    with the held-out record too, so a stage stops where it would have and keeps the same best params."""
     from q2rl.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
-    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": 60, "critic_updates": 60, "actor_updates": 60,
-                                               "batch_size": 16})
+    steps = {"configured_steps": 60, "converging": 400}[setting]
+    converge = {"converge_patience": 40, "converge_tol": 0.2} if setting == "converging" else {}
+    cfg = tiny_cfg(discount=0.9, q_estimation={"value_updates": steps, "critic_updates": steps,
+                                               "actor_updates": steps, "batch_size": 16, **converge})
     agent, params = _params(cfg, random_bc())
     rng = np.random.default_rng(0)
     eps = [_episode(rng.normal(size=(4, STATE_DIM)), rng.uniform(-1, 1, (3, 7)), i % 2 == 0) for i in range(6)]
@@ -191,23 +330,32 @@ def test_a_fit_saved_mid_stage_and_restored_ends_where_the_uninterrupted_one_doe
     chunks = 0
     while not whole.advance():
         chunks += 1
-    assert chunks + 1 == 9  # three stages of three chunks
+    if setting == "configured_steps":
+        assert chunks + 1 == 9  # three stages of three chunks
+    else:
+        assert all(n < steps for n in whole.report().stage_steps)  # every stage stopped early
 
     cut = start()
     cut.chunk_steps = 20
     for _ in range(stop_after_chunks):
         cut.advance()
+    if setting == "converging":
+        assert cut.done > 0 and cut.convergence.since_best > 0  # saved past its best: the best part must travel
     tree, meta = cut.progress()
     save_checkpoint(tmp_path / "fit.ckpt", tree, meta)
+    left = cut.steps_left()
     del cut
 
     resumed = start()
     resumed.chunk_steps = 20
     meta = read_metadata(tmp_path / "fit.ckpt")
     resumed.restore(load_checkpoint(tmp_path / "fit.ckpt", target=resumed.progress_template(meta)).state, meta)
-    assert resumed.steps_left() == 180 - 20 * stop_after_chunks
+    assert resumed.steps_left() == left
+    if setting == "configured_steps":
+        assert left == 180 - 20 * stop_after_chunks
     while not resumed.advance():
         pass
     for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert resumed.report() == whole.report()
+    assert whole.report().heldout_episodes == 1  # round(0.1 * 6) = 1: the held-out path, in both settings
