@@ -77,12 +77,13 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
     rng = np.random.default_rng(0)
     batches = [random_batches(cfg, cameras, image_size, rng) for _ in range(4)]
     t = time.perf_counter()
-    state, m = agent.update(state, batches[0], jax.random.PRNGKey(0))
+    update = agent.update_donating  # what the learner runs
+    state, m = update(state, batches[0], jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
-        state, m = agent.update(state, batches[n % 4], jax.random.PRNGKey(n))
+        state, m = update(state, batches[n % 4], jax.random.PRNGKey(n))
         n += 1
     jax.block_until_ready(state)
     updates_per_s = n / (time.perf_counter() - t0)
@@ -282,7 +283,7 @@ def fit_figures(config: str, presets: list[str], extrapolate: list[str], seconds
         if preset not in extrapolate:
             fit = fit_to_convergence(preset, overrides, episodes, bc)
             converged = converged or {k: v["steps"] for k, v in fit["stages"].items()}
-            out.update({f"qest_fit_s_{preset}": fit["fit_s"],
+            out.update({f"qest_fit_s_{preset}": fit["fit_s"], f"qest_fit_how_{preset}": "run to convergence",
                         f"qest_stage_steps_{preset}": {k: v["steps"] for k, v in fit["stages"].items()},
                         f"qest_stage_s_{preset}": {k: v["s"] for k, v in fit["stages"].items()},
                         f"qest_heldout_loss_{preset}": fit["heldout_loss"]})
@@ -291,6 +292,9 @@ def fit_figures(config: str, presets: list[str], extrapolate: list[str], seconds
             raise SystemExit(f"--extrapolate {preset}: list a preset that runs to convergence before it")
         else:
             out[f"qest_fit_s_{preset}_extrapolated"] = extrapolated_s(rates, converged)
+            # under the key too, with how it was obtained beside it
+            out[f"qest_fit_s_{preset}"], out[f"qest_fit_how_{preset}"] = out[f"qest_fit_s_{preset}_extrapolated"], \
+                "extrapolated"
             out[f"qest_steps_per_s_{preset}"] = {k: r["steps_per_s"] for k, r in rates.items()}
             out["qest_note"] = (f"qest_fit_s_{preset}_extrapolated: each stage timed for {seconds:g} s, at the steps "
                                 f"the {presets[0]} preset's fit converged in ({converged})")
