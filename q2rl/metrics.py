@@ -144,12 +144,20 @@ def eval_point_scalars(point) -> dict[str, Any]:
 
 
 def q_estimation_scalars(report) -> dict[str, Any]:
-    """The Q-Estimation fit's regressions (core.q_estimation.QEstimationReport): first and last chunk losses."""
+    """The Q-Estimation fit's regressions (core.q_estimation.QEstimationReport): first and last chunk losses, the
+    held-out losses (first chunk, kept params) and the steps each stage ran before it converged."""
     values: dict[str, Any] = {"q_estimation/rollout_success": report.success_rate,
-                              "q_estimation/rollout_return": report.mean_return}
+                              "q_estimation/rollout_return": report.mean_return,
+                              "q_estimation/heldout_episodes": report.heldout_episodes}
     for name in ("value_loss", "critic_loss", "actor_nll"):
         first, last = getattr(report, name)
         values[f"q_estimation/{name}_first"], values[f"q_estimation/{name}_last"] = first, last
+    from q2rl.core.q_estimation import STAGES
+
+    for stage, steps in zip(STAGES, report.stage_steps):
+        first, kept = getattr(report, f"{stage}_heldout")
+        values[f"q_estimation/{stage}_steps"] = steps
+        values[f"q_estimation/{stage}_heldout_first"], values[f"q_estimation/{stage}_heldout_kept"] = first, kept
     return values
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_util import REPO, q2rl, read_json, start, tiny_run_config, wait_for
+from process_util import REPO, q2rl, read_json, start, tiny_agent, tiny_run_config, wait_for
 
 from q2rl.demos.hdf5 import read_demos
 from q2rl.learner.episode_store import EpisodeStore
@@ -71,8 +71,13 @@ def session(tmp_path_factory) -> Session:
     runs, `q2rl episodes export` reads its store. The session is stopped with Ctrl-C (SIGINT) once an eval window
     of the gated policy has closed, as an operator stops one (a stopped run is what the report must read too)."""
     tmp = tmp_path_factory.mktemp("report")
+    # No critic regression: an unfitted Q_RL rates pi_RL's actions far above Qhat_BC, so the gate hands over at once
+    # and a short session's video shows both sources (a fitted one starts at Qhat_BC and hands over later).
+    agent = tiny_agent()
+    agent["q_estimation"] = {**agent["q_estimation"], "critic_updates": 0}
     config = tiny_run_config(
-        tmp, env={"sim": {"task": "pick_cube", "max_episode_steps": 30, "cameras": ["front"], "image_size": 32}},
+        tmp, agent=agent,
+        env={"sim": {"task": "pick_cube", "max_episode_steps": 30, "cameras": ["front"], "image_size": 32}},
         session={"env_steps": 100_000, "final_eval_episodes": 0}, learner={"eval_window": 2},
         actor={"eval_every_episodes": 2})
     proc = start(q2rl("session", "--config", str(config), "learner.run_name=seen"), tmp / "session.log")
@@ -216,7 +221,8 @@ def test_the_metrics_history_reads_back_with_the_expected_tags_and_steps(session
     for tag in ("learning/critic_loss", "learning/q_mean", "learning/temperature", "utd/achieved", "utd/target",
                 "rate/updates_per_s", "rate/env_steps_per_s", "share/bc_train", "success/train", "success/eval",
                 "share/bc_eval", "replay/size", "actors/connected", "progress/q_estimation_steps_left",
-                "gate/q_bc_mean", "gate/q_rl_mean", "q_estimation/value_loss_last", "episode/length_mean"):
+                "gate/q_bc_mean", "gate/q_rl_mean", "q_estimation/value_loss_last", "q_estimation/critic_steps",
+                "episode/length_mean"):
         assert learner.get(tag), tag
     steps = [p.step for points in learner.values() for p in points]
     assert 0 <= min(steps) and max(steps) == status["env_steps"]  # the final status is the last point
