@@ -390,8 +390,10 @@ class LearnerService:
         try:
             while context.is_active() and not self._stopping.is_set():
                 with self._lock:
-                    if session not in self._sessions or self._param_streams.get(session) is not context:
-                        return  # the actor reconnected (a new session), or this session opened a newer stream
+                    superseded = session not in self._sessions or self._param_streams.get(session) is not context
+                if superseded:  # the actor reconnected (a new session), or this session opened a newer stream
+                    # Ended as the newer stream's cancel() would end it: seeing the change first is a race, not OK.
+                    context.abort(grpc.StatusCode.CANCELLED, "parameter stream replaced by a newer connection")
                 newer = self.board.wait_newer(have, have_grants, self._param_poll_s)
                 if newer is None:
                     continue
