@@ -73,12 +73,10 @@ def test_the_lab_day_learner_alone_actor_with_keys_then_export_and_deploy(tmp_pa
                              actor={"eval_every_episodes": 0})
     run = tmp_path / "runs" / "day"
     # 1. GPU box: the learner alone
-    learner = start(q2rl("learner", "--config", str(config)), tmp_path / "learner.out")
+    learner, address = _start_learner_alone(config, run, tmp_path)
     procs = [learner]
     master, slave = _pty(120)
     try:
-        address = wait_for(lambda: (run / "learner.addr").is_file() and (run / "learner.addr").read_text(), 120,
-                           "the learner serving", procs)
         # 2. the robot workstation: the actor alone, at the control rate, the operator's terminal its console
         actor = subprocess.Popen(
             q2rl("actor", "--config", str(run / "config.yaml"), "--learner", address, "actor.pace=control_rate",
@@ -158,6 +156,17 @@ def test_the_lab_day_learner_alone_actor_with_keys_then_export_and_deploy(tmp_pa
     assert (result["episodes"], result["successes"], result["cut_episodes"]) == (2, 1, 0)
 
 
+def _start_learner_alone(config: Path, run: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """`q2rl learner` started alone, as on the GPU box: its process and the address it serves on."""
+    learner = start(q2rl("learner", "--config", str(config)), tmp_path / "learner.out")
+    try:
+        return learner, wait_for(lambda: (run / "learner.addr").is_file() and (run / "learner.addr").read_text(),
+                                 120, "the learner serving", [learner])
+    except BaseException:
+        kill_left([learner])
+        raise
+
+
 def _stored_training_outcomes(run, store_cls) -> dict:
     return {e.episode_id: e.report.success for e in store_cls(run, read_only=True).episodes()
             if e.complete and e.report is not None and not e.report.eval}
@@ -226,12 +235,10 @@ def test_the_same_actor_on_franky_sim_with_a_realsense_camera_drives_episodes_by
     data["env"] = {"backend": "franka", "franka": franka}
     config.write_text(yaml.safe_dump(data))
     run = tmp_path / "runs" / "robot"
-    learner = start(q2rl("learner", "--config", str(config)), tmp_path / "learner.out")
+    learner, address = _start_learner_alone(config, run, tmp_path)
     procs = [learner]
     master, slave = _pty(120)
     try:
-        address = wait_for(lambda: (run / "learner.addr").is_file() and (run / "learner.addr").read_text(), 120,
-                           "the learner serving", procs)
         env = child_env()
         env["PYTHONPATH"] = os.pathsep.join([str(FAKE_REALSENSE), env.get("PYTHONPATH", "")])
         # the defaults of a robot: paced at the control rate, waiting for r before each episode
