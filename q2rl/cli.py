@@ -7,6 +7,7 @@ Every group module exposes `main(argv: list[str]) -> int`; it is imported only w
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from q2rl.config import ConfigError, OverrideError
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"q2rl: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # MuJoCo picks its OpenGL backend once, when it is imported (by any command that touches the sim): headless EGL
+    # unless the user chose one, or every camera render fails on a machine without a display.
+    os.environ.setdefault("MUJOCO_GL", "egl")
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

@@ -185,3 +185,19 @@ def test_demos_scripted_cli_records_camera_images(tmp_path, capsys):
     images = ds.episodes[0].images
     assert images["wrist"].shape[1:] == (32, 32, 3) and images["front"].dtype == np.uint8
     assert images["front"].std() > 1.0  # something was rendered
+
+
+def test_the_q2rl_command_renders_cameras_on_a_machine_without_a_display_or_MUJOCO_GL(tmp_path):
+    """MuJoCo reads MUJOCO_GL once, at import: the command must choose headless EGL before any group imports the
+    sim (`q2rl session` with cameras failed in its demo recording when a user ran .venv/bin/q2rl directly)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
+    out = tmp_path / "headless.hdf5"
+    proc = subprocess.run([sys.executable, "-m", "q2rl.cli", "demos", "scripted", "--episodes", "1", "--noise", "0",
+                           "--out", str(out), "--cameras", "wrist", "--image-size", "24", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    images = read_demos(out, cameras=("wrist",)).episodes[0].images["wrist"]
+    assert images.shape[1:] == (24, 24, 3) and images.std() > 1.0

@@ -255,8 +255,13 @@ class FrankaSimEnv(gym.Env):
         return obs
 
     def _new_renderer(self, size: int) -> mujoco.Renderer:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-        renderer = mujoco.Renderer(self.model, size, size)
+        try:
+            renderer = mujoco.Renderer(self.model, size, size)
+        except mujoco.FatalError as e:  # MUJOCO_GL is read when mujoco is imported: too late to set it here
+            raise RuntimeError(
+                f"MuJoCo cannot render the cameras {list(self.cfg.cameras)} (MUJOCO_GL="
+                f"{os.environ.get('MUJOCO_GL', 'unset')}): set MUJOCO_GL=egl (headless; osmesa needs apt libosmesa6) "
+                f"before starting Python, as the q2rl command and .venv/bin/activate do ({e})") from None
         # Free the GL context at interpreter exit too (before EGL is torn down) if nobody calls close().
         weakref.finalize(self, renderer.close)
         flags = renderer.scene.flags
