@@ -9,7 +9,8 @@ critic, whose post-Q-Estimation dip on peg_insert this probe was written to expl
 1. The BC policy of `bench/sample_efficiency.py` (cached under --out; trained there if missing).
 2. Q-Estimation and `--online-steps` steps of online RL: the session's actor and learner in this process
    (q2rl.local.LocalRun with the benchmark's run config), no evaluations.
-3. `--episodes` evaluation episodes with modes, as the sample-efficiency curves evaluate. At every step both
+3. `--episodes` evaluation episodes of the session's Actor (its `evaluate`, with modes, as the sample-efficiency
+   curves evaluate), a recorder keeping its per-step records; each step is scored again here: both
    candidates are scored by min-head Q_RL (Q_RL(s, a_rl) and Q_RL(s, a_bc)), by the prior (Qhat_BC(s, a_bc) and
    Qhat_BC(s, a_rl)), by pi_BC's log-likelihood, and by the std over the critic's heads (whether the
    ensemble disagrees more at pi_RL's action, as a disagreement-weighted conservatism would need). Averages over
@@ -57,35 +58,39 @@ def make_probe(agent):
     return jax.jit(probe)
 
 
-def probe_episodes(agent, params, env, episodes: int, eval_seed: int) -> dict:
-    """Run the deterministic gate for `episodes` episodes and summarise its per-step records."""
-    import jax
+class StepLog:
+    """An Actor's recorder that keeps every step's transition (what the gate proposed, scored and ran)."""
 
-    from q2rl.interfaces import policy_obs
+    def __init__(self):
+        self.steps: list = []
 
+    def add(self, transition) -> None:
+        self.steps.append(transition)
+
+    def end_episode(self, report) -> None:
+        pass
+
+
+def probe_episodes(cfg, bc, agent, params, version: int, episodes: int, eval_seed: int) -> dict:
+    """`episodes` evaluation episodes of the session's own Actor with `params` (the gate with modes, as the curves
+    evaluate) and a summary of its per-step records, each scored again by the probe."""
+    from q2rl.actor.actor import Actor
+    from q2rl.robot.envs import make_env
+
+    log, env = StepLog(), make_env(cfg.env)
+    try:
+        actor = Actor(cfg, env, bc, sink=None, source=None, recorder=log)
+        actor.set_params(params, version)
+        reports = actor.evaluate(episodes, first_seed=eval_seed, deterministic=True, report=False)
+    finally:
+        env.close()
     probe = make_probe(agent)
-    key = jax.random.PRNGKey(0)  # unused by the deterministic gate
-    successes, used_rl, gaps, scores = [], [], [], []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=eval_seed + i)
-        done, success = False, False
-        while not done:
-            o = policy_obs(obs, ())
-            action, gate_info = agent.eval_gate(params, o, key)  # the configured gate decides, as in evaluation
-            a_bc, a_rl = np.asarray(gate_info.a_bc), np.asarray(gate_info.a_rl)  # the modes it compared
-            s = np.asarray(probe(params, o, a_bc, a_rl))
-            use_rl = bool(gate_info.use_rl)
-            obs, _, terminated, truncated, info = env.step(np.asarray(action))
-            success = success or bool(info.get("success", False))
-            done = terminated or truncated
-            used_rl.append(use_rl)
-            gaps.append(np.abs(a_rl - a_bc))
-            scores.append(s)
-        successes.append(success)
-    used_rl, gaps, scores = np.asarray(used_rl), np.asarray(gaps), np.asarray(scores)
+    used_rl = np.asarray([t.source == "rl" for t in log.steps])
+    gaps = np.asarray([np.abs(t.a_rl - t.a_bc) for t in log.steps])
+    scores = np.asarray([np.asarray(probe(params, t.obs, t.a_bc, t.a_rl)) for t in log.steps])
     mean = lambda rows: {k: round(float(v), 2) for k, v in zip(SCORES, rows.mean(axis=0))} if len(rows) else {}
     return {
-        "success": float(np.mean(successes)), "rl_share": float(used_rl.mean()),
+        "success": float(np.mean([r.success for r in reports])), "rl_share": float(used_rl.mean()),
         "rl_steps": mean(scores[used_rl]), "bc_steps": mean(scores[~used_rl]),
         "action_gap_rl_steps": np.round(gaps[used_rl].mean(axis=0), 3).tolist() if used_rl.any() else [],
         "action_gap_bc_steps": np.round(gaps[~used_rl].mean(axis=0), 3).tolist() if (~used_rl).any() else [],
@@ -115,7 +120,6 @@ def main() -> None:
     from sample_efficiency import EVAL_SEED, bench_run_config, prepare_bc, session_bc
 
     from q2rl.local import LocalRun, LocalSchedule
-    from q2rl.robot.envs import make_env
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,8 +130,9 @@ def main() -> None:
                            base_config=args.config)
     with tempfile.TemporaryDirectory() as run_dir:
         run = LocalRun(cfg, bc, run_dir)
-        result = run.run(LocalSchedule(online_steps=args.online_steps, eval_every=0))
-    summary = probe_episodes(run.learner.agent, result.params, make_env(cfg.env), args.episodes, EVAL_SEED)
+        run.run(LocalSchedule(online_steps=args.online_steps, eval_every=0))
+        run.actor.refresh()  # the newest set the learner published (the run may end before the actor's next step)
+    summary = probe_episodes(cfg, bc, run.learner.agent, run.actor.params, run.actor.version, args.episodes, EVAL_SEED)
     print(json.dumps({"task": args.task, "seed": args.seed, "online_steps": args.online_steps, **summary}))
 
 
