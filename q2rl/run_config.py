@@ -219,6 +219,14 @@ class RunConfig:
     actor: ActorConfig = doc(ActorConfig(), "An actor process.")
     session: SessionConfig = doc(SessionConfig(), "A whole session (q2rl session).")
 
+    def validate(self) -> None:
+        """A rule across sections: a sim run without object poses must see the scene through cameras."""
+        sim = self.env.sim
+        if self.env.backend == "sim" and not sim.privileged_state and not sim.cameras:
+            raise ConfigError("env.sim.cameras: empty while env.sim.privileged_state is false: the policies would see "
+                              "only the robot's own joints, never the object; add cameras (env.sim.cameras=[wrist, "
+                              "front]) or set env.sim.privileged_state=true")
+
     def __post_init__(self) -> None:
         # The token is resolved once, here, for every process that reads the run config (learner, actor, session);
         # to_dict leaves it out, so config.yaml holds where it comes from (token_file, $Q2RL_TOKEN), never it.

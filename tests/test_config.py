@@ -395,6 +395,21 @@ def test_a_rule_across_fields_that_only_the_overrides_break_blames_the_command_l
     assert f"from the command line: agent.ensemble_size=1; {path} alone is valid" in message
 
 
+def test_a_sim_run_without_object_poses_must_see_through_cameras_and_so_must_the_pi_bc_trained_for_it(tmp_path):
+    from q2rl.learner.bc_source import ensure_bc_policy
+    from q2rl.run_config import RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, None, ["env.sim.privileged_state=false"])
+    assert str(err.value).startswith("env.sim.cameras: empty") and "env.sim.cameras=[wrist, front]" in str(err.value)
+    pixels = load_config(RunConfig, None, ["env.sim.privileged_state=false", "env.sim.cameras=[wrist]",
+                                           f"bc.cache_root={tmp_path}"])
+    with pytest.raises(ConfigError) as err:  # before any demo is recorded
+        ensure_bc_policy(pixels, progress=False)
+    assert str(err.value).startswith("bc.train.cameras: empty") and "bc.train.cameras=[wrist]" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _cli(*argv):
     import subprocess
     import sys
