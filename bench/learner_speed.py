@@ -111,7 +111,7 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
     return out
 
 
-def pick_cube_rollouts(config: str, seed: int = 0) -> tuple[list, BCPolicy]:
+def pick_cube_rollouts(config: str, seed: int = 0, rollout_episodes: int | None = None) -> tuple[list, BCPolicy]:
     """pi_BC's Q-Estimation rollouts on pick_cube as a session takes them: the BC policy of `config` (scripted demos
     + BC, trained once and cached: sample_efficiency.session_bc), the session's Actor and Learner in this process
     (q2rl.local.LocalRun), and the episodes exported from the learner's replay as its fit reads them. The learner's
@@ -128,6 +128,8 @@ def pick_cube_rollouts(config: str, seed: int = 0) -> tuple[list, BCPolicy]:
 
     bc, demos = session_bc(config, "pick_cube")
     empty_fit = {"q_estimation": {"value_updates": 0, "actor_updates": 0, "critic_updates": 0}}
+    if rollout_episodes is not None:  # more than the config's (bench/value_generalisation.py holds some out)
+        empty_fit["q_estimation"]["rollout_episodes"] = rollout_episodes
     cfg = bench_run_config("pick_cube", "q2rl", seed, eval_episodes=1, eval_deterministic=False,
                            agent_overrides=empty_fit, demos=str(demos), base_config=config)
     with tempfile.TemporaryDirectory() as run_dir:
