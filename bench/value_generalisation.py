@@ -6,8 +6,9 @@
 1. `--rollouts` episodes of sampled pi_BC on pick_cube, as a session takes its Q-Estimation rollouts (`make run`'s
    BC policy and actor: bench/learner_speed.py's pick_cube_rollouts).
 2. `--splits` times: `--fit-on` of them at random are the fit's rollouts, the rest are held out. On the fit's
-   rollouts: V_phi as the learner fits it (the value stage of QEstimation, its held-out stop included) and the
-   mean of `--bag` such fits on bootstrap resamples of the episodes (the first on the episodes themselves).
+   rollouts: V_phi as the learner fits it (the value stage of QEstimation, its held-out stop included), with one
+   head (the default) and bagged (`q_estimation.value_heads` = `--bag`: the mean of heads that each regress a
+   bootstrap resample of the episodes).
 3. Each estimate's RMSE against the held-out episodes' Monte-Carlo returns (the regression's own targets), in
    return units, over all their states and over their first states only (the reset scenes, where the gate's first
    decision of an episode is made), next to the constant that predicts the fit's mean return everywhere.
@@ -64,8 +65,11 @@ def rmse(estimate: np.ndarray, returns: np.ndarray) -> float:
 
 def measure(episodes: list, bc, fit_on: int, splits: int, bag: int, seed: int) -> dict:
     cfg = from_dict(AgentConfig, {"preset": "cpu"})
-    agent = make_agent(cfg, ACTION_DIM, ())
-    value_of = jax.jit(lambda params, obs: value(agent.nets, params, obs))
+    agents = {"fit": make_agent(cfg, ACTION_DIM, ()),
+              "bagged": make_agent(from_dict(AgentConfig, {"preset": "cpu", "q_estimation": {"value_heads": bag}}),
+                                   ACTION_DIM, ())}
+    value_of = {name: jax.jit(lambda params, obs, nets=agent.nets: value(nets, params, obs))
+                for name, agent in agents.items()}
     rng = np.random.default_rng(seed)
     errors = {"all": {"constant": [], "fit": [], "bagged": []}, "first": {"constant": [], "fit": [], "bagged": []}}
     spread = {"fit": [], "bagged": []}
@@ -75,13 +79,10 @@ def measure(episodes: list, bc, fit_on: int, splits: int, bag: int, seed: int) -
         test = rollout_data(held, cfg)
         firsts = np.cumsum([0] + [len(ep) for ep in held[:-1]])
         mean_return = float(rollout_data(fitted, cfg).returns.mean())
-        estimates = []
-        for m in range(bag):
-            resample = fitted if m == 0 else [fitted[i] for i in rng.integers(0, fit_on, fit_on)]
-            params = fit_value(agent, bc, resample, jax.random.PRNGKey(1000 * seed + 100 * split + m))
-            estimates.append(np.asarray(value_of(params, test.obs)))
-        for name, estimate in (("constant", np.full_like(test.returns, mean_return)), ("fit", estimates[0]),
-                               ("bagged", np.mean(estimates, axis=0))):
+        estimates = {name: np.asarray(value_of[name](fit_value(agent, bc, fitted,
+                                                                jax.random.PRNGKey(1000 * seed + split)), test.obs))
+                     for name, agent in agents.items()}
+        for name, estimate in (("constant", np.full_like(test.returns, mean_return)), *estimates.items()):
             errors["all"][name].append(rmse(estimate, test.returns) ** 2)
             errors["first"][name].append(rmse(estimate[firsts], test.returns[firsts]) ** 2)
             if name != "constant":
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--rollouts", type=int, default=60)
     p.add_argument("--fit-on", type=int, default=20, help="rollouts per fit (a session's rollout_episodes)")
     p.add_argument("--splits", type=int, default=4)
-    p.add_argument("--bag", type=int, default=6, help="fits averaged by the bagged estimate")
+    p.add_argument("--bag", type=int, default=6, help="heads of the bagged V_phi (q_estimation.value_heads)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     if not 2 <= args.fit_on < args.rollouts:

@@ -94,6 +94,10 @@ class QEstimationConfig:
         "infinite_horizon", "MC return of a failed (truncated) episode: plain discounted sum, or r'_neg/(1-gamma).")
     alpha: float = doc(1.0, "Boltzmann temperature in Qhat_BC = V + alpha*(log pi_BC + H).")
     log_prob_floor: float = doc(-100.0, "log pi_BC(a|s) is clipped below at this value.")
+    value_heads: int = doc(
+        1, "V_phi as the mean of this many heads (one encoder), each regressing the returns of its own bootstrap "
+           "resample of the rollout episodes (Poisson(1) weights per episode); 1: one plain fit. Bagging keeps V_phi "
+           "near the mean return where the rollouts cannot tell states apart (docs/design.md#the-value-network).")
     value_updates: int = doc(3000, "Most gradient steps fitting V_phi to the MC returns (fewer once its held-out "
                                    "loss has converged: converge_patience).")
     critic_updates: int | None = doc(None, "Most gradient steps regressing the critic ensemble onto Qhat_BC "
@@ -127,7 +131,7 @@ class QEstimationConfig:
             raise ConfigError(f"rollout_episodes: {self.rollout_episodes} must be >= 1")
         check_numbers(self, ">= 0", "value_updates", "critic_updates", "actor_updates", "converge_patience",
                       "converge_tol")
-        check_numbers(self, ">= 1", "batch_size", "support_samples")
+        check_numbers(self, ">= 1", "batch_size", "support_samples", "value_heads")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction: {self.holdout_fraction} must be in [0, 1) (e.g. 0.1; 0: no "
                               f"held-out set and no early stop)")

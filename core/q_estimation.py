@@ -73,11 +73,13 @@ def qhat_bc(nets: Networks, params: AgentParams, obs: Any, action: jax.Array, cf
 
 # ------------------------------------------------------------------------------------------------ data
 class RolloutData(NamedTuple):
-    """Flattened Q-Estimation rollouts: observations, executed (BC) actions, MC returns."""
+    """Flattened Q-Estimation rollouts: observations, executed (BC) actions, MC returns, and the index (in the
+    episodes given) of the episode each row came from."""
 
     obs: dict
     actions: np.ndarray
     returns: np.ndarray
+    episode: np.ndarray
 
 
 def rollout_data(episodes: Sequence[Episode], cfg: AgentConfig) -> RolloutData:
@@ -92,7 +94,25 @@ def rollout_data(episodes: Sequence[Episode], cfg: AgentConfig) -> RolloutData:
         returns.append(mc_returns(ep.rewards, ep.success, cfg.discount, cfg.reward_scale, cfg.reward_bias,
                                   cfg.q_estimation.failure_return))
     obs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *obs_parts)
-    return RolloutData(obs, np.concatenate(actions).astype(np.float32), np.concatenate(returns).astype(np.float32))
+    episode = np.concatenate([np.full(len(ep), i, np.int32) for i, ep in enumerate(episodes)])
+    return RolloutData(obs, np.concatenate(actions).astype(np.float32), np.concatenate(returns).astype(np.float32),
+                       episode)
+
+
+def bootstrap_weights(num_episodes: int, heads: int, key: jax.Array) -> np.ndarray:
+    """[heads, num_episodes] weights of each episode in each head's regression: Poisson(1) draws, the online form
+    of a bootstrap resample (an episode drawn k times counts k times; about a third sit out a head). One head: all 1,
+    the plain fit."""
+    if heads == 1:
+        return np.ones((1, num_episodes), np.float32)
+    return np.asarray(jax.random.poisson(key, 1.0, (heads, num_episodes)), np.float32)
+
+
+def bagged_value_loss(per_head: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    """The mean over heads of each head's weighted mean squared error: `per_head` [H, B] predictions, `targets`
+    [B], `weights` [H, B] (a head whose weights are all 0 in a minibatch adds 0)."""
+    sq = weights * (per_head - targets[None]) ** 2
+    return jnp.mean(jnp.sum(sq, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1e-6))
 
 
 def holdout_episodes(successes: Sequence[bool], fraction: float, key: jax.Array) -> list[int]:
@@ -142,10 +162,12 @@ STAGE_PARTS: dict[str, Callable[[AgentParams], Any]] = {
 class Regression:
     """Adam on `loss_fn(params, minibatch, key)` over random minibatches of `data` (a pytree of [N, ...] arrays),
     in jitted lax.scan chunks that can stop and go on: the state between chunks is just (params, opt_state).
-    With `heldout` (the same pytree layout), `heldout_loss` scores params on all of it with a fixed key."""
+    With `heldout` (the same pytree layout, or what `heldout_fn` reads), `heldout_loss` scores params on all of it
+    with a fixed key, by `heldout_fn` (default: the loss itself)."""
 
     def __init__(self, loss_fn: Callable[[Any, Any, jax.Array], jax.Array], data: Any, batch_size: int,
-                 learning_rate: float, heldout: Any = None):
+                 learning_rate: float, heldout: Any = None,
+                 heldout_fn: Callable[[Any, Any, jax.Array], jax.Array] | None = None):
         n = jax.tree_util.tree_leaves(data)[0].shape[0]
         self.tx = tx = regression_optimizer(learning_rate)
         self.data = jax.tree_util.tree_map(jnp.asarray, data)
@@ -166,7 +188,8 @@ class Regression:
 
         self._run = jax.jit(run, static_argnums=4)  # data is an argument, not a baked-in constant
         # One key for every evaluation: the held-out loss is then a function of the params alone, so chunks compare.
-        self._heldout = jax.jit(lambda params, heldout: loss_fn(params, heldout, jax.random.PRNGKey(0)))
+        judge = heldout_fn or loss_fn
+        self._heldout = jax.jit(lambda params, heldout: judge(params, heldout, jax.random.PRNGKey(0)))
 
     def init(self, params: Any) -> Any:
         return self.tx.init(params)
@@ -324,16 +347,28 @@ class QEstimation:
         nets, qcfg = self.nets, self.qcfg
         norm = params.normalizer
         if stage == "value":
-            # V_phi regresses returns standardised by their mean and std (the losses are in those units).
+            # V_phi regresses returns standardised by their mean and std (the losses are in those units). Each head
+            # weighs the rows by its bootstrap weight of their episode; the held-out loss is that of the heads' mean,
+            # the V_phi the gate reads.
             stats = np.asarray([data.returns.mean(), max(float(data.returns.std()), 1e-3)], np.float32)
+            weights = bootstrap_weights(int(data.episode.max()) + 1, qcfg.value_heads, key)[:, data.episode].T
+
+            def standardised(g):
+                return (g - stats[0]) / stats[1]
 
             def value_loss(v_params, batch, key):
+                obs, g, w = batch
+                return bagged_value_loss(nets.value.apply(v_params, norm.normalize(obs)), standardised(g), w.T)
+
+            def heldout_loss(v_params, batch, key):
                 obs, g = batch
-                return jnp.mean((nets.value.apply(v_params, norm.normalize(obs)) - (g - stats[0]) / stats[1]) ** 2)
+                return jnp.mean((jnp.mean(nets.value.apply(v_params, norm.normalize(obs)), axis=0)
+                                 - standardised(g)) ** 2)
 
             held = None if heldout is None else (heldout.obs, heldout.returns)
             return (params.replace(value_stats=jnp.asarray(stats)),
-                    Regression(value_loss, (data.obs, data.returns), qcfg.batch_size, qcfg.learning_rate, held),
+                    Regression(value_loss, (data.obs, data.returns, weights), qcfg.batch_size, qcfg.learning_rate,
+                               held, heldout_fn=heldout_loss),
                     STAGE_PARTS["value"], lambda p, v: p.replace(value=v))
         if stage == "actor":
             # Every minibatch draws fresh BC actions: fitting the one executed action per state instead memorises it

@@ -73,18 +73,35 @@ class PolicyNet(nn.Module):
         return TanhGaussian(mean, log_std)
 
 
+class ValueHead(nn.Module):
+    """One head of V_phi: features -> [...]."""
+
+    hidden_dims: Sequence[int]
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
+        return nn.Dense(1)(h)[..., 0]
+
+
 class ValueNet(nn.Module):
-    """V_phi(obs) -> [...] with its own observation encoder (frozen after Q-Estimation)."""
+    """V_phi's heads: obs -> [heads, ...], one observation encoder (frozen after Q-Estimation). One head keeps the
+    parameter layout of the single-network V_phi (encoder, MLP_0, Dense_0), so older checkpoints load."""
 
     hidden_dims: Sequence[int]
     camera_names: Sequence[str] = ()
     image_feature_dim: int = 64
+    heads: int = 1
 
     @nn.compact
     def __call__(self, obs: Any) -> jax.Array:
         features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim, name="encoder")(obs)
-        h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
-        return nn.Dense(1)(h)[..., 0]
+        if self.heads == 1:
+            h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
+            return nn.Dense(1)(h)[None, ..., 0]
+        vmapped = nn.vmap(ValueHead, variable_axes={"params": 0}, split_rngs={"params": True},
+                          in_axes=None, out_axes=0, axis_size=self.heads)
+        return vmapped(self.hidden_dims, name="heads")(features)
 
 
 class Networks(NamedTuple):
@@ -104,7 +121,7 @@ def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str]
         encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim),
         actor=PolicyNet(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
         critic=EnsembleCritic(tuple(cfg.hidden_dims), cfg.ensemble_size, cfg.critic_layer_norm),
-        value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim),
+        value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim, cfg.q_estimation.value_heads),
         action_dim=action_dim,
     )
 
@@ -211,8 +228,8 @@ def critic_values(nets: Networks, params: AgentParams, obs: Any, action: jax.Arr
 
 
 def value(nets: Networks, params: AgentParams, obs: Any) -> jax.Array:
-    """V_phi(obs) -> [...] (the net regresses standardised returns; see AgentParams.value_stats)."""
-    raw = nets.value.apply(params.value, params.normalizer.normalize(obs))
+    """V_phi(obs) -> [...]: the mean of its heads (each regresses standardised returns; see AgentParams.value_stats)."""
+    raw = jnp.mean(nets.value.apply(params.value, params.normalizer.normalize(obs)), axis=0)
     return params.value_stats[0] + params.value_stats[1] * raw
 
 

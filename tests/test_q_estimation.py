@@ -359,3 +359,70 @@ def test_a_fit_saved_mid_stage_and_restored_ends_where_the_uninterrupted_one_doe
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert resumed.report() == whole.report()
     assert whole.report().heldout_episodes == 1  # round(0.1 * 6) = 1: the held-out path, in both settings
+
+
+def test_bagged_value_loss_by_hand():
+    from q2rl.core.q_estimation import bagged_value_loss
+
+    per_head = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    targets = jnp.array([1.0, 0.0, 1.0])
+    weights = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # head 1 sits this minibatch out
+    # head 0: (2 * 0^2 + 1 * 2^2 + 0 * 2^2) / 3 = 4/3; head 1: 0 / max(0, eps) = 0; mean over heads 2/3
+    assert float(bagged_value_loss(per_head, targets, weights)) == pytest.approx(2 / 3)
+    ones = jnp.ones((1, 3))
+    assert float(bagged_value_loss(per_head[:1], targets, ones)) == pytest.approx((0 + 4 + 4) / 3)  # plain MSE
+
+
+def test_bootstrap_weights_are_poisson_resamples_and_one_head_is_the_plain_fit():
+    from q2rl.core.q_estimation import bootstrap_weights
+
+    np.testing.assert_array_equal(bootstrap_weights(7, 1, jax.random.PRNGKey(0)), np.ones((1, 7)))
+    w = bootstrap_weights(20_000, 5, jax.random.PRNGKey(1))
+    assert w.shape == (5, 20_000) and np.all(w == np.round(w)) and w.min() == 0
+    assert w.mean() == pytest.approx(1.0, abs=0.02) and w.var() == pytest.approx(1.0, abs=0.05)  # Poisson(1)
+    assert (w == 0).mean() == pytest.approx(np.exp(-1), abs=0.01)  # about a third of the episodes sit out a head
+    np.testing.assert_array_equal(w, bootstrap_weights(20_000, 5, jax.random.PRNGKey(1)))  # a restart redraws them
+
+
+def test_a_bagged_v_phi_is_the_mean_of_heads_fitted_on_different_resamples():
+    cfg = tiny_cfg(discount=0.9, q_estimation={"value_heads": 4, "value_updates": 300, "critic_updates": 0,
+                                               "actor_updates": 0, "batch_size": 16, "holdout_fraction": 0.25,
+                                               "converge_patience": 0})
+    agent, params = _params(cfg, random_bc())
+    assert set(params.value["params"]) == {"heads"}  # vmapped heads (a state-only encoder has no params)
+    eps = _noise_episodes(8, seed=1)
+    fit = agent.q_estimation.start(params, eps, jax.random.PRNGKey(5))
+    while not fit.advance():
+        pass
+    data = rollout_data(eps, cfg)
+    heads = np.asarray(agent.nets.value.apply(fit.params.value, fit.params.normalizer.normalize(data.obs)))
+    assert heads.shape == (4, len(data.returns))
+    assert heads.std(axis=0).mean() > 0.05
+    mean, std = (float(x) for x in fit.params.value_stats)
+    np.testing.assert_allclose(np.asarray(value(agent.nets, fit.params, data.obs)), mean + std * heads.mean(axis=0),
+                               rtol=1e-5, atol=1e-4)
+    # one head keeps the single network's parameter layout (checkpoints written before heads existed load)
+    _, single = _params(tiny_cfg(), random_bc())
+    assert set(single.value["params"]) == {"MLP_0", "Dense_0"}
+
+
+def test_each_head_of_a_bagged_v_phi_learns_only_from_the_episodes_of_its_resample():
+    """On noise episodes a head can only memorise: its error is small on the episodes its resample holds and
+    large on those it left out (weight 0), which it never saw."""
+    cfg = tiny_cfg(discount=0.9, value_hidden_dims=[64, 64],
+                   q_estimation={"value_heads": 3, "batch_size": 32, "learning_rate": 3e-3})
+    agent, params = _params(cfg, random_bc())
+    data = rollout_data(_noise_episodes(12, seed=2), cfg)
+    params, regression, get, put = agent.q_estimation.regression("value", params, data, jax.random.PRNGKey(7))
+    part, opt_state = get(params), regression.init(get(params))
+    for i in range(6):
+        part, opt_state, _ = regression.chunk(part, opt_state, jax.random.PRNGKey(i), 250)
+    weights = np.asarray(regression.data[2]).T  # [heads, rows]
+    assert (weights == 0).any(axis=1).all() and (weights > 0).any(axis=1).all()
+    params = put(params, part)
+    heads = np.asarray(agent.nets.value.apply(params.value, params.normalizer.normalize(data.obs)))
+    target = (data.returns - float(params.value_stats[0])) / float(params.value_stats[1])
+    for h in range(3):
+        err = (heads[h] - target) ** 2
+        seen, unseen = err[weights[h] > 0].mean(), err[weights[h] == 0].mean()
+        assert seen < 0.3 * unseen, (h, seen, unseen)
