@@ -73,15 +73,20 @@ class PolicyNet(nn.Module):
         return TanhGaussian(mean, log_std)
 
 
+def value_head(hidden_dims: Sequence[int], features: jax.Array) -> jax.Array:
+    """One head of V_phi, features -> [...]; called inside a compact module, whose parameters it adds."""
+    h = MLP(tuple(hidden_dims), layer_norm=True, activate_final=True)(features)
+    return nn.Dense(1)(h)[..., 0]
+
+
 class ValueHead(nn.Module):
-    """One head of V_phi: features -> [...]."""
+    """One head of V_phi as a module of its own (vmapped into ValueNet's heads)."""
 
     hidden_dims: Sequence[int]
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
-        return nn.Dense(1)(h)[..., 0]
+        return value_head(self.hidden_dims, features)
 
 
 class ValueNet(nn.Module):
@@ -97,8 +102,7 @@ class ValueNet(nn.Module):
     def __call__(self, obs: Any) -> jax.Array:
         features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim, name="encoder")(obs)
         if self.heads == 1:
-            h = MLP(tuple(self.hidden_dims), layer_norm=True, activate_final=True)(features)
-            return nn.Dense(1)(h)[None, ..., 0]
+            return value_head(self.hidden_dims, features)[None]
         vmapped = nn.vmap(ValueHead, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=None, out_axes=0, axis_size=self.heads)
         return vmapped(self.hidden_dims, name="heads")(features)
