@@ -359,6 +359,7 @@ class Actor:
             self.summary.episodes += 1
             self.summary.successes += success
             self._recent = (self._recent + [success])[-20:]
+        self._publish_status(force=True)  # the status line counts this episode now, not at the next one's first step
         return result
 
     def _decide(self, obs, evaluate: bool, modes: bool):

@@ -729,3 +729,37 @@ def test_a_hold_shows_in_the_actor_status_while_it_lasts(tmp_path, bc_checkpoint
         stop.set()
         thread.join(10)
         env.close()
+
+
+def test_the_status_line_counts_an_episode_as_soon_as_it_ends(tmp_path, bc_checkpoint):
+    """q2rl deploy's last status line showed the success rate before its final episode: the actor refreshed the
+    line only at the next episode's steps. An evaluation-only actor (deploy's) through a recording console."""
+    from q2rl.actor.actor import Actor
+    from q2rl.core.checkpoint import load_bc_policy
+    from q2rl.robot.envs import make_env
+
+    class RecordingConsole:  # the terminal seam: what the actor asks the operator's console to show
+        interactive = False
+
+        def __init__(self):
+            self.lines = []
+
+        def poll(self, timeout_s: float = 0.0):
+            return []
+
+        def print(self, text: str) -> None:
+            pass
+
+        def set_status(self, line) -> None:
+            self.lines.append(line)
+
+    cfg = run_config(tmp_path, bc_checkpoint)
+    console, env = RecordingConsole(), make_env(cfg.env)
+    actor = Actor(cfg, env, load_bc_policy(bc_checkpoint), sink=None, source=None, console=console)
+    try:
+        outcomes = []
+        for seed in range(4):
+            outcomes += [r.success for r in actor.evaluate(1, first_seed=seed)]
+            assert console.lines[-1].success_rate == pytest.approx(np.mean(outcomes))
+    finally:
+        env.close()
