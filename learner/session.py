@@ -258,7 +258,7 @@ def run_session(cfg, resume: str | None) -> SessionResult:
         print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)"
               + ("; actor-0 has the keyboard (s f p e q, h for help)" if keyboard else ""))
         for i in range(cfg.session.actors):
-            actors[f"actor-{i}"] = _start_actor(run_dir, address, i, keyboard=keyboard and i == 0)
+            actors[f"actor-{i}"] = _start_actor(run_dir, address, i, cfg.actor.seed, keyboard=keyboard and i == 0)
         while True:
             now = time.monotonic()
             status = read_learner_status(run_dir)
@@ -280,7 +280,8 @@ def run_session(cfg, resume: str | None) -> SessionResult:
                     display.finish()
                     print(f"session: {actor_id} exited with code {proc.returncode}; restarting it", file=sys.stderr)
                     index = int(actor_id.split("-")[-1])
-                    actors[actor_id] = _start_actor(run_dir, address, index, keyboard=keyboard and index == 0)
+                    actors[actor_id] = _start_actor(run_dir, address, index, cfg.actor.seed,
+                                                    keyboard=keyboard and index == 0)
             if reason.startswith(tuple(actors)) or reason.startswith("the operator quit"):
                 break
             if status is not None:
@@ -353,18 +354,24 @@ def _restore_terminal(saved) -> None:
         termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
-def _start_actor(run_dir: Path, address: str, index: int, keyboard: bool = False) -> subprocess.Popen:
-    argv = q2rl_command(
+def actor_argv(run_dir: Path, address: str, index: int, seed: int, keyboard: bool = False) -> list[str]:
+    """The command line of the session's actor `index`: the run's config.yaml, with what differs per actor. Actor i
+    seeds its resets and sampling with the run's actor.seed + 1000 i (actor 0: the configured seed itself)."""
+    return q2rl_command(
         "actor",
         "--config", str(run_dir / "config.yaml"),
         "--learner", address,
         f"actor.actor_id=actor-{index}",
-        f"actor.seed={1000 * (index + 1)}",
+        f"actor.seed={seed + 1000 * index}",
         f"actor.status_dir={run_dir}",
         f"actor.spool_dir={run_dir / 'spool' / f'actor-{index}'}",
         "actor.console=require" if keyboard else "actor.console=none",
     )
-    return spawn(argv, run_dir / f"actor-{index}.log", keyboard=keyboard)
+
+
+def _start_actor(run_dir: Path, address: str, index: int, seed: int, keyboard: bool = False) -> subprocess.Popen:
+    return spawn(actor_argv(run_dir, address, index, seed, keyboard), run_dir / f"actor-{index}.log",
+                 keyboard=keyboard)
 
 
 def _shutdown(actors: dict[str, subprocess.Popen], learner: subprocess.Popen, timeout_s: float) -> None:

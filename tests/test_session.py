@@ -5,6 +5,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 from process_util import REPO, child_env, q2rl, read_json, tiny_run_config
 
 from q2rl.learner.episode_store import EpisodeStore
@@ -184,3 +185,20 @@ def test_summary_json_is_plain_json(tmp_path):
     import dataclasses
 
     json.dumps(dataclasses.asdict(result))
+
+
+def test_each_actor_of_a_session_is_seeded_from_the_configured_actor_seed(tmp_path):
+    """The session used to pass actor.seed=1000 (i + 1) to its actors whatever the config said, so two sessions
+    that differed only in actor.seed ran the same rollouts and resets."""
+    from q2rl.config import load_config, to_dict
+    from q2rl.learner.session import actor_argv
+    from q2rl.run_config import RunConfig
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(to_dict(load_config(RunConfig, None, ["actor.seed=7"]))))
+    seeds = []
+    for index in (0, 1):
+        argv = actor_argv(tmp_path, "127.0.0.1:1", index, 7)
+        overrides = [a for a in argv[argv.index("actor") + 1:] if "=" in a and not a.startswith("--")]
+        seeds.append(load_config(RunConfig, str(config), overrides).actor.seed)  # as the actor reads its config
+    assert seeds == [7, 1007]
