@@ -195,9 +195,9 @@ class AgentConfig:
         0.0, "Weight the decay ends at and then keeps (e.g. 1.0 under a start of 2.0: a stronger hold while data is "
              "thin, the constant weight after).")
     calibrated_fraction: float = doc(
-        1.0, "Share of each critic minibatch the calibrated term is computed on (its first rows; the minibatch is a "
-             "random draw). Below 1 the term's extra cost (pi_RL's samples, V_phi and a second critic pass) shrinks "
-             "in proportion; its expectation is the same, its noise larger.")
+        0.125, "Share of each critic minibatch the calibrated term is computed on (its first rows; the minibatch is "
+               "a random draw). Below 1 the term's extra cost (pi_RL's samples, V_phi and a second critic pass) "
+               "shrinks in proportion; its expectation is the same, its noise larger. 1: every row.")
     actor_q: Literal["mean", "min"] = doc("mean", "Q in the actor loss: mean over heads (as designed) or min (authors' code).")
     entropy: bool | None = doc(None, "SAC's entropy term in the actor loss and the bootstrap (None: rlpd's only).")
     init_temperature: float = doc(0.1, "Initial entropy temperature (entropy: true).")
