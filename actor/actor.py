@@ -359,7 +359,9 @@ class Actor:
             self.summary.episodes += 1
             self.summary.successes += success
             self._recent = (self._recent + [success])[-20:]
-        self._publish_status(force=True)  # the status line counts this episode now, not at the next one's first step
+        # The operator's line counts this episode now, not at the next one's steps. Only the line: the status file
+        # keeps its once-a-second rhythm, not one reset at every episode's end.
+        self._draw_status_line()
         return result
 
     def _decide(self, obs, evaluate: bool, modes: bool):
@@ -423,23 +425,8 @@ class Actor:
         if not force and now - self._last_status < 1.0:
             return
         self._last_status = now
-        health = getattr(self.source, "health", None)
-        h = health() if callable(health) else None
-        link = "local" if h is None else ("connected" if h.connected else ("refused" if h.refused else "reconnecting"))
-        if self.console is not None:
-            from q2rl.robot.console import StatusLine
-
-            recent = self._recent or self._recent_eval  # an evaluation-only actor (q2rl deploy) shows its own
-            rate = float(np.mean(recent)) if recent else float("nan")
-            self.console.set_status(StatusLine(
-                episode=self._running_episode if self._running_episode is not None else self.episode_id,
-                step=self._step, success_rate=rate,
-                bc_share=self._bc_steps / self._step if self._step else float("nan"),
-                learner_version=self.version if self.params is not None else -1,
-                link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
-                policy=self._deployed_label(),
-                mode="paused" if self.paused else self._mode,
-                message="waiting for the learner" if waiting and not self.paused else ""))
+        link, h = self._link()
+        self._draw_status_line(waiting, (link, h))
         if self._status_writer is not None:
             self._status_writer.update(ActorStatus(
                 actor_id=self.actor_id, episode=self.episode_id, step=self._step, env_steps=self.summary.env_steps,
@@ -447,6 +434,32 @@ class Actor:
                 waiting_for_learner_s=self.summary.paced_s + holding_s, max_loop_gap_ms=1000 * self.summary.max_loop_gap_s,
                 max_loop_gap_at=self.summary.max_loop_gap_at, recent_max_loop_gap_ms=1000 * self._recent_max_gap))
             self._recent_max_gap = 0.0
+
+    def _link(self) -> tuple[str, Any]:
+        """The link's state in a word, and the source's health (None in process)."""
+        health = getattr(self.source, "health", None)
+        h = health() if callable(health) else None
+        link = "local" if h is None else ("connected" if h.connected else ("refused" if h.refused else "reconnecting"))
+        return link, h
+
+    def _draw_status_line(self, waiting: bool = False, link_state: tuple[str, Any] | None = None) -> None:
+        """The operator console's status line (none without a console); `link_state`: `_link()` if the caller has it."""
+        if self.console is None:
+            return
+        from q2rl.robot.console import StatusLine
+
+        link, h = link_state or self._link()
+        recent = self._recent or self._recent_eval  # an evaluation-only actor (q2rl deploy) shows its own
+        rate = float(np.mean(recent)) if recent else float("nan")
+        self.console.set_status(StatusLine(
+            episode=self._running_episode if self._running_episode is not None else self.episode_id,
+            step=self._step, success_rate=rate,
+            bc_share=self._bc_steps / self._step if self._step else float("nan"),
+            learner_version=self.version if self.params is not None else -1,
+            link=link if h is None or h.connected else f"{link} (spool {h.unacked})",
+            policy=self._deployed_label(),
+            mode="paused" if self.paused else self._mode,
+            message="waiting for the learner" if waiting and not self.paused else ""))
 
     def _deployed_label(self) -> str:
         """What acts, for the status line of an actor with no learner (q2rl deploy); empty while training."""
