@@ -75,7 +75,6 @@ def main(argv: list[str]) -> int:
     from q2rl.logs import configure_logging
 
     configure_logging("actor")
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.run_config import RunConfig
 
     from q2rl.run_dir import with_run_inputs

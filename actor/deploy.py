@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -222,7 +221,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s deploy %(levelname)s %(message)s",
                         stream=sys.stderr)
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.core.checkpoint import CheckpointError
     from q2rl.robot.console import ConsoleUnavailable
     from q2rl.stats import format_rate

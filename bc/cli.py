@@ -128,7 +128,7 @@ def eval_main(argv: list[str]) -> int:
     if args.episodes < 1:
         print("q2rl bc eval: --episodes must be >= 1", file=sys.stderr)
         return 2
-    from q2rl.bc.evaluate import ensure_render_backend, eval_env_config, evaluate_policy
+    from q2rl.bc.evaluate import eval_env_config, evaluate_policy
     from q2rl.core.checkpoint import CheckpointError, load_bc_policy_with_metadata
     from q2rl.robot.sim import make_sim_env
 
@@ -139,8 +139,6 @@ def eval_main(argv: list[str]) -> int:
         return 2
     env_cfg = eval_env_config(meta, task=args.task, max_episode_steps=args.max_episode_steps)
     action_mode = args.action or meta.get("bc_config", {}).get("eval_action", "sample")
-    if policy.camera_names:
-        ensure_render_backend()
     env = make_sim_env(env_cfg)
     try:
         state_dim = env.observation_space["state"].shape[0]

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Mapping, get_args
 
 import jax
@@ -104,8 +103,3 @@ def evaluate_policy(policy: BCPolicy, env: Any, episodes: int, seed: int, action
         bar.set_postfix(success_rate=f"{np.mean(successes):.2f}", refresh=False)
     bar.close()
     return EvalResult(tuple(successes), tuple(returns), tuple(lengths))
-
-
-def ensure_render_backend() -> None:
-    """Headless MuJoCo rendering unless the user chose a backend."""
-    os.environ.setdefault("MUJOCO_GL", "egl")

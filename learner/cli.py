@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import queue
 import signal
 import sys
@@ -69,7 +68,6 @@ def prepare_run(args: argparse.Namespace):
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     configure_logging("learner")
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.run_dir import RunDirError
 
     try:

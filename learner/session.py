@@ -63,12 +63,11 @@ def _die_with_parent() -> None:
 
 
 def child_environment(compile_cache: str, token: str = "") -> dict[str, str]:
-    """The children's environment: headless MuJoCo, quiet JAX, a shared persistent compilation cache, and the
-    learner token (config.yaml never holds it; the learner and actors read Q2RL_TOKEN)."""
+    """The children's environment: quiet JAX, a shared persistent compilation cache, and the learner token
+    (config.yaml never holds it; the learner and actors read Q2RL_TOKEN). Headless MuJoCo is the q2rl command's."""
     env = dict(os.environ)
     if token:
         env["Q2RL_TOKEN"] = token
-    env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if compile_cache:

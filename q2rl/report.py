@@ -641,7 +641,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from q2rl.core.checkpoint import CheckpointError
     from q2rl.run_dir import RunDirError
 
