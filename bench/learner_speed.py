@@ -143,14 +143,19 @@ def pick_cube_rollouts(config: str, seed: int = 0, rollout_episodes: int | None 
 
 def start_fit(overrides: dict, episodes: list, bc: BCPolicy, seed: int = 0):
     """A preset's Q-Estimation fit on `episodes`, started as the learner starts it (fresh params with `bc`)."""
+    agent = make_agent(from_dict(AgentConfig, overrides), ACTION_DIM, ())
+    return start_agent_fit(agent, episodes, bc, jax.random.PRNGKey(seed + 1), jax.random.PRNGKey(seed))
+
+
+def start_agent_fit(agent, episodes: list, bc: BCPolicy, init_key: jax.Array, fit_key: jax.Array):
+    """`agent`'s Q-Estimation fit on `episodes` from fresh params (drawn by `init_key`) with `bc`; one agent serves
+    many fits without compiling again."""
     from q2rl.core.parameters import init_agent_params
     from q2rl.interfaces import example_obs
 
-    cfg = from_dict(AgentConfig, overrides)
-    agent = make_agent(cfg, ACTION_DIM, ())
     state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
-    params = init_agent_params(agent, jax.random.PRNGKey(seed + 1), example_obs(state_dim, {}), bc)
-    return agent.q_estimation.start(jax.device_get(params), episodes, jax.random.PRNGKey(seed))
+    params = init_agent_params(agent, init_key, example_obs(state_dim, {}), bc)
+    return agent.q_estimation.start(jax.device_get(params), episodes, fit_key)
 
 
 def fit_to_convergence(name: str, overrides: dict, episodes: list, bc: BCPolicy) -> dict:

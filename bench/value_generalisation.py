@@ -30,30 +30,18 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learner_speed import ACTION_DIM  # noqa: E402
+from learner_speed import ACTION_DIM, pick_cube_rollouts, start_agent_fit  # noqa: E402
 
 from q2rl.config import from_dict  # noqa: E402
 from q2rl.core.agent_config import AgentConfig  # noqa: E402
 from q2rl.core.agents import make_agent  # noqa: E402
-from q2rl.core.parameters import init_agent_params  # noqa: E402
 from q2rl.core.q_estimation import rollout_data  # noqa: E402
 from q2rl.core.sac import value  # noqa: E402
-from q2rl.interfaces import example_obs  # noqa: E402
-
-
-def rollouts(config: str, count: int, seed: int) -> tuple[list, object]:
-    """`count` sampled pi_BC episodes of `config`'s BC on pick_cube (as a session's Q-Estimation rollouts)."""
-    import learner_speed
-
-    return learner_speed.pick_cube_rollouts(config, seed, rollout_episodes=count)
 
 
 def fit_value(agent, bc, episodes: list, key: jax.Array):
     """V_phi fitted on `episodes` as the learner's Q-Estimation fits it (the value stage alone)."""
-    state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
-    k_init, k_fit = jax.random.split(key)
-    params = init_agent_params(agent, k_init, example_obs(state_dim, {}), bc)
-    fit = agent.q_estimation.start(jax.device_get(params), episodes, k_fit)
+    fit = start_agent_fit(agent, episodes, bc, *jax.random.split(key))
     while fit.stage_name == "value":
         fit.advance()
     return fit.params
@@ -109,7 +97,7 @@ def main(argv=None) -> int:
     if not 2 <= args.fit_on < args.rollouts:
         p.error("--fit-on must be at least 2 and fewer than --rollouts (the rest are held out)")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    episodes, bc = rollouts(args.config, args.rollouts, args.seed)
+    episodes, bc = pick_cube_rollouts(args.config, args.seed, rollout_episodes=args.rollouts)
     success = float(np.mean([ep.success for ep in episodes]))
     print(f"{len(episodes)} rollouts, pi_BC succeeded in {100 * success:.0f}%", flush=True)
     figures = measure(episodes, bc, args.fit_on, args.splits, args.bag, args.seed)
