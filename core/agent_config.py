@@ -220,6 +220,14 @@ class AgentConfig:
                                "actor, recorded as RL steps; for algorithms without a BC prior (rlpd). Never in "
                                "evaluation episodes.")
     image_feature_dim: int = doc(64, "Feature size of each camera's conv encoder (image observations).")
+    image_encoder: Literal["frozen_bc", "learned"] | None = doc(
+        None, "How the agent's networks see camera images (docs/design.md#pixels-and-the-frozen-encoder). frozen_bc: "
+              "pi_BC's trained conv encoder, frozen, its features computed once per frame (at the actor, and as a "
+              "frame enters replay), so no image work in the update: the CPU choice. learned: a conv encoder of the "
+              "critic's own, trained with DrQ random shifts (image_shift_pad), as the Q2RL paper: the GPU choice. "
+              "None: frozen_bc for the algorithms that load pi_BC, learned for rlpd.")
+    image_shift_pad: int = doc(4, "DrQ random-shift padding in pixels of the learned image encoder's minibatches "
+                                  "(0 disables; frozen_bc reads no pixels in the update).")
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
     def __post_init__(self) -> None:
@@ -236,6 +244,8 @@ class AgentConfig:
         for name in ("bc_weight", "calibrated_conservatism", "bootstrap"):
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, getattr(self.rules, name))
+        if self.image_encoder is None:
+            object.__setattr__(self, "image_encoder", "frozen_bc" if self.rules.needs_bc else "learned")
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ConfigError(f"preset: {self.preset!r} is not one of {', '.join(PRESETS)}")
@@ -282,6 +292,13 @@ class AgentConfig:
         _validate_decay("calibrated_conservatism", self.calibrated_conservatism,
                        self.calibrated_conservatism_decay_updates, self.calibrated_conservatism_final,
                        start_named="calibrated_conservatism", example_start=2.0)
+        if self.image_encoder not in ("frozen_bc", "learned"):
+            raise ConfigError(f"image_encoder: {self.image_encoder!r} is not frozen_bc or learned")
+        if self.image_encoder == "frozen_bc" and not self.rules.needs_bc:
+            raise ConfigError(f"image_encoder: frozen_bc reads pi_BC's encoder, and {self.algo} loads no pi_BC; use "
+                              "learned")
+        if self.image_shift_pad < 0:
+            raise ConfigError(f"image_shift_pad: {self.image_shift_pad} must be >= 0 (0 disables the random shift)")
         if not 0.0 <= self.bc_weight <= 1.0:
             raise ConfigError(f"bc_weight: {self.bc_weight} must be in [0, 1]")
         if self.bc_weight > 0 and not self.rules.needs_bc:

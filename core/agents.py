@@ -19,12 +19,14 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from q2rl.config import ConfigError
 from q2rl.core.agent_config import AgentConfig, AlgoRules
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch
 from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, actor_dist, bc_dist,
-                           init_params, init_state, make_networks, make_optimizers, make_update)
+                           frozen_encoder, init_params, init_state, make_networks, make_optimizers, make_update,
+                           observe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +49,22 @@ class Agent:
     rl_act: Callable[[AgentParams, Any, jax.Array], jax.Array]  # pi_RL alone (`q2rl deploy --policy rl`)
     rl_mode_act: Callable[[AgentParams, Any, jax.Array], jax.Array]
     random_act: Callable[[jax.Array], jax.Array]  # uniform in the action box (cfg.random_steps)
+    # obs -> the view the networks read (core.sac.observe), jitted: replay stores frames in it (None: obs as is)
+    frame_view: Callable[[Any, Any], Any] | None
 
     def init_params(self, key: jax.Array, example_obs: Any, bc: Any = None) -> AgentParams:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
         if self.spec.needs_bc and bc is None:
             raise ValueError(f"algo {self.cfg.algo!r} needs a BC policy (bc=...)")
+        if frozen_encoder(self.nets):
+            missing = sorted(set(self.nets.encoder.camera_names) - set(bc.camera_names))
+            if missing:
+                raise ConfigError(
+                    f"agent.image_encoder: frozen_bc reads pi_BC's features of each camera image, but pi_BC reads "
+                    f"cameras {list(bc.camera_names)} and not {missing}: train pi_BC on the run's cameras "
+                    "(bc.train.cameras), or set agent.image_encoder: learned")
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
-        return init_params(self.nets, self.cfg, key, batched, bc=bc)
+        return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
 
     def init_state(self, params: AgentParams) -> SacState:
         """The learner state for online RL (fresh optimizers) from phase-1 (or fresh) params."""
@@ -63,14 +74,14 @@ class Agent:
 def _bc_action(params: AgentParams, obs: Any, key: jax.Array, deterministic: bool = False) -> jax.Array:
     """A sampled (phase-1 rollouts) or modal (evaluation) BC action, clipped to the action box."""
     batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
-    dist = bc_dist(params, batched)
+    dist = bc_dist(params, batched)  # pi_BC reads the images or their frozen view alike
     return jnp.clip((dist.mode() if deterministic else dist.sample(key))[0], -1.0, 1.0)
 
 
 def _rl_action(nets: Networks, params: AgentParams, obs: Any, key: jax.Array, deterministic: bool = False
                ) -> jax.Array:
     """pi_RL's own action, sampled or its mode (tanh of the mean), with no gate."""
-    batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
+    batched = observe(nets, params.bc, jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs))
     dist = actor_dist(nets, params, batched)
     return (dist.mode() if deterministic else dist.sample(key))[0]
 
@@ -87,4 +98,5 @@ def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str
         rl_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k)),
         rl_mode_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k, True)),
         random_act=jax.jit(lambda k: jax.random.uniform(k, (action_dim,), jnp.float32, -1.0, 1.0)),
+        frame_view=jax.jit(lambda bc, obs: observe(nets, bc, obs)) if frozen_encoder(nets) else None,
     )

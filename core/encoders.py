@@ -2,6 +2,10 @@
 
 Observations follow q2rl.interfaces: {"state": f32[..., D], "images": {name: u8[..., H, W, 3]}}; any number
 of leading batch dimensions. A policy with `camera_names=()` reads only the state.
+
+The frozen-encoder view of an observation (docs/design.md#pixels-and-the-frozen-encoder) replaces the images by
+pi_BC's conv features of them, computed once per frame: {"state": f32[..., D], "bc_features": {name: f32[..., F]}}.
+An ObsEncoder with `image_input="bc_features"` reads those and has no conv of its own.
 """
 
 from __future__ import annotations
@@ -30,20 +34,34 @@ class ConvEncoder(nn.Module):
         return jnp.tanh(nn.LayerNorm()(x))
 
 
+IMAGE_INPUTS = ("pixels", "bc_features")  # what an ObsEncoder reads of each camera
+BC_FEATURES = "bc_features"  # the observation key of the frozen-encoder view
+
+
+def conv_name(camera: str) -> str:
+    """The parameter name of a camera's ConvEncoder inside an ObsEncoder."""
+    return f"conv_{camera}"
+
+
 class ObsEncoder(nn.Module):
-    """Concatenates the state with one ConvEncoder feature vector per camera in `camera_names`."""
+    """Concatenates the state with one feature vector per camera in `camera_names`: a ConvEncoder of its own over
+    obs["images"][name] (`image_input="pixels"`), or pi_BC's frozen features obs["bc_features"][name]."""
 
     camera_names: Sequence[str] = ()
     channels: Sequence[int] = (32, 32, 32, 32)
     strides: Sequence[int] = (2, 2, 2, 1)
     feature_dim: int = 64
+    image_input: str = "pixels"
 
     @nn.compact
     def __call__(self, obs: Mapping[str, Any]) -> jax.Array:
         parts = [obs["state"].astype(jnp.float32)]
         for name in self.camera_names:
-            encoder = ConvEncoder(self.channels, self.strides, self.feature_dim, name=f"conv_{name}")
-            parts.append(encoder(obs["images"][name]))
+            if self.image_input == BC_FEATURES:
+                parts.append(obs[BC_FEATURES][name].astype(jnp.float32))
+            else:
+                encoder = ConvEncoder(self.channels, self.strides, self.feature_dim, name=conv_name(name))
+                parts.append(encoder(obs["images"][name]))
         return jnp.concatenate(parts, axis=-1)
 
 

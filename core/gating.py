@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from q2rl.core.agent_config import AgentConfig
 from q2rl.core.q_estimation import bc_log_prior, qhat_bc
-from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values
+from q2rl.core.sac import AgentParams, Networks, actor_dist, bc_dist, critic_values, observe
 
 
 class GateInfo(NamedTuple):
@@ -54,7 +54,8 @@ def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams,
 def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, key: jax.Array,
                   deterministic: bool = False) -> tuple[jax.Array, GateInfo]:
     """The action to execute at one observation, and the gate's record (un-jitted; see `make_gate`)."""
-    batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs)
+    # pi_BC's image features, once for every network below (frozen encoder); obs itself otherwise
+    batched = observe(nets, params.bc, jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], obs))
     k_bc, k_rl, k_entropy, k_soft = jax.random.split(key, 4)
     if params.bc is not None:
         dist = bc_dist(params, batched)

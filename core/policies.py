@@ -23,7 +23,7 @@ from flax import struct
 
 from q2rl.config import ConfigError, doc
 from q2rl.core.distributions import DiagGaussian, Distribution, GaussianMixture
-from q2rl.core.encoders import ObsEncoder
+from q2rl.core.encoders import BC_FEATURES, ConvEncoder, ObsEncoder, conv_name
 from q2rl.core.networks import MLP
 from q2rl.core.normalization import ObsNormalizer
 
@@ -87,13 +87,15 @@ class _FeedForwardPolicy(nn.Module):
     squash_mean: bool = True
     camera_names: Sequence[str] = ()
     image_feature_dim: int = 64
+    image_input: str = "pixels"  # "bc_features": its own conv features, computed before (BCPolicy.frozen_view)
 
     def initial_carry(self, batch_size: int | None = None) -> Carry:
         del batch_size
         return ()
 
     def trunk(self, obs: Mapping[str, Any], training: bool) -> jax.Array:
-        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim, name="encoder")(obs)
+        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim,
+                              image_input=self.image_input, name="encoder")(obs)
         mlp = MLP(tuple(self.hidden_dims), self.activation, self.layer_norm, self.dropout_rate or None,
                   activate_final=True, name="trunk")
         return mlp(features, training=training)
@@ -185,12 +187,29 @@ class BCPolicy:
         """The carry to start an episode with (no batch dim when batch_size is None)."""
         return self.module.initial_carry(batch_size)
 
+    def image_features(self, obs: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """pi_BC's conv features of each camera's image: {name: f32[..., F]} (any leading batch dims)."""
+        convs = self.params["params"]["encoder"]
+        conv = ConvEncoder(feature_dim=self.module.image_feature_dim)
+        return {c: conv.apply({"params": convs[conv_name(c)]}, obs["images"][c]) for c in self.camera_names}
+
+    def frozen_view(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        """The frozen-encoder view of `obs`: its state and pi_BC's features of its images, no images (an
+        observation already in that view is returned as it is). pi_BC reads it as it reads the images."""
+        if BC_FEATURES in obs:
+            return dict(obs)
+        return {"state": obs["state"], BC_FEATURES: self.image_features(obs)}
+
     def distribution(self, obs: Mapping[str, Any], carry: Carry = ()) -> tuple[Distribution, Carry]:
-        """The action distribution at `obs` and the next carry (batch dims follow `obs`)."""
+        """The action distribution at `obs` and the next carry (batch dims follow `obs`); `obs` may be the
+        frozen-encoder view (`frozen_view`), whose features stand in for the conv over the images."""
         single = _is_single(obs)
         if single:
             obs, carry = _add_batch(obs), _add_batch(carry)
-        dist, carry = self.module.apply(self.params, self.normalizer.normalize(obs), carry)
+        module = self.module
+        if BC_FEATURES in obs and self.camera_names:
+            module = module.clone(image_input=BC_FEATURES)
+        dist, carry = module.apply(self.params, self.normalizer.normalize(obs), carry)
         if single:
             dist, carry = _drop_batch(dist), _drop_batch(carry)
         return dist, carry

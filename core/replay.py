@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -94,19 +94,40 @@ class Episode:
 
 
 def _flat_obs(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """{"state": x, "images": {"wrist": y}} -> {"state": x, "images/wrist": y}."""
+    """{"state": x, "images": {"wrist": y}} -> {"state": x, "images/wrist": y} (any per-camera group: images, or
+    the frozen-encoder view's bc_features)."""
     flat = {"state": np.asarray(obs["state"])}
-    for name, img in (obs.get("images") or {}).items():
-        flat[f"images/{name}"] = np.asarray(img)
+    for group, per_camera in obs.items():
+        if group != "state":
+            for name, value in (per_camera or {}).items():
+                flat[f"{group}/{name}"] = np.asarray(value)
     return flat
 
 
 def _unflat_obs(flat: Mapping[str, np.ndarray]) -> dict:
     obs: dict = {"state": flat["state"]}
-    images = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("images/")}
-    if images:
-        obs["images"] = images
+    for key, value in flat.items():
+        if "/" in key:
+            group, name = key.split("/", 1)
+            obs.setdefault(group, {})[name] = value
     return obs
+
+
+FRAME_VIEW_CHUNK = 64  # frames per call of a replay's frame_view on a whole episode (one compiled shape)
+
+
+def _view_frames(frame_view, flat: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """`frame_view` over `count` stacked frames, in padded chunks of FRAME_VIEW_CHUNK (so a jitted view compiles
+    once, whatever the episode's length)."""
+    parts = []
+    for start in range(0, count, FRAME_VIEW_CHUNK):
+        chunk = {k: v[start:start + FRAME_VIEW_CHUNK] for k, v in flat.items()}
+        n = len(chunk["state"])
+        if n < FRAME_VIEW_CHUNK:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], FRAME_VIEW_CHUNK - n, axis=0)]) for k, v in chunk.items()}
+        viewed = _flat_obs(frame_view(_unflat_obs(chunk)))
+        parts.append({k: np.asarray(v)[:n] for k, v in viewed.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def save_episode(path: str | Path, episode: Episode) -> None:
@@ -149,14 +170,18 @@ class ReplayBuffer:
     """Ring buffer of transitions over a ring of observation frames; see the module docstring.
 
     `frame_capacity` defaults to capacity + capacity // 8 (room for one extra frame per episode of >= 8 steps).
+    `frame_view` (obs -> obs, any leading batch dims), when given, maps every frame once as it is stored: the agent's
+    frozen-encoder view (core.agents.Agent.frame_view), so replay holds pi_BC's image features, not the images.
     """
 
-    def __init__(self, capacity: int, frame_capacity: int | None = None, action_dim: int = 7):
+    def __init__(self, capacity: int, frame_capacity: int | None = None, action_dim: int = 7,
+                 frame_view: Callable[[dict], dict] | None = None):
         if capacity <= 0:
             raise ValueError(f"replay capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
         self.frame_capacity = int(frame_capacity or capacity + max(capacity // 8, 2))
         self.action_dim = action_dim
+        self.frame_view = frame_view
         self._frames: dict[str, np.ndarray] | None = None  # allocated at the first add
         n, a = self.capacity, action_dim
         self._obs_frame = np.full(n, -1, np.int64)  # global frame ids
@@ -186,7 +211,11 @@ class ReplayBuffer:
         flat = _flat_obs(obs)
         self._frames = {k: np.zeros((self.frame_capacity, *v.shape), v.dtype) for k, v in flat.items()}
 
-    def _write_frame(self, obs: Mapping[str, Any]) -> int:
+    def _write_frame(self, obs: Mapping[str, Any], viewed: bool = False) -> int:
+        """Store one frame (mapped by frame_view unless `viewed`); its global id."""
+        if self.frame_view is not None and not viewed:
+            one = self.frame_view(_unflat_obs({k: v[None] for k, v in _flat_obs(obs).items()}))
+            obs = _unflat_obs({k: np.asarray(v)[0] for k, v in _flat_obs(one).items()})
         flat = _flat_obs(obs)
         if self._frames is None:
             self._allocate(obs)
@@ -261,7 +290,10 @@ class ReplayBuffer:
         if key in self._episode_uids:
             raise ValueError(f"episode {key} is already in the buffer")
         flat = _flat_obs(ep.obs)
-        frame_ids = [self._write_frame(_unflat_obs({k: v[j] for k, v in flat.items()})) for j in range(len(ep) + 1)]
+        if self.frame_view is not None:
+            flat = _view_frames(self.frame_view, flat, len(ep) + 1)
+        frame_ids = [self._write_frame(_unflat_obs({k: v[j] for k, v in flat.items()}), viewed=True)
+                     for j in range(len(ep) + 1)]
         for t in range(len(ep)):
             self._put(key, frame_ids[t], frame_ids[t + 1], step=t, action=ep.actions[t], reward=ep.rewards[t],
                       terminated=bool(ep.terminated[t]), truncated=bool(ep.truncated[t]), a_bc=ep.a_bc[t],
@@ -394,13 +426,15 @@ def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> 
         actor_id="demos", episode_id=episode_id)
 
 
-def demo_buffer(demos: Sequence[Any], action_dim: int, cameras: Sequence[str] = ()) -> ReplayBuffer | None:
+def demo_buffer(demos: Sequence[Any], action_dim: int, cameras: Sequence[str] = (),
+                frame_view: Callable[[dict], dict] | None = None) -> ReplayBuffer | None:
     """The demo buffer of symmetric sampling: the successful demonstrations (a failed recording is usually an
-    aborted attempt, not behaviour to copy), each as one episode; None when none succeeded."""
+    aborted attempt, not behaviour to copy), each as one episode; None when none succeeded. `frame_view`: as the
+    online replay's (ReplayBuffer)."""
     episodes = [demo_to_episode(d, i, cameras) for i, d in enumerate(demos) if d.success]
     if not episodes:
         return None
-    buffer = ReplayBuffer(sum(len(e) for e in episodes) + 1, action_dim=action_dim)
+    buffer = ReplayBuffer(sum(len(e) for e in episodes) + 1, action_dim=action_dim, frame_view=frame_view)
     for episode in episodes:
         buffer.add_episode(episode)
     return buffer

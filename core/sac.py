@@ -23,7 +23,7 @@ from flax import struct
 
 from q2rl.core.agent_config import AgentConfig
 from q2rl.core.distributions import TanhGaussian
-from q2rl.core.encoders import ObsEncoder
+from q2rl.core.encoders import BC_FEATURES, ObsEncoder, augment_observation
 from q2rl.core.networks import MLP
 from q2rl.core.normalization import ObsNormalizer
 from q2rl.core.replay import Batch
@@ -97,10 +97,12 @@ class ValueNet(nn.Module):
     camera_names: Sequence[str] = ()
     image_feature_dim: int = 64
     heads: int = 1
+    image_input: str = "pixels"
 
     @nn.compact
     def __call__(self, obs: Any) -> jax.Array:
-        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim, name="encoder")(obs)
+        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim,
+                              image_input=self.image_input, name="encoder")(obs)
         if self.heads == 1:
             return value_head(self.hidden_dims, features)[None]
         vmapped = nn.vmap(ValueHead, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -121,11 +123,13 @@ class Networks(NamedTuple):
 def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str] = ()) -> Networks:
     """The modules `cfg` describes, for `action_dim` actions and the given cameras (empty: state only)."""
     cams = tuple(camera_names)
+    image_input = BC_FEATURES if cfg.image_encoder == "frozen_bc" else "pixels"
     return Networks(
-        encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim),
+        encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim, image_input=image_input),
         actor=PolicyNet(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
         critic=EnsembleCritic(tuple(cfg.hidden_dims), cfg.ensemble_size, cfg.critic_layer_norm),
-        value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim, cfg.q_estimation.value_heads),
+        value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim, cfg.q_estimation.value_heads,
+                       image_input),
         action_dim=action_dim,
     )
 
@@ -213,6 +217,18 @@ def init_state(params: AgentParams, opts: Optimizers) -> SacState:
 
 
 # ------------------------------------------------------------------------------------------------ functions
+def frozen_encoder(nets: Networks) -> bool:
+    """The agent reads images through pi_BC's frozen encoder (agent.image_encoder: frozen_bc, with cameras)."""
+    return nets.encoder.image_input == BC_FEATURES and bool(nets.encoder.camera_names)
+
+
+def observe(nets: Networks, bc: Any, obs: Any) -> Any:
+    """The observation as the agent's networks read it: with the frozen encoder, its frozen-encoder view (pi_BC's
+    features of its images, computed here once for every network that reads it); otherwise `obs` itself. Replay
+    stores frames in this view, so the update gets them ready (docs/design.md#pixels-and-the-frozen-encoder)."""
+    return bc.frozen_view(obs) if frozen_encoder(nets) else obs
+
+
 def features(nets: Networks, params: AgentParams, obs: Any, target: bool = False) -> jax.Array:
     """Encoder features of a normalised observation (target encoder for bootstraps)."""
     enc = params.encoder_target if target else params.encoder
@@ -390,6 +406,11 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
                 key: jax.Array) -> tuple[SacState, CriticMetrics]:
     """One critic (+ encoder) gradient step and a Polyak update of the targets."""
     p = state.params
+    if cfg.image_shift_pad > 0 and nets.encoder.camera_names and not frozen_encoder(nets):
+        # DrQ: the learned encoder sees each minibatch's images shifted at random (obs and next_obs apart)
+        key, k_obs, k_next = jax.random.split(key, 3)
+        batch = batch._replace(obs=augment_observation(k_obs, batch.obs, cfg.image_shift_pad),
+                               next_obs=augment_observation(k_next, batch.next_obs, cfg.image_shift_pad))
     calibration = None
     if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
         key, k_pi = jax.random.split(key)

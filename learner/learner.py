@@ -51,9 +51,9 @@ from q2rl.stats import wilson_lower
 log = logging.getLogger(__name__)
 
 
-def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...]) -> ReplayBuffer:
+def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...], frame_view=None) -> ReplayBuffer:
     """The demo buffer of an agent that samples one (rlpd, agent.use_demos): the successful episodes of bc.demos,
-    checked against the observations this run's policies read."""
+    checked against the observations this run's policies read; `frame_view` as the replay's."""
     from q2rl.demos.hdf5 import DemoFileError, read_demos
 
     why = "agent.algo rlpd" if cfg.agent.algo == "rlpd" else "agent.use_demos: true"
@@ -70,7 +70,7 @@ def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...]) -> ReplayBuf
                           f"{state_dim}: record the demos with this task's observations")
     if dataset.action_dim != ACTION_DIM:
         raise ConfigError(f"bc.demos: {cfg.bc.demos} has actions of size {dataset.action_dim}, expected {ACTION_DIM}")
-    buffer = demo_buffer(dataset.episodes, ACTION_DIM, cameras)
+    buffer = demo_buffer(dataset.episodes, ACTION_DIM, cameras, frame_view)
     if buffer is None:
         raise ConfigError(f"bc.demos: none of the {len(dataset)} demos in {cfg.bc.demos} succeeded; a demo buffer "
                           "holds successful demonstrations")
@@ -128,9 +128,14 @@ class Learner:
         self.key, k_init = jax.random.split(self.key)
         params = init_agent_params(self.agent, k_init, example_obs(state_dim, self.images), bc)
         self.state: SacState = self.agent.init_state(params)
-        self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM)
+        # With the frozen image encoder, replay keeps each frame as pi_BC's features of its images (computed once,
+        # as the frame comes in); the episode store keeps the images.
+        view = self.agent.frame_view
+        frame_view = (lambda obs: view(bc, obs)) if view is not None else None
+        self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM, frame_view=frame_view)
         # Read from bc.demos at every start (resume included): the demos are an input of the run, not its state.
-        self.demos = load_demo_buffer(cfg, state_dim, tuple(self.images)) if self.spec.uses_demos else None
+        self.demos = (load_demo_buffer(cfg, state_dim, tuple(self.images), frame_view) if self.spec.uses_demos
+                      else None)
         if self.demos is not None:
             log.info("demo buffer: %d transitions from %s", len(self.demos), cfg.bc.demos)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)

@@ -426,7 +426,7 @@ def test_actor_utd_that_does_not_divide_utd_is_a_config_error():
 def test_image_encoder_is_trained_by_the_critic_only():
     """Shared encoder: the critic loss moves it; the actor reads it through stop_gradient."""
     cfg = from_dict(AgentConfig, {"hidden_dims": [8], "value_hidden_dims": [8], "ensemble_size": 2, "batch_size": 2,
-                                  "utd": 1, "algo": "sac_bc", "image_feature_dim": 8})
+                                  "utd": 1, "algo": "sac_bc", "image_feature_dim": 8, "image_encoder": "learned"})
     agent = make_agent(cfg, 7, camera_names=("wrist",))
     rng = np.random.default_rng(0)
     obs = lambda n: {"state": rng.normal(size=(n, STATE_DIM)).astype(np.float32),
