@@ -87,6 +87,40 @@ def test_a_transition_missing_a_field_or_with_a_bad_source_is_a_clear_error():
         wire.decode_transition(m)
 
 
+def test_images_travel_zlib_compressed_and_come_back_bit_exact():
+    rng = np.random.default_rng(7)
+    t = make_episode("a0", 0, 0, 1, rng, images=True)[0]
+    frame = np.zeros((84, 84, 3), np.uint8)  # a sim-like frame: flat colours
+    frame[20:40, 30:50] = (200, 30, 30)
+    images = {"wrist": frame, "front": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)}  # and one of noise
+    t = type(t)(**{**t.__dict__, "obs": {**t.obs, "images": images}})
+    m = wire.encode_transition(t)
+    assert m.obs.images["wrist"].encoding == "zlib" and len(m.obs.images["wrist"].data) < frame.nbytes / 10
+    assert m.obs.state.encoding == "" and m.action.encoding == ""  # only images are compressed
+    back, _ = wire.decode_transition(pb.Transition.FromString(m.SerializeToString()))
+    for name, image in images.items():
+        np.testing.assert_array_equal(back.obs["images"][name], image)
+        assert back.obs["images"][name].dtype == np.uint8
+
+
+def test_damaged_or_oversized_zlib_tensor_is_a_clear_error():
+    import zlib
+
+    good = wire.tensor_proto(np.arange(192, dtype=np.uint8).reshape(8, 8, 3), compress=True)
+    damaged = pb.Tensor(dtype="uint8", shape=[8, 8, 3], data=good.data[:-4], encoding="zlib")
+    with pytest.raises(wire.WireError, match="img: zlib data (is damaged|does not inflate)"):
+        wire.tensor_from_proto(damaged, "img")
+    # a small message that would inflate to a megabyte: refused after inflating no more than the shape's 4 bytes
+    bomb = pb.Tensor(dtype="uint8", shape=[4], data=zlib.compress(b"\0" * (1 << 20)), encoding="zlib")
+    with pytest.raises(wire.WireError, match="does not inflate to exactly the 4 bytes its dtype and shape say"):
+        wire.tensor_from_proto(bomb, "img")
+    short = pb.Tensor(dtype="uint8", shape=[300], data=good.data, encoding="zlib")
+    with pytest.raises(wire.WireError, match="exactly the 300 bytes"):
+        wire.tensor_from_proto(short, "img")
+    with pytest.raises(wire.WireError, match="img: unknown encoding 'lz4' \\(raw or zlib\\)"):
+        wire.tensor_from_proto(pb.Tensor(dtype="uint8", shape=[1], data=b"x", encoding="lz4"), "img")
+
+
 def test_unknown_observation_key_is_rejected_with_the_contract():
     t = make_episode("a0", 0, 0, 1, np.random.default_rng(5))[0]
     bad = type(t)(**{**t.__dict__, "obs": {"state": t.obs["state"], "depth": np.zeros(3)}})
