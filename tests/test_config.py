@@ -5,6 +5,7 @@ import json
 from typing import Literal
 
 import pytest
+from process_util import REPO
 
 from q2rl.config import (ConfigError, canonical_json, config_differences, config_hash, describe, doc, from_dict,
                          load_config, to_dict)
@@ -495,3 +496,15 @@ def test_a_help_without_a_known_config_names_envs_backends_and_a_real_config_sho
     for argv in (["actor", "--help"], ["deploy", "--help"], ["bc", "train", "--help"], ["demos", "scripted", "--help"]):
         lines = _cli(*argv).stdout.splitlines()
         assert len(lines) <= 60 and "--help-all" in "\n".join(lines), argv
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+def test_every_shipped_config_loads_and_validates(path):
+    """The presets a user starts from are valid as shipped; the pixel ones see through the cameras they name."""
+    from q2rl.run_config import RunConfig
+
+    cfg = load_config(RunConfig, REPO / path)
+    cfg.validate()
+    if "pixels" in path:
+        assert cfg.env.sim.privileged_state is False and set(cfg.bc.train.cameras) == set(cfg.env.sim.cameras)
+        assert cfg.agent.image_encoder == ("learned" if "paper" in path else "frozen_bc")
