@@ -110,6 +110,8 @@ class Actor:
         self.cameras = tuple(images)
         self.agent = make_agent(self.acfg, ACTION_DIM, self.cameras)
         state_dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
+        # every observation is checked against these before a network reads it (policy_obs)
+        self.contract = (images, state_dim)
         self.key = jax.random.PRNGKey(cfg.actor.seed)
         self.key, k = jax.random.split(self.key)
         self.template = init_agent_params(self.agent, k, example_obs(state_dim, images), bc)
@@ -283,7 +285,7 @@ class Actor:
         modes = evaluate and (self.cfg.actor.eval_deterministic if deterministic is None else deterministic)
         if seed is None:
             seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
-        obs = policy_obs(self.env.reset(seed=seed)[0], self.cameras)
+        obs = policy_obs(self.env.reset(seed=seed)[0], *self.contract)
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
         next_tick = self.clock()
@@ -308,7 +310,7 @@ class Actor:
                 action, info = self._decide(obs, evaluate, modes)
                 self._note_loop_gap()
                 raw_next, reward, terminated, truncated, env_info = self.env.step(action)
-                next_obs = policy_obs(raw_next, self.cameras)
+                next_obs = policy_obs(raw_next, *self.contract)
                 ending += self._episode_keys(stop)
                 reward, terminated, truncated = _apply_operator(ending, float(reward), terminated, truncated)
                 a_bc, a_rl, q_bc, q_rl, use_rl = info

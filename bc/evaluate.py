@@ -17,6 +17,7 @@ from tqdm import tqdm
 from q2rl.bc.config import ActionMode
 from q2rl.config import ConfigError, from_dict
 from q2rl.core.policies import BCPolicy
+from q2rl.interfaces import policy_obs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +60,6 @@ def eval_env_config(metadata: Mapping[str, Any], task: str | None = None, max_ep
         raise ConfigError(f"env_args of the policy's demos do not make a sim env config: {e}") from None
 
 
-def policy_observation(obs: Mapping[str, Any], cameras: tuple[str, ...]) -> dict[str, Any]:
-    """Only what the policy reads, so the jitted act sees the same structure every step."""
-    out: dict[str, Any] = {"state": np.asarray(obs["state"], np.float32)}
-    if cameras:
-        out["images"] = {c: obs["images"][c] for c in cameras}
-    return out
-
-
 def make_act_fn(action_mode: ActionMode):
     """Jitted (policy, obs, key, carry) -> (action, carry) for a single observation."""
     if action_mode not in get_args(ActionMode):
@@ -90,7 +83,7 @@ def evaluate_policy(policy: BCPolicy, env: Any, episodes: int, seed: int, action
         done, total, steps, success = False, 0.0, 0, False
         while not done:
             key, step_key = jax.random.split(key)
-            action, carry = act(policy, policy_observation(obs, cameras), step_key, carry)
+            action, carry = act(policy, policy_obs(obs, cameras), step_key, carry)
             action = np.clip(np.asarray(action), -1.0, 1.0)
             obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)

@@ -27,7 +27,7 @@ Success is `info["success"]`; success terminates, the time limit truncates.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -99,11 +99,40 @@ def example_obs(state_dim: int, images: Mapping[str, tuple[int, int, int]]) -> d
     return obs
 
 
-def policy_obs(obs: Observation, cameras: tuple[str, ...]) -> dict:
-    """Only the parts of an observation the networks read (a fixed structure for the jitted functions)."""
-    out: dict = {"state": np.asarray(obs["state"], np.float32)}
+class ObservationError(ValueError):
+    """An environment's observation breaks the contract above; the message names the field and what to check."""
+
+
+def policy_obs(obs: Observation, cameras: Sequence[str] | Mapping[str, tuple[int, int, int]],
+               state_dim: int | None = None) -> dict:
+    """Only the parts of an observation the networks read (a fixed structure for the jitted functions), checked
+    against the contract: a finite state (of `state_dim` values, when given) and, per camera, a uint8 HxWx3 image (of
+    the given shape, when `cameras` maps names to shapes). ObservationError says what is wrong; a camera that stopped
+    delivering or a resized stream must never reach the networks as a shape error deep inside JAX."""
+    if "state" not in obs:
+        raise ObservationError("observation: no 'state' (the robot's proprioception)")
+    state = np.asarray(obs["state"], np.float32)
+    if state.ndim != 1 or (state_dim is not None and state.shape[0] != state_dim):
+        raise ObservationError(f"observation: state has shape {state.shape}, the run reads "
+                               f"[{state_dim if state_dim is not None else 'D'}]")
+    if not np.all(np.isfinite(state)):
+        raise ObservationError(f"observation: state holds non-finite values at indices "
+                               f"{np.flatnonzero(~np.isfinite(state)).tolist()}; check the robot's state stream")
+    out: dict = {"state": state}
     if cameras:
-        out["images"] = {c: obs["images"][c] for c in cameras}
+        images = obs.get("images") or {}
+        shapes = cameras if isinstance(cameras, Mapping) else dict.fromkeys(cameras)
+        for name, shape in shapes.items():
+            if name not in images:
+                raise ObservationError(f"observation: camera {name!r} is missing (it gives {sorted(images) or 'none'});"
+                                       " check that camera's connection and the config's camera names")
+            image = np.asarray(images[name])
+            want = tuple(shape) if shape is not None else (None, None, 3)
+            if image.dtype != np.uint8 or image.ndim != 3 or any(w not in (None, h) for w, h in zip(want, image.shape)):
+                size = "x".join("H" if w is None else str(w) for w in want)
+                raise ObservationError(f"observation: camera {name!r} gave a {image.dtype} image of shape "
+                                       f"{image.shape}; the run reads uint8 {size} RGB (the config's image size)")
+        out["images"] = {name: images[name] for name in shapes}
     return out
 
 

@@ -20,10 +20,10 @@ CAMERAS = {"wrist": (24, 24, 3), "front": (24, 24, 3)}
 STATE_DIM = 9
 
 
-def pixel_bc(cameras=tuple(CAMERAS), seed: int = 0) -> BCPolicy:
+def pixel_bc(cameras=tuple(CAMERAS), seed: int = 0, state_dim: int = STATE_DIM) -> BCPolicy:
     net = make_policy_net(from_dict(PolicyConfig, {"hidden_dims": [16], "image_feature_dim": 8}), 7, cameras)
-    obs = {"state": jnp.zeros((1, STATE_DIM)), "images": {c: jnp.zeros((1, *CAMERAS[c]), jnp.uint8) for c in cameras}}
-    stats = ObsNormalizer(np.linspace(-1, 1, STATE_DIM).astype(np.float32), np.full(STATE_DIM, 2.0, np.float32))
+    obs = {"state": jnp.zeros((1, state_dim)), "images": {c: jnp.zeros((1, *CAMERAS[c]), jnp.uint8) for c in cameras}}
+    stats = ObsNormalizer(np.linspace(-1, 1, state_dim).astype(np.float32), np.full(state_dim, 2.0, np.float32))
     return BCPolicy(net, net.init(jax.random.PRNGKey(seed), obs, ()), stats)
 
 
@@ -166,3 +166,55 @@ def test_a_pixel_run_learns_through_the_frozen_encoder_in_the_real_learner_and_a
     expected = bc.image_features({"state": np.stack([t.obs["state"] for t in first]), "images": images})
     for camera in ("wrist", "front"):
         np.testing.assert_allclose(in_replay.obs["bc_features"][camera][:-1], expected[camera], atol=1e-5)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda o: o["images"].pop("front"), r"camera 'front' is missing \(it gives \['wrist'\]\); check that camera's"),
+    (lambda o: o["images"].update(front=np.zeros((32, 24, 3), np.uint8)),
+     r"camera 'front' gave a uint8 image of shape \(32, 24, 3\); the run reads uint8 24x24x3 RGB"),
+    (lambda o: o["images"].update(wrist=np.zeros((24, 24, 3), np.float32)),
+     r"camera 'wrist' gave a float32 image of shape \(24, 24, 3\); the run reads uint8 24x24x3"),
+    (lambda o: o["images"].update(wrist=np.zeros((24, 24), np.uint8)), r"camera 'wrist' gave a uint8 image of shape"),
+    (lambda o: o.update(state=np.zeros(STATE_DIM + 1, np.float32)), r"state has shape \(10,\), the run reads \[9\]"),
+    (lambda o: o["state"].__setitem__(3, np.nan), r"state holds non-finite values at indices \[3\]"),
+])
+def test_an_observation_that_breaks_the_contract_is_named_before_any_network_reads_it(rng, spoil, message):
+    from q2rl.interfaces import ObservationError, policy_obs
+
+    obs = frame(rng)
+    assert policy_obs(obs, CAMERAS, STATE_DIM)["images"].keys() == CAMERAS.keys()
+    spoil(obs)
+    with pytest.raises(ObservationError, match=message):
+        policy_obs(obs, CAMERAS, STATE_DIM)
+
+
+@pytest.mark.slow
+def test_the_actor_stops_with_the_cameras_name_when_a_camera_stops_delivering(tmp_path):
+    """The real Actor over the real sim env with two cameras; the front camera's stream dies after 3 steps (the
+    hardware seam: a wrapper in place of a camera that unplugs)."""
+    import threading
+
+    from q2rl.actor.actor import Actor
+    from q2rl.interfaces import ObservationError
+    from q2rl.robot.envs import make_env
+
+    cameras = {"cameras": ["wrist", "front"], "image_size": 24, "privileged_state": False}
+    from q2rl.run_config import RunConfig
+
+    cfg = load_config(RunConfig, tiny_run_config(tmp_path, env={"sim": cameras}, agent=tiny_agent()))
+    env = make_env(cfg.env)
+    step = env.step
+
+    def unplugged_after_three(action, calls=[0]):
+        obs, *rest = step(action)
+        calls[0] += 1
+        if calls[0] > 3:
+            obs = {**obs, "images": {"wrist": obs["images"]["wrist"]}}
+        return (obs, *rest)
+
+    env.step = unplugged_after_three
+    bc = pixel_bc(state_dim=env.observation_space["state"].shape[0])
+    actor = Actor(cfg, env, bc, sink=None, source=None)
+    with pytest.raises(ObservationError, match="camera 'front' is missing"):
+        actor.run_episode(threading.Event())
+    env.close()
