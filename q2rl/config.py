@@ -74,8 +74,13 @@ def check_numbers(cfg: Any, rule: str, *names: str) -> None:
 
 
 def _type_name(tp: Any) -> str:
+    """How --help names a field's type: 'a' | 'b' for a Literal, int | None for an optional field."""
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "None"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -152,6 +152,14 @@ def test_describe_lists_every_leaf_with_help():
     assert len(lines) == 6
 
 
+def test_describe_names_an_optional_fields_type_in_full():
+    from q2rl.core.agent_config import AgentConfig
+
+    lines = describe(AgentConfig)
+    assert any(line.startswith("image_encoder ('frozen_bc' | 'learned' | None, default None)") for line in lines)
+    assert any(line.startswith("utd (int | None, default None)") for line in lines)
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
