@@ -220,6 +220,14 @@ def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
     return run_dir, with_run_inputs(cfg, run_dir)
 
 
+class _Terminated(Exception):
+    """The session got SIGTERM."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 def stop_reason(status: LearnerStatus | None, cfg, started: float, now: float) -> str | None:
     """Why the session should end now, or None to keep going."""
     if status is not None:
@@ -252,6 +260,10 @@ def run_session(cfg, resume: str | None) -> SessionResult:
     terminal = _saved_terminal() if keyboard else None  # put back however the console actor ends
     display = Display(shared=keyboard)
     reason = "interrupted (Ctrl-C)"
+    terminated = False
+    # `kill`, a scheduler or `timeout` stop the session as Ctrl-C does (actors, then the learner's final checkpoint),
+    # never leaving its children running on their own; the final evaluation is left out (it takes minutes).
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
         print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)"
@@ -293,15 +305,24 @@ def run_session(cfg, resume: str | None) -> SessionResult:
             time.sleep(cfg.session.refresh_s)
     except KeyboardInterrupt:
         reason = "interrupted (Ctrl-C)"
+    except _Terminated:
+        reason, terminated = "terminated (SIGTERM)", True
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         display.finish()
         print(f"session: stopping ({reason}) — actors first, then the learner (final checkpoint)")
         _shutdown(actors, learner, cfg.session.shutdown_timeout_s)
         _restore_terminal(terminal)
+        signal.signal(signal.SIGTERM, previous_handler)
     final = best = None
-    if cfg.session.final_eval_episodes > 0:
-        if any((run_dir / BEST_CHECKPOINT_FILE).parent.glob("best-*.ckpt")):
-            # every best candidate and the last checkpoint on the same fresh episodes; best.ckpt names the winner
+    # every best candidate and the last checkpoint on the same fresh episodes (best.ckpt names the winner), or the
+    # last checkpoint alone when no window was kept
+    which = "candidates" if any((run_dir / BEST_CHECKPOINT_FILE).parent.glob("best-*.ckpt")) else "last"
+    if terminated and cfg.session.final_eval_episodes > 0:
+        print(f"session: no final evaluation after SIGTERM; run it with q2rl actor --config {run_dir}/config.yaml "
+              f"--evaluate {run_dir} --checkpoint {which} --episodes {cfg.session.final_eval_episodes}")
+    elif cfg.session.final_eval_episodes > 0:
+        if which == "candidates":
             best = _final_eval(run_dir, cfg, "candidates")
             final = read_json(run_dir / FINAL_EVAL_FILE) if best is not None else None
         else:

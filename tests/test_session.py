@@ -202,3 +202,33 @@ def test_each_actor_of_a_session_is_seeded_from_the_configured_actor_seed(tmp_pa
         overrides = [a for a in argv[argv.index("actor") + 1:] if "=" in a and not a.startswith("--")]
         seeds.append(load_config(RunConfig, str(config), overrides).actor.seed)  # as the actor reads its config
     assert seeds == [7, 1007]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_session_as_ctrl_c_does_and_leaves_no_child_running(tmp_path):
+    """`kill` (or a scheduler's stop) ends the session in order: actors, then the learner's final checkpoint; no
+    actor is left reconnecting to a learner that is gone."""
+    import os
+    import signal
+    import time
+
+    config = tiny_run_config(tmp_path, session={"env_steps": 10**6})
+    proc = subprocess.Popen(q2rl("session", "--config", str(config), "learner.run_name=term"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO)
+    run = tmp_path / "runs" / "term"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run / "actors" / "actor-0.json").is_file():
+        time.sleep(0.5)  # the actor is up and stepping
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(children) == 2, "a learner and an actor"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "session: stopping (terminated (SIGTERM)) — actors first, then the learner" in out
+    assert "no final evaluation after SIGTERM; run it with q2rl actor" in out
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert (run / "checkpoint" / "learner.ckpt").is_file()
+    assert "stopped:" in (run / "actor-0.log").read_text()
