@@ -15,12 +15,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
 from q2rl.config import ConfigError, load_config
+from q2rl.signals import stop_on_signals
 
 log = logging.getLogger("q2rl.actor")
 
@@ -85,9 +85,7 @@ def main(argv: list[str]) -> int:
     if not cfg.bc.checkpoint:
         raise ConfigError("bc.checkpoint: the actor needs the run's BC policy; start it with the learner's "
                           "runs/<run>/config.yaml, which names it")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     if args.evaluate:
         return evaluate_run(cfg, Path(args.evaluate), args.episodes, stop, args.checkpoint)
     from q2rl.robot.cameras import CameraError

@@ -20,12 +20,13 @@ import dataclasses
 import datetime
 import json
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+
+from q2rl.signals import stop_on_signals
 
 NO_LIMIT = 10**9  # "no time limit": more control steps than any episode runs
 
@@ -225,9 +226,7 @@ def main(argv: list[str]) -> int:
     from q2rl.robot.console import ConsoleUnavailable
     from q2rl.stats import format_rate
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         result = run_deploy(args, stop)
     except (DeployError, CheckpointError, ConsoleUnavailable, FileExistsError) as e:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from q2rl.config import load_config
 from q2rl.logs import configure_logging, log_to_run_dir, room_on_terminal
 from q2rl.recordio import atomic_write
 from q2rl.run_dir import ADDRESS_FILE, CONFIG_FILE, open_run_dir
+from q2rl.signals import stop_on_signals
 
 log = logging.getLogger("q2rl.learner")
 STATUS_LINE_EVERY_S = 10.0  # a status line on stderr and in RUN/learner.log this often
@@ -76,9 +76,7 @@ def main(argv: list[str]) -> int:
         print(f"q2rl learner: {e}", file=sys.stderr)
         return 2
     log_to_run_dir(run_dir / "learner.log", "learner")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     from q2rl.core.checkpoint import CheckpointError
     from q2rl.learner.learner import DivergedError
     from q2rl.recordio import RecordFileError
