@@ -4,8 +4,9 @@ machine (CPU JAX; or a GPU when JAX has one).
     .venv/bin/python bench/learner_speed.py [--seconds 10] [--fit-seconds 20]
     .venv/bin/python bench/learner_speed.py --only fit         # the Q-Estimation fit alone (a few minutes)
 
-For the `cpu` and `paper` presets (state observations, pick_cube sizes: state 17, action 7) and a small image
-config (one 64x64 camera), it times the jitted update call (`utd` critic minibatches + `actor_utd` actor steps,
+For the `cpu` and `paper` presets (state observations, pick_cube sizes: state 17, action 7), a small image config
+(one 64x64 camera, learned encoder) and the pixel presets (two 84x84 cameras; each preset with the frozen pi_BC
+encoder, whose minibatches hold features as replay stores them, and with the learned one), it times the jitted update call (`utd` critic minibatches + `actor_utd` actor steps,
 1 in every config here) after compilation, and the jitted gate at batch 1 (BC + V_phi + pi_RL + Q_RL ensemble).
 "updates" are update calls; critic transitions per second = updates/s x utd x the minibatch size, which
 `agent.batch_accounting` sets (docs/design.md#batch-and-utd): the `paper` preset is timed both ways. The calibrated
@@ -68,7 +69,9 @@ def random_batches(cfg: AgentConfig, cameras, image_size, rng) -> Batch:
                  is_demo=np.zeros((u, b), bool))
 
 
-def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=64) -> dict:
+def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=64, min_calls: int = 3) -> dict:
+    """Update calls/s (at least `min_calls` timed) and the gate's latency at batch 1 of one agent config. With the
+    frozen image encoder the minibatches hold pi_BC's features, as replay stores them; the gate gets images."""
     cfg = from_dict(AgentConfig, overrides)
     agent = make_agent(cfg, ACTION_DIM, cameras)
     bc = make_bc(cameras, image_size)
@@ -76,13 +79,16 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
     state = agent.init_state(params)
     rng = np.random.default_rng(0)
     batches = [random_batches(cfg, cameras, image_size, rng) for _ in range(4)]
+    if agent.frame_view is not None:
+        as_stored = lambda obs: jax.device_get(agent.frame_view(bc, obs))
+        batches = [b._replace(obs=as_stored(b.obs), next_obs=as_stored(b.next_obs)) for b in batches]
     t = time.perf_counter()
     update = agent.update_donating  # what the learner runs
     state, m = update(state, batches[0], jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t
     n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 3:
+    while time.perf_counter() - t0 < seconds or n < min_calls:
         state, m = update(state, batches[n % 4], jax.random.PRNGKey(n))
         n += 1
     jax.block_until_ready(state)
@@ -100,7 +106,7 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
         np.asarray(action), bool(info.use_rl)
         lat.append(time.perf_counter() - t)
     lat_ms = np.asarray(lat) * 1e3
-    out = {"name": name, "utd": cfg.utd, "batch_size": cfg.batch_size, "minibatch": cfg.minibatch_size,
+    out = {"name": name, "image_encoder": cfg.image_encoder if cameras else None, "utd": cfg.utd, "batch_size": cfg.batch_size, "minibatch": cfg.minibatch_size,
            "ensemble": cfg.ensemble_size, "hidden": list(cfg.hidden_dims), "cameras": list(cameras),
            "compile_s": round(compile_s, 2), "updates_per_s": round(updates_per_s, 2),
            "critic_minibatches_per_s": round(updates_per_s * cfg.utd, 1),
@@ -252,12 +258,24 @@ def speed_figures(seconds: float) -> dict:
     authors = measure("paper_authors_accounting", {"preset": "paper", "batch_accounting": "update"}, seconds)
     plain = measure("paper_plain_critic", {"preset": "paper", "calibrated_conservatism": 0.0}, seconds)
     whole = measure("paper_calibrated_whole", {"preset": "paper", "calibrated_fraction": 1.0}, seconds)
-    image = measure("image_small", {"preset": "cpu", "batch_size": 32, "utd": 1, "ensemble_size": 2},
-                    seconds, cameras=("wrist",), image_size=64)
-    print("| config | utd | batch | minibatch | ensemble | updates/s | critic transitions/s | gate p50 ms | gate p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in (cpu, paper, authors, plain, whole, image):
-        print(f"| {r['name']} | {r['utd']} | {r['batch_size']} | {r['minibatch']} | {r['ensemble']} | "
+    image = measure("image_small", {"preset": "cpu", "batch_size": 32, "utd": 1, "ensemble_size": 2,
+                                    "image_encoder": "learned"}, seconds, cameras=("wrist",), image_size=64)
+    # The pixel presets: two 84x84 cameras (configs/sim/pick_cube_pixels*.yaml), each size with either encoder.
+    pixels = dict(cameras=("wrist", "front"), image_size=84)
+    pixels_cpu = measure("pixels_cpu", {"preset": "cpu", "image_encoder": "frozen_bc"}, seconds, **pixels)
+    pixels_cpu_learned = measure("pixels_cpu_learned", {"preset": "cpu", "image_encoder": "learned"}, seconds,
+                                 min_calls=1, **pixels)
+    pixels_paper = measure("pixels_paper", {"preset": "paper", "image_encoder": "learned"}, seconds, min_calls=1,
+                           **pixels)
+    pixels_paper_frozen = measure("pixels_paper_frozen", {"preset": "paper", "image_encoder": "frozen_bc"}, seconds,
+                                  **pixels)
+    rows = (cpu, paper, authors, plain, whole, image, pixels_cpu, pixels_cpu_learned, pixels_paper, pixels_paper_frozen)
+    print("| config | images | utd | batch | minibatch | ensemble | updates/s | critic transitions/s | gate p50 ms | "
+          "gate p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        images = f"{len(r['cameras'])} cam, {r['image_encoder']}" if r["cameras"] else "-"
+        print(f"| {r['name']} | {images} | {r['utd']} | {r['batch_size']} | {r['minibatch']} | {r['ensemble']} | "
               f"{r['updates_per_s']} | {r['critic_transitions_per_s']} | {r['gate_p50_ms']} | {r['gate_p99_ms']} |")
     return {
         "updates_per_s_cpu_preset": cpu["updates_per_s"], "updates_per_s_paper_preset": paper["updates_per_s"],
@@ -269,6 +287,12 @@ def speed_figures(seconds: float) -> dict:
         "updates_per_s_image_small": image["updates_per_s"], "actor_latency_p50_ms": cpu["gate_p50_ms"],
         "actor_latency_p99_ms": cpu["gate_p99_ms"], "actor_latency_p99_ms_paper": paper["gate_p99_ms"],
         "actor_latency_p99_ms_image": image["gate_p99_ms"],
+        "updates_per_s_pixels_cpu": pixels_cpu["updates_per_s"],
+        "updates_per_s_pixels_cpu_learned": pixels_cpu_learned["updates_per_s"],
+        "updates_per_s_pixels_paper": pixels_paper["updates_per_s"],
+        "updates_per_s_pixels_paper_frozen": pixels_paper_frozen["updates_per_s"],
+        "actor_latency_p99_ms_pixels": pixels_cpu["gate_p99_ms"],
+        "actor_latency_p99_ms_pixels_learned": pixels_cpu_learned["gate_p99_ms"],
     }
 
 
