@@ -3,12 +3,14 @@ machine (CPU JAX; or a GPU when JAX has one).
 
     .venv/bin/python bench/learner_speed.py [--seconds 10] [--fit-seconds 20]
     .venv/bin/python bench/learner_speed.py --only fit         # the Q-Estimation fit alone (a few minutes)
+    .venv/bin/python bench/learner_speed.py --only pixels      # the pixel presets alone
 
 For the `cpu` and `paper` presets (state observations, pick_cube sizes: state 17, action 7), a small image config
 (one 64x64 camera, learned encoder) and the pixel presets (two 84x84 cameras; each preset with the frozen pi_BC
-encoder, whose minibatches hold features as replay stores them, and with the learned one), it times the jitted update call (`utd` critic minibatches + `actor_utd` actor steps,
-1 in every config here) after compilation, and the jitted gate at batch 1 (BC + V_phi + pi_RL + Q_RL ensemble).
-"updates" are update calls; critic transitions per second = updates/s x utd x the minibatch size, which
+encoder, whose minibatches hold features as replay stores them, and with the learned one), it times the jitted
+update call (`utd` critic minibatches + `actor_utd` actor steps, 1 in every config here) after compilation (one
+by one when a call takes over 0.5 s, so slow calls do not queue up), and the jitted gate at batch 1 (BC + V_phi +
+pi_RL + Q_RL ensemble). "updates" are update calls; critic transitions per second = updates/s x utd x the minibatch size, which
 `agent.batch_accounting` sets (docs/design.md#batch-and-utd): the `paper` preset is timed both ways. The calibrated
 critic's cost is the `paper` update's time with the calibrated term (the default: on an eighth of each minibatch)
 over its time without (and with the term on the whole minibatch, `calibrated_fraction: 1`).
@@ -87,10 +89,16 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
     state, m = update(state, batches[0], jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    state, m = update(state, batches[1], jax.random.PRNGKey(1))
+    jax.block_until_ready(state)
+    slow = time.perf_counter() - t > 0.5  # calls are dispatched asynchronously: a slow one must not queue up dozens
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < min_calls:
         state, m = update(state, batches[n % 4], jax.random.PRNGKey(n))
         n += 1
+        if slow:
+            jax.block_until_ready(state)
     jax.block_until_ready(state)
     updates_per_s = n / (time.perf_counter() - t0)
     # actor decision latency at batch 1, host observation in, host action out
@@ -106,7 +114,8 @@ def measure(name: str, overrides: dict, seconds: float, cameras=(), image_size=6
         np.asarray(action), bool(info.use_rl)
         lat.append(time.perf_counter() - t)
     lat_ms = np.asarray(lat) * 1e3
-    out = {"name": name, "image_encoder": cfg.image_encoder if cameras else None, "utd": cfg.utd, "batch_size": cfg.batch_size, "minibatch": cfg.minibatch_size,
+    out = {"name": name, "image_encoder": cfg.image_encoder if cameras else None, "utd": cfg.utd,
+           "batch_size": cfg.batch_size, "minibatch": cfg.minibatch_size,
            "ensemble": cfg.ensemble_size, "hidden": list(cfg.hidden_dims), "cameras": list(cameras),
            "compile_s": round(compile_s, 2), "updates_per_s": round(updates_per_s, 2),
            "critic_minibatches_per_s": round(updates_per_s * cfg.utd, 1),
@@ -225,8 +234,9 @@ def extrapolated_s(rates: dict, steps: dict) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="timing window per configuration")
-    p.add_argument("--only", choices=("all", "speed", "fit"), default="all",
-                   help="speed: update calls and gate latency only; fit: the Q-Estimation fit only")
+    p.add_argument("--only", choices=("all", "speed", "pixels", "fit"), default="all",
+                   help="speed: update calls and gate latency only; pixels: those of the pixel presets only; fit: the "
+                        "Q-Estimation fit only")
     p.add_argument("--fit-presets", default="cpu,paper", help="presets whose Q-Estimation fit is measured")
     p.add_argument("--extrapolate", default="auto",
                    help="presets (of --fit-presets, after one that runs) whose fit is timed per stage and extrapolated "
@@ -245,6 +255,8 @@ def main(argv=None) -> int:
     figures = {}
     if args.only in ("all", "speed"):
         figures.update(speed_figures(args.seconds))
+    if args.only == "pixels":
+        figures.update(pixel_figures(args.seconds))
     if args.only in ("all", "fit"):
         figures.update(fit_figures(args.config, presets, extrapolate, args.fit_seconds))
     figures.update({"load_avg_1m": round(os.getloadavg()[0], 2), "device": jax.devices()[0].platform})
@@ -260,23 +272,7 @@ def speed_figures(seconds: float) -> dict:
     whole = measure("paper_calibrated_whole", {"preset": "paper", "calibrated_fraction": 1.0}, seconds)
     image = measure("image_small", {"preset": "cpu", "batch_size": 32, "utd": 1, "ensemble_size": 2,
                                     "image_encoder": "learned"}, seconds, cameras=("wrist",), image_size=64)
-    # The pixel presets: two 84x84 cameras (configs/sim/pick_cube_pixels*.yaml), each size with either encoder.
-    pixels = dict(cameras=("wrist", "front"), image_size=84)
-    pixels_cpu = measure("pixels_cpu", {"preset": "cpu", "image_encoder": "frozen_bc"}, seconds, **pixels)
-    pixels_cpu_learned = measure("pixels_cpu_learned", {"preset": "cpu", "image_encoder": "learned"}, seconds,
-                                 min_calls=1, **pixels)
-    pixels_paper = measure("pixels_paper", {"preset": "paper", "image_encoder": "learned"}, seconds, min_calls=1,
-                           **pixels)
-    pixels_paper_frozen = measure("pixels_paper_frozen", {"preset": "paper", "image_encoder": "frozen_bc"}, seconds,
-                                  **pixels)
-    rows = (cpu, paper, authors, plain, whole, image, pixels_cpu, pixels_cpu_learned, pixels_paper, pixels_paper_frozen)
-    print("| config | images | utd | batch | minibatch | ensemble | updates/s | critic transitions/s | gate p50 ms | "
-          "gate p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        images = f"{len(r['cameras'])} cam, {r['image_encoder']}" if r["cameras"] else "-"
-        print(f"| {r['name']} | {images} | {r['utd']} | {r['batch_size']} | {r['minibatch']} | {r['ensemble']} | "
-              f"{r['updates_per_s']} | {r['critic_transitions_per_s']} | {r['gate_p50_ms']} | {r['gate_p99_ms']} |")
+    table((cpu, paper, authors, plain, whole, image))
     return {
         "updates_per_s_cpu_preset": cpu["updates_per_s"], "updates_per_s_paper_preset": paper["updates_per_s"],
         "updates_per_s_paper_authors_accounting": authors["updates_per_s"],
@@ -287,13 +283,39 @@ def speed_figures(seconds: float) -> dict:
         "updates_per_s_image_small": image["updates_per_s"], "actor_latency_p50_ms": cpu["gate_p50_ms"],
         "actor_latency_p99_ms": cpu["gate_p99_ms"], "actor_latency_p99_ms_paper": paper["gate_p99_ms"],
         "actor_latency_p99_ms_image": image["gate_p99_ms"],
-        "updates_per_s_pixels_cpu": pixels_cpu["updates_per_s"],
-        "updates_per_s_pixels_cpu_learned": pixels_cpu_learned["updates_per_s"],
-        "updates_per_s_pixels_paper": pixels_paper["updates_per_s"],
-        "updates_per_s_pixels_paper_frozen": pixels_paper_frozen["updates_per_s"],
-        "actor_latency_p99_ms_pixels": pixels_cpu["gate_p99_ms"],
-        "actor_latency_p99_ms_pixels_learned": pixels_cpu_learned["gate_p99_ms"],
+        **pixel_figures(seconds),
     }
+
+
+def pixel_figures(seconds: float) -> dict:
+    """The pixel presets: two 84x84 cameras (configs/sim/pick_cube_pixels*.yaml), each size with either encoder."""
+    pixels = dict(cameras=("wrist", "front"), image_size=84)
+    cpu = measure("pixels_cpu", {"preset": "cpu", "image_encoder": "frozen_bc"}, seconds, **pixels)
+    cpu_learned = measure("pixels_cpu_learned", {"preset": "cpu", "image_encoder": "learned"}, seconds, min_calls=1,
+                          **pixels)
+    paper = measure("pixels_paper", {"preset": "paper", "image_encoder": "learned"}, seconds, min_calls=1, **pixels)
+    paper_frozen = measure("pixels_paper_frozen", {"preset": "paper", "image_encoder": "frozen_bc"}, seconds, **pixels)
+    table((cpu, cpu_learned, paper, paper_frozen))
+    return {
+        "updates_per_s_pixels_cpu": cpu["updates_per_s"],
+        "updates_per_s_pixels_cpu_learned": cpu_learned["updates_per_s"],
+        "updates_per_s_pixels_paper": paper["updates_per_s"],
+        "updates_per_s_pixels_paper_frozen": paper_frozen["updates_per_s"],
+        "actor_latency_p99_ms_pixels": cpu["gate_p99_ms"],
+        "actor_latency_p99_ms_pixels_learned": cpu_learned["gate_p99_ms"],
+        "actor_latency_p99_ms_pixels_paper": paper["gate_p99_ms"],
+    }
+
+
+def table(rows) -> None:
+    """The measured configs as a markdown table (stdout)."""
+    print("| config | images | utd | batch | minibatch | ensemble | updates/s | critic transitions/s | gate p50 ms | "
+          "gate p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        images = f"{len(r['cameras'])} cam, {r['image_encoder']}" if r["cameras"] else "-"
+        print(f"| {r['name']} | {images} | {r['utd']} | {r['batch_size']} | {r['minibatch']} | {r['ensemble']} | "
+              f"{r['updates_per_s']} | {r['critic_transitions_per_s']} | {r['gate_p50_ms']} | {r['gate_p99_ms']} |")
 
 
 def fit_figures(config: str, presets: list[str], extrapolate: list[str], seconds: float) -> dict:

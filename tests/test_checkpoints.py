@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
-import types
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +46,7 @@ def learner_cli(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
         event.set()
         return event
 
-    monkeypatch.setattr(signal, "signal", lambda *a: None)
-    monkeypatch.setattr(cli, "threading", types.SimpleNamespace(Event=stopped))
+    monkeypatch.setattr(cli, "stop_on_signals", stopped)
     code = cli.main(list(argv))
     return code, capsys.readouterr().err
 
