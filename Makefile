@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 PIP       := $(VENV)/bin/pip
 STAMP     := $(VENV)/.q2rl-setup
 GPU       ?= 0
-CONFIG    ?= configs/sim/pick_cube.yaml
+CONFIG    ?= configs/sim/pick_cube_pixels.yaml
 ARGS      ?=
 # MuJoCo renders headless through EGL (software on a machine without a GPU); OSMesa is the fallback.
 export MUJOCO_GL ?= egl
