@@ -56,19 +56,26 @@ class Agent:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
         if self.spec.needs_bc and bc is None:
             raise ValueError(f"algo {self.cfg.algo!r} needs a BC policy (bc=...)")
-        if frozen_encoder(self.nets):
-            missing = sorted(set(self.nets.encoder.camera_names) - set(bc.camera_names))
-            if missing:
-                raise ConfigError(
-                    f"agent.image_encoder: frozen_bc reads pi_BC's features of each camera image, but pi_BC reads "
-                    f"cameras {list(bc.camera_names)} and not {missing}: train pi_BC on the run's cameras "
-                    "(bc.train.cameras), or set agent.image_encoder: learned")
+        problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
+        if problem:
+            raise ConfigError(problem)
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
         return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
 
     def init_state(self, params: AgentParams) -> SacState:
         """The learner state for online RL (fresh optimizers) from phase-1 (or fresh) params."""
         return init_state(params, self.opts)
+
+
+def frozen_encoder_problem(cfg: AgentConfig, cameras: Sequence[str], bc_cameras: Sequence[str]) -> str | None:
+    """Why the frozen image encoder cannot serve a run with `cameras` from a pi_BC that reads `bc_cameras` (None:
+    it can, or the agent does not use it)."""
+    missing = sorted(set(cameras) - set(bc_cameras))
+    if cfg.image_encoder != "frozen_bc" or not missing:
+        return None
+    return (f"agent.image_encoder: frozen_bc reads pi_BC's features of each camera image, but pi_BC reads cameras "
+            f"{list(bc_cameras)} and not {missing}: train pi_BC on the run's cameras (bc.train.cameras), or set "
+            "agent.image_encoder: learned")
 
 
 def _bc_action(params: AgentParams, obs: Any, key: jax.Array, deterministic: bool = False) -> jax.Array:

@@ -106,17 +106,44 @@ def stop_process(proc: subprocess.Popen, timeout_s: float, name: str) -> int | N
         return proc.wait()
 
 
+class LearnerStartError(RuntimeError):
+    """The session's learner died, or never served, before the actors could start."""
+
+
+def check_image_encoder(cfg) -> None:
+    """The frozen image encoder needs a pi_BC that reads the run's cameras: refused here, before any process starts
+    (the learner and the actors check it again)."""
+    from q2rl.core.agents import frozen_encoder_problem
+    from q2rl.core.checkpoint import read_metadata
+    from q2rl.run_dir import bc_source_file
+
+    bc_cameras = read_metadata(bc_source_file(cfg)).get("camera_names", [])
+    problem = frozen_encoder_problem(cfg.agent, tuple(cfg.env.camera_shapes()), bc_cameras)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 def wait_for_address(run_dir: Path, learner: subprocess.Popen, timeout_s: float) -> str:
-    """host:port the learner bound, once it serves; a learner that dies first is an error."""
+    """host:port the learner bound, once it serves; a learner that dies first is an error (with its last word)."""
     deadline = time.monotonic() + timeout_s
     path = run_dir / ADDRESS_FILE
     while time.monotonic() < deadline:
         if path.is_file() and path.read_text().strip():
             return path.read_text().strip()
         if learner.poll() is not None:
-            raise RuntimeError(f"the learner exited with code {learner.returncode} before serving; see {run_dir}/learner.log")
+            last = _last_line(run_dir / "learner.log")
+            raise LearnerStartError(f"the learner exited with code {learner.returncode} before serving"
+                                    + (f": {last}" if last else "") + f" (log: {run_dir}/learner.log)")
         time.sleep(0.1)
-    raise RuntimeError(f"the learner did not start serving within {timeout_s:.0f} s; see {run_dir}/learner.log")
+    raise LearnerStartError(f"the learner did not start serving within {timeout_s:.0f} s; see {run_dir}/learner.log")
 
 
 class Display:
@@ -214,6 +241,7 @@ def prepare_run_dir(cfg, resume: str | None) -> tuple[Path, object]:
     cfg = with_bc_source(cfg)
     cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, run_name=name))
     bc_source_file(cfg)  # a missing pi_BC is refused before the run directory exists
+    check_image_encoder(cfg)
     run_dir = create_run_dir(cfg.learner.run_root, name)
     cfg = keep_run_inputs(cfg, run_dir)
     dump_yaml(cfg, run_dir / CONFIG_FILE)
@@ -265,7 +293,11 @@ def run_session(cfg, resume: str | None) -> SessionResult:
     # never leaving its children running on their own; the final evaluation is left out (it takes minutes).
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
+        try:
+            address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
+        except LearnerStartError as e:
+            reason = str(e)
+            raise
         print(f"session: learner serving on {address}; starting {cfg.session.actors} actor(s)"
               + ("; actor-0 has the keyboard (s f p e q, h for help)" if keyboard else ""))
         for i in range(cfg.session.actors):
@@ -522,6 +554,9 @@ def main(argv: list[str]) -> int:
     except RunDirError as e:
         print(f"q2rl session: {e}", file=sys.stderr)
         return 2
+    except LearnerStartError as e:
+        print(f"q2rl session: {e}", file=sys.stderr)
+        return 1
     write_summary(result)
     print(format_summary(result))
     failed = result.reason.startswith(("the learner exited", "actor-"))

@@ -75,6 +75,7 @@ def session(tmp_path_factory) -> Session:
     # and a short session's video shows both sources (a fitted one starts at Qhat_BC and hands over later).
     agent = tiny_agent()
     agent["q_estimation"] = {**agent["q_estimation"], "critic_updates": 0}
+    agent["image_encoder"] = "learned"  # pi_BC reads the state only; the camera is there for its frames
     config = tiny_run_config(
         tmp, agent=agent,
         env={"sim": {"task": "pick_cube", "max_episode_steps": 30, "cameras": ["front"], "image_size": 32}},

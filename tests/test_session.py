@@ -232,3 +232,20 @@ def test_sigterm_stops_a_session_as_ctrl_c_does_and_leaves_no_child_running(tmp_
             os.kill(pid, 0)
     assert (run / "checkpoint" / "learner.ckpt").is_file()
     assert "stopped:" in (run / "actor-0.log").read_text()
+
+
+def test_a_camera_run_from_a_state_only_pi_bc_is_refused_in_one_line_before_anything_starts(tmp_path):
+    """The frozen image encoder (the default) reads pi_BC's features of each camera: a pi_BC trained on the state
+    alone cannot give them; the session says so and what to set, and creates no run directory."""
+    from process_util import tiny_bc_policy
+
+    bc = tiny_bc_policy(tmp_path / "bc")  # state only
+    config = tiny_run_config(tmp_path, bc, env={"sim": {"cameras": ["front"], "image_size": 32}})
+    proc = subprocess.run(q2rl("session", "--config", str(config), "learner.run_name=cams"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert ("agent.image_encoder: frozen_bc reads pi_BC's features of each camera image, but pi_BC reads cameras [] "
+            "and not ['front']: train pi_BC on the run's cameras (bc.train.cameras), or set agent.image_encoder: "
+            "learned") in proc.stdout
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "runs" / "cams").exists()
