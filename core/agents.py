@@ -56,9 +56,10 @@ class Agent:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
         if self.spec.needs_bc and bc is None:
             raise ValueError(f"algo {self.cfg.algo!r} needs a BC policy (bc=...)")
-        problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
-        if problem:
-            raise ConfigError(problem)
+        if frozen_encoder(self.nets):
+            problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
+            if problem:
+                raise ConfigError(problem)
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
         return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
 

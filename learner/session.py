@@ -117,6 +117,8 @@ def check_image_encoder(cfg) -> None:
     from q2rl.core.checkpoint import read_metadata
     from q2rl.run_dir import bc_source_file
 
+    if not cfg.env.camera_shapes() or cfg.agent.image_encoder != "frozen_bc":
+        return
     bc_cameras = read_metadata(bc_source_file(cfg)).get("camera_names", [])
     problem = frozen_encoder_problem(cfg.agent, tuple(cfg.env.camera_shapes()), bc_cameras)
     if problem:
