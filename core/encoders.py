@@ -34,7 +34,6 @@ class ConvEncoder(nn.Module):
         return jnp.tanh(nn.LayerNorm()(x))
 
 
-IMAGE_INPUTS = ("pixels", "bc_features")  # what an ObsEncoder reads of each camera
 BC_FEATURES = "bc_features"  # the observation key of the frozen-encoder view
 
 
