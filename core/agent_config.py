@@ -15,13 +15,14 @@ from typing import Literal, get_args
 
 from q2rl.config import ConfigError, check_numbers, doc
 
-Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "bc"]
+Algo = Literal["q2rl", "q2rl_no_qinit", "q2rl_no_gate", "ibrl", "ibrl_soft", "sac_bc", "rlpd", "batch_online",
+               "simplified_q", "bc"]
 ALGOS: tuple[str, ...] = get_args(Algo)  # one list: the type and the validation read the same names
 DEFAULT_BC_WEIGHT = 0.3  # docs/design.md#actor-loss and the authors' release; the ibrl family's is 0
 # The Q2RL family's critic regulariser, beyond the paper's plain critic: why it is on by default, and the evidence,
 # in docs/design.md#calibrated-conservatism.
 DEFAULT_CALIBRATED_CONSERVATISM = 1.0
-Gate = Literal["qhat_bc", "always_rl", "always_bc", "critic_greedy", "critic_softmax"]
+Gate = Literal["qhat_bc", "always_rl", "always_bc", "critic_greedy", "critic_softmax", "best_of_n"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,19 @@ class AlgoRules:
     calibrated_conservatism: float = 0.0  # the critic regulariser's weight when left empty (it needs V_phi)
     entropy: bool | None = None  # True: SAC's entropy term is forced on; None: the config's choice (default off)
     uses_demos: bool | None = None  # True: 50/50 demo sampling is forced on; None: the config's use_demos
+    # The critic's objective: td (SAC's TD to Q(s', a'~pi_RL)) or iql (batch_online: Q to r + gamma V(s'), V to an
+    # expectile of the target critic at the data actions; V is then trained, not fitted once by Q-Estimation).
+    critic_objective: Literal["td", "iql"] = "td"
+    # What the actor step trains: pi_RL by SAC's loss (sac), or pi_BC's own network by imitation of every stored
+    # action, demos and autonomous alike (imitation: batch_online's expressive policy; its image encoder stays
+    # frozen so the replay's frozen-encoder views stay valid).
+    policy_objective: Literal["sac", "imitation"] = "sac"
+    # Defaults of the critic's options when the config leaves them empty (docs/design.md#the-other-methods)
+    target_network: bool = True
+    ntk_weight: float = 0.0
+    cql_weight: float = 0.0
+    offline_updates: int = 0
+    n_step: int = 1
 
 
 _Q2RL = AlgoRules(q_estimation=True, init_critic=True, gate="qhat_bc", scorer="qhat_bc",
@@ -53,6 +67,14 @@ ALGO_RULES: dict[str, AlgoRules] = {
     "ibrl_soft": dataclasses.replace(_IBRL, gate="critic_softmax"),
     "sac_bc": AlgoRules(),
     "rlpd": AlgoRules(needs_bc=False, bc_weight=0.0, entropy=True, uses_demos=True),  # SAC, no BC term
+    # Batch online RL's recipe (docs/design.md#batch-online-rl): pi_BC's expressive network kept training by
+    # imitation on all data, IQL's Q and V, implicit policy extraction (the best of N samples under Q), OU noise.
+    "batch_online": AlgoRules(gate="best_of_n", critic_objective="iql", policy_objective="imitation", bc_weight=0.0,
+                              uses_demos=True),
+    # Simplified Q (docs/design.md#simplified-q): SAC without a target network, the NTK regulariser and a weighted
+    # CQL term on the critic, 3-step returns, symmetric sampling, offline pre-training on the demos first.
+    "simplified_q": AlgoRules(needs_bc=False, bc_weight=0.0, entropy=True, uses_demos=True, target_network=False,
+                              ntk_weight=0.1, cql_weight=1.0, offline_updates=2000, n_step=3),
     "bc": AlgoRules(trains=False, gate="always_bc"),
 }
 _FITS_V_PHI = ", ".join(algo for algo, rules in ALGO_RULES.items() if rules.q_estimation)
@@ -142,6 +164,37 @@ class QEstimationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchOnlineConfig:
+    """batch_online's own settings (docs/design.md#batch-online-rl): IQL's expectile, implicit policy extraction,
+    the Ornstein-Uhlenbeck noise on the executed actions, and the schedule (iterations, or fully online)."""
+
+    expectile: float = doc(0.8, "IQL expectile tau: V(s) fits the tau-expectile of Q_target(s, a) over the data "
+                                "actions (0.5: their mean; towards 1: their max). The paper's 0.8.")
+    best_of_n: int = doc(32, "Actions sampled from the policy at every step; the one the critic rates highest runs "
+                             "(implicit policy extraction; 1: plain sampling). The paper samples 64.")
+    ou_sigma: float = doc(0.05, "Scale sigma of the Ornstein-Uhlenbeck noise added to every executed training action "
+                                "(0: none; never in evaluation episodes). The paper's 0.03-0.05.")
+    ou_theta: float = doc(5.0, "Mean reversion theta of the OU noise (the paper's 5).")
+    ou_dt: float = doc(0.1, "Time step of the OU noise's Euler steps, the control period (10 Hz): the noise keeps "
+                            "1 - theta * dt of itself from one step to the next.")
+    iteration_episodes: int = doc(
+        0, "0: fully online (updates paced to the data, parameters published as they change). M > 0: the paper's "
+           "iterations: M training episodes on frozen parameters, then iteration_updates updates on all the data, "
+           "then the next M with the new parameters (sim actors wait while the learner trains).")
+    iteration_updates: int = doc(2000, "Update calls after each iteration's M episodes (iteration_episodes > 0).")
+
+    def validate(self) -> None:
+        if not 0.0 < self.expectile < 1.0:
+            raise ConfigError(f"expectile: {self.expectile} must be in (0, 1) (0.5 fits the mean; the paper's 0.8)")
+        check_numbers(self, ">= 1", "best_of_n", "iteration_updates")
+        check_numbers(self, ">= 0", "ou_sigma", "iteration_episodes")
+        check_numbers(self, "> 0", "ou_theta", "ou_dt")
+        if self.ou_theta * self.ou_dt > 1.0:
+            raise ConfigError(f"ou_theta * ou_dt = {self.ou_theta * self.ou_dt:g} must be at most 1 (the noise would "
+                              "overshoot its mean every step); lower ou_theta or ou_dt")
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """Algorithm and hyperparameters of the learner and the actor's gating (docs/design.md#overview)."""
 
@@ -167,7 +220,7 @@ class AgentConfig:
     discount: float = doc(0.99, "Discount gamma.")
     reward_scale: float = doc(5.0, "Reward shaping r' = reward_scale * r + reward_bias.")
     reward_bias: float = doc(-1.0, "Reward shaping r' = reward_scale * r + reward_bias.")
-    n_step: int = doc(1, "n-step returns (1 = one-step TD).")
+    n_step: int | None = doc(None, "n-step returns (1 = one-step TD; None: 3 for simplified_q, as its paper, else 1).")
     tau: float = doc(0.005, "Polyak rate of the target critic.")
     actor_lr: float = doc(3e-4, "Adam learning rate of pi_RL.")
     critic_lr: float = doc(3e-4, "Adam learning rate of the critic ensemble (and the image encoder).")
@@ -228,6 +281,21 @@ class AgentConfig:
               "None: frozen_bc for the algorithms that load pi_BC, learned for rlpd.")
     image_shift_pad: int = doc(4, "DrQ random-shift padding in pixels of the learned image encoder's minibatches "
                                   "(0 disables; frozen_bc reads no pixels in the update).")
+    target_network: bool | None = doc(
+        None, "Bootstrap from a Polyak-averaged target critic (true), or from the live critic through stop_gradient "
+              "(false, Simplified Q: the NTK regulariser takes the target network's place). None: false for "
+              "simplified_q, true otherwise.")
+    ntk_weight: float | None = doc(
+        None, "beta of Simplified Q's NTK regulariser on the critic: the mean squared dot product of the critic's "
+              "penultimate features at (s, a ~ uniform) and at an independently drawn (s2, a2 ~ pi_RL(s2)), per "
+              "head (docs/design.md#simplified-q). None: 0.1 for simplified_q, 0 otherwise; any algorithm may use it.")
+    cql_weight: float | None = doc(
+        None, "alpha of Simplified Q's CQL term: mean (1 - exp(-|a - a_u|^2)) Q(s, a_u) over uniform actions a_u, "
+              "minus mean Q(s, a_data). None: 1.0 for simplified_q, 0 otherwise.")
+    offline_updates: int | None = doc(
+        None, "Update calls on the demo buffer alone before online RL (offline pre-training; needs the demos: "
+              "use_demos). None: 2000 for simplified_q (its paper 100k on a GPU), 0 otherwise.")
+    batch_online: BatchOnlineConfig = doc(BatchOnlineConfig(), "batch_online's settings.")
     q_estimation: QEstimationConfig = doc(QEstimationConfig(), "Phase 1: Q-Estimation.")
 
     def __post_init__(self) -> None:
@@ -241,7 +309,8 @@ class AgentConfig:
                                   f"always on; remove {name}, or use sac_bc (SAC with a BC term, both optional)")
             if getattr(self, name) is None or forced:
                 object.__setattr__(self, name, bool(forced))
-        for name in ("bc_weight", "calibrated_conservatism", "bootstrap"):
+        for name in ("bc_weight", "calibrated_conservatism", "bootstrap", "target_network", "ntk_weight",
+                     "cql_weight", "offline_updates", "n_step"):
             if getattr(self, name) in (None, "auto"):
                 object.__setattr__(self, name, getattr(self.rules, name))
         if self.image_encoder is None:
@@ -306,6 +375,15 @@ class AgentConfig:
                               "remove bc_weight, or use sac_bc (SAC with the BC term)")
         _validate_decay("bc_weight", self.bc_weight, self.bc_weight_decay_updates,
                        self.bc_weight_final, start_named=f"{self.algo}'s bc_weight", example_start=0.3)
+        check_numbers(self, ">= 0", "ntk_weight", "cql_weight", "offline_updates")
+        if self.offline_updates > 0 and not self.use_demos:
+            raise ConfigError(f"offline_updates: {self.offline_updates} pre-train on the demo buffer, which this run "
+                              "does not keep; set use_demos: true (and bc.demos), or offline_updates: 0")
+        if not self.target_network and (self.rules.scorer == "target_critic" or self.bootstrap == "max_rl_bc"):
+            raise ConfigError(f"target_network: false, but {self.algo} scores actions with the target critic; "
+                              "remove target_network")
+        if self.rules.critic_objective == "iql" and self.calibrated_conservatism > 0:
+            raise ConfigError("calibrated_conservatism: batch_online's V is IQL's, not Q-Estimation's V_phi; set 0")
         if self.utd < 1 or self.batch_size < 1 or self.n_step < 1:
             raise ConfigError("utd, batch_size and n_step must be >= 1")
         if self.batch_accounting == "update" and self.batch_size % self.utd:

@@ -65,7 +65,7 @@ class Agent:
 
     def init_state(self, params: AgentParams) -> SacState:
         """The learner state for online RL (fresh optimizers) from phase-1 (or fresh) params."""
-        return init_state(params, self.opts)
+        return init_state(params, self.opts, self.cfg)
 
 
 def frozen_encoder_problem(cfg: AgentConfig, cameras: Sequence[str], bc_cameras: Sequence[str]) -> str | None:

@@ -7,7 +7,8 @@ q2rl: a_bc ~ pi_BC, a_rl ~ pi_RL, q_bc = Qhat_BC(s, a_bc) (frozen), q_rl = min_h
 execute a_rl when q_rl >= q_bc (ties go to RL). With `q2rl_gate: prior_weighted` both are scored by the live critic
 plus alpha log pi_BC instead (see prior_weighted_scores). The baselines reuse the same function (docs/design.md#baselines-and-ablations),
 each by its row of ALGO_RULES (gate, scorer, bc_mode): ibrl scores both actions with the target critic (greedy,
-or softmax with beta for ibrl_soft); sac_bc, rlpd and q2rl_no_gate always run a_rl; bc always runs a_bc.
+or softmax with beta for ibrl_soft); sac_bc, rlpd, simplified_q and q2rl_no_gate always run a_rl; bc always runs
+a_bc; batch_online runs the best of N samples of its (retrained) pi_BC under the critic (best_of_n).
 """
 
 from __future__ import annotations
@@ -51,6 +52,33 @@ def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams,
     return q_bc_critic + prior(a_bc), q_rl + prior(a_rl)
 
 
+def sample_candidates(dist: Any, n: int, key: jax.Array, mode_first: bool = False) -> jax.Array:
+    """n actions from a distribution over one state (batch dim 1) -> [n, A]: the distribution broadcast to n rows
+    and sampled once, so n = 1 is exactly `dist.sample(key)`. `mode_first`: row 0 is the mode instead."""
+    many = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), dist)
+    samples = many.sample(key)
+    return samples.at[0].set(dist.mode()[0]) if mode_first else samples
+
+
+def best_of_n(q: jax.Array) -> jax.Array:
+    """The index of the highest value in [n] (the first of equals)."""
+    return jnp.argmax(q)
+
+
+def best_of_n_action(nets: Networks, cfg: AgentConfig, params: AgentParams, batched: Any, dist: Any,
+                     key: jax.Array, deterministic: bool) -> tuple[jax.Array, GateInfo]:
+    """Implicit policy extraction (batch_online): N actions from pi_BC, the one with the highest min-head Q runs.
+    The record's a_bc / q_bc are the first candidate (what plain sampling would have run) and use_rl says the
+    critic chose another. Deterministic (evaluation with modes): the first candidate is pi_BC's mode."""
+    n = cfg.batch_online.best_of_n
+    candidates = jnp.clip(sample_candidates(dist, n, key, mode_first=deterministic), -1.0, 1.0)
+    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), batched)
+    q = jnp.min(critic_values(nets, params, states, candidates), axis=0)
+    best = best_of_n(q)
+    return candidates[best], GateInfo(candidates[0], candidates[best], q[0].astype(jnp.float32),
+                                      q[best].astype(jnp.float32), best != 0)
+
+
 def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: Any, key: jax.Array,
                   deterministic: bool = False) -> tuple[jax.Array, GateInfo]:
     """The action to execute at one observation, and the gate's record (un-jitted; see `make_gate`)."""
@@ -64,6 +92,8 @@ def select_action(nets: Networks, cfg: AgentConfig, params: AgentParams, obs: An
     else:
         a_bc_raw = jnp.zeros((1, nets.action_dim), jnp.float32)
     a_bc = jnp.clip(a_bc_raw, -1.0, 1.0)
+    if cfg.rules.gate == "best_of_n":
+        return best_of_n_action(nets, cfg, params, batched, dist, k_bc, deterministic)
     if cfg.rules.gate == "always_bc":
         zero = jnp.zeros((), jnp.float32)
         return a_bc[0], GateInfo(a_bc[0], a_bc[0], zero, zero, jnp.asarray(False))

@@ -2,7 +2,7 @@
 read back from a learner checkpoint for evaluation, and checked for finiteness before they leave the learner.
 
     params = init_agent_params(agent, key, example_obs(state_dim, images), bc)
-    subsets = publishable(params)                          # learner: {"policy", "critic", "value"}
+    subsets = publishable(params)                          # learner: {"policy", "critic", "value"} (+ "bc")
     params = apply_parameter_set(template, subsets)        # actor: the received subsets on its template
     params, meta = load_checkpoint_params(path, template)  # evaluation: no Learner, no optimizer state
 """
@@ -23,6 +23,7 @@ SUBSETS: dict[str, tuple[str, ...]] = {
     "policy": ("encoder", "actor"),
     "critic": ("critic", "critic_target", "encoder_target"),
     "value": ("value", "value_stats", "normalizer"),
+    "bc": ("bc",),  # only an algorithm that trains pi_BC publishes it (batch_online); loaded on both sides else
 }
 
 
@@ -32,9 +33,11 @@ def init_agent_params(agent, key: jax.Array, example: dict, bc) -> AgentParams:
     return jax.jit(lambda k: agent.init_params(k, example, bc=bc))(key)
 
 
-def publishable(params: AgentParams) -> dict[str, dict[str, Any]]:
-    """The named parameter subsets {policy, critic, value} the learner publishes."""
-    return {name: {field: getattr(params, field) for field in fields} for name, fields in SUBSETS.items()}
+def publishable(params: AgentParams, with_bc: bool = False) -> dict[str, dict[str, Any]]:
+    """The named parameter subsets {policy, critic, value} the learner publishes, and pi_BC (`with_bc`) when the
+    learner trains it."""
+    return {name: {field: getattr(params, field) for field in fields} for name, fields in SUBSETS.items()
+            if with_bc or name != "bc"}
 
 
 def apply_parameter_set(template: AgentParams, subsets: Mapping[str, Any]) -> AgentParams:

@@ -440,6 +440,12 @@ def demo_buffer(demos: Sequence[Any], action_dim: int, cameras: Sequence[str] = 
     return buffer
 
 
+def sample_demos(rng: np.random.Generator, demos: ReplayBuffer, batch_size: int,
+                 shaping: RewardShaping = RewardShaping(), n_step: int = 1) -> Batch:
+    """A batch from the demo buffer alone, marked as demos (offline pre-training, and sample_mixed's demo part)."""
+    return demos.sample(rng, batch_size, shaping, n_step)._replace(is_demo=np.ones(batch_size, bool))
+
+
 def sample_mixed(rng: np.random.Generator, online: ReplayBuffer, demos: ReplayBuffer | None, batch_size: int,
                  shaping: RewardShaping = RewardShaping(), n_step: int = 1, demo_fraction: float = 0.5) -> Batch:
     """Symmetric sampling (RLPD): `demo_fraction` of the batch from the demo buffer, the rest online."""
@@ -447,8 +453,7 @@ def sample_mixed(rng: np.random.Generator, online: ReplayBuffer, demos: ReplayBu
         return online.sample(rng, batch_size, shaping, n_step)
     n_demo = int(round(batch_size * demo_fraction))
     a = online.sample(rng, batch_size - n_demo, shaping, n_step)
-    b = demos.sample(rng, n_demo, shaping, n_step)
-    b = b._replace(is_demo=np.ones(n_demo, bool))
+    b = sample_demos(rng, demos, n_demo, shaping, n_step)
     import jax  # local: the replay itself is numpy-only
 
     return jax.tree_util.tree_map(lambda x, y: np.concatenate([x, y]), a, b)

@@ -43,6 +43,18 @@ class Critic(nn.Module):
         return nn.Dense(1)(x)[..., 0]
 
 
+def critic_heads_and_features(critic: "EnsembleCritic", critic_params: Any, features: jax.Array, action: jax.Array
+                              ) -> tuple[jax.Array, jax.Array]:
+    """All heads' Q [E, ...] and their penultimate features Phi [E, ..., H] (the last hidden layer, which the NTK
+    regulariser decorrelates), from the ensemble's own parameters: the same numbers as `critic.apply`."""
+    heads = critic_params["params"]["heads"]
+    mlp = MLP(tuple(critic.hidden_dims), layer_norm=critic.layer_norm, activate_final=True)
+    x = jnp.concatenate([features, action], axis=-1)
+    phi = jax.vmap(lambda p: mlp.apply({"params": p}, x))(heads["MLP_0"])
+    q = jax.vmap(lambda p, h: nn.Dense(1).apply({"params": p}, h)[..., 0])(heads["Dense_0"], phi)
+    return q, phi
+
+
 class EnsembleCritic(nn.Module):
     """`ensemble_size` independent critics via nn.vmap: (features, action) -> [E, ...]."""
 
@@ -156,8 +168,8 @@ class SacState:
     """The learner's immutable state: parameters, one optimizer state per trained subtree, step counter."""
 
     params: AgentParams
-    actor_opt: Any
-    critic_opt: Any  # over (critic, encoder)
+    actor_opt: Any  # over policy_trained(): pi_RL, or pi_BC's network for an imitation policy (batch_online)
+    critic_opt: Any  # over critic_trained(): (critic, encoder), and IQL's V for batch_online
     temperature_opt: Any
     step: jax.Array
 
@@ -191,7 +203,34 @@ def init_params(nets: Networks, cfg: AgentConfig, key: jax.Array, example_obs: A
     )
 
 
-def init_state(params: AgentParams, opts: Optimizers) -> SacState:
+def critic_trained(cfg: AgentConfig, params: AgentParams) -> tuple:
+    """What the critic optimizer trains: (critic, encoder), plus V (params.value) when the critic's objective is
+    IQL's."""
+    if cfg.rules.critic_objective == "iql":
+        return params.critic, params.encoder, params.value
+    return params.critic, params.encoder
+
+
+def with_critic_trained(cfg: AgentConfig, params: AgentParams, trained: tuple) -> AgentParams:
+    """`params` with critic_trained's subtrees replaced."""
+    params = params.replace(critic=trained[0], encoder=trained[1])
+    return params.replace(value=trained[2]) if cfg.rules.critic_objective == "iql" else params
+
+
+def policy_trained(cfg: AgentConfig, params: AgentParams) -> Any:
+    """What the actor optimizer trains: pi_RL, or pi_BC's network parameters (imitation)."""
+    return params.bc.params if cfg.rules.policy_objective == "imitation" else params.actor
+
+
+def frozen_params(cfg: AgentConfig) -> tuple[str, ...]:
+    """The AgentParams fields an update reads and never changes (phase 1 fitted them, or they came with pi_BC):
+    FROZEN_PARAMS less what this algorithm trains (batch_online: V and pi_BC)."""
+    trained = {"iql": ("value",), "td": ()}[cfg.rules.critic_objective]
+    trained += ("bc",) if cfg.rules.policy_objective == "imitation" else ()
+    return tuple(n for n in FROZEN_PARAMS if n not in trained)
+
+
+def init_state(params: AgentParams, opts: Optimizers, cfg: AgentConfig) -> SacState:
     """Optimizer states for exactly the subtrees each optimizer trains.
 
     Every leaf becomes a device array of its own first, so the update sees the same argument types on every call
@@ -209,8 +248,8 @@ def init_state(params: AgentParams, opts: Optimizers) -> SacState:
     params = jax.tree_util.tree_map(own, params)
     return SacState(
         params=params,
-        actor_opt=opts.actor.init(params.actor),
-        critic_opt=opts.critic.init((params.critic, params.encoder)),
+        actor_opt=opts.actor.init(policy_trained(cfg, params)),
+        critic_opt=opts.critic.init(critic_trained(cfg, params)),
         temperature_opt=opts.temperature.init(params.log_temperature),
         step=jnp.zeros((), jnp.int32),
     )
@@ -286,6 +325,17 @@ class CriticMetrics(NamedTuple):
     target_mean: jax.Array
     conservative_term: jax.Array  # calibrated_conservative_term, unweighted (0 when calibrated_conservatism is 0)
     q_head_std: jax.Array  # std over critic heads at the batch's (data) actions
+    ntk_term: jax.Array  # ntk_regulariser, unweighted (0 when ntk_weight is 0)
+    cql_term: jax.Array  # weighted_cql_term, unweighted (0 when cql_weight is 0)
+    value_loss: jax.Array  # IQL's expectile loss of V (0 unless batch_online)
+
+
+class Regularisers(NamedTuple):
+    """What Simplified Q's critic terms need beyond the batch, drawn outside the gradient: a uniform action per
+    state, and pi_RL's action at an independently drawn state (the batch's states rolled by one row)."""
+
+    uniform_actions: jax.Array  # [B, A]
+    other_policy_actions: jax.Array  # [B, A]: a ~ pi_RL(s2), s2 = the batch's obs rolled by one row
 
 
 class ActorMetrics(NamedTuple):
@@ -307,16 +357,20 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
 
     `batch.discounts` already is gamma^n * (1 - terminated): truncation bootstraps, termination does not.
     With bootstrap max_rl_bc (IBRL's rule, the default for ibrl) it takes the better of a'_rl and a'_bc (pi_BC's
-    mode) under the target critic.
+    mode) under the target critic. Without a target network (target_network: false) the live critic bootstraps,
+    through stop_gradient (a semi-gradient). With IQL's objective (batch_online) it is r' + discount * V(s').
     """
+    if cfg.rules.critic_objective == "iql":
+        return jax.lax.stop_gradient(batch.rewards + batch.discounts * value(nets, params, batch.next_obs))
     k_action, k_heads = jax.random.split(key)
     dist = actor_dist(nets, params, batch.next_obs)
     next_action, next_log_prob = dist.sample_and_log_prob(k_action)
-    next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=True),
+    target = cfg.target_network
+    next_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, next_action, target=target),
                            cfg.critic_subsample)
     if cfg.bootstrap == "max_rl_bc":  # resolved per algorithm when the config is built
         bc_action = jnp.clip(bc_dist(params, batch.next_obs).mode(), -1.0, 1.0)
-        bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=True),
+        bc_q = subsample_min(k_heads, critic_values(nets, params, batch.next_obs, bc_action, target=target),
                              cfg.critic_subsample)
         next_q = jnp.maximum(next_q, bc_q)
     if cfg.entropy:
@@ -324,27 +378,69 @@ def td_target(nets: Networks, cfg: AgentConfig, params: AgentParams, batch: Batc
     return jax.lax.stop_gradient(batch.rewards + batch.discounts * next_q)
 
 
-def critic_loss(nets: Networks, params: AgentParams, critic_and_encoder: tuple, batch: Batch,
-                target: jax.Array, calibration: tuple | None = None) -> tuple[jax.Array, CriticMetrics]:
-    """Mean over heads and batch of (Q_i(s, a) - target)^2, plus w * calibrated_conservative_term when
-    `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)) at the batch's first k states (k = the rows given; the term
-    is then a mean over those). The metrics report the two parts apart."""
-    critic, encoder = critic_and_encoder
-    feats = nets.encoder.apply(encoder, params.normalizer.normalize(batch.obs))
+def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
+    """IQL's asymmetric square |tau - 1(diff < 0)| * diff^2, elementwise (diff = Q - V): minimised over V by the
+    tau-expectile of Q."""
+    weight = jnp.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff ** 2
+
+
+def ntk_regulariser(phi: jax.Array, phi_other: jax.Array) -> jax.Array:
+    """Simplified Q's regulariser: the mean over heads and rows of (Phi(s, a_u) . Phi(s2, a2))^2, from the
+    penultimate features [E, B, H] at the two pairs."""
+    return jnp.mean(jnp.sum(phi * phi_other, axis=-1) ** 2)
+
+
+def weighted_cql_term(q_uniform: jax.Array, q_data: jax.Array, uniform_actions: jax.Array, actions: jax.Array
+                      ) -> jax.Array:
+    """Simplified Q's CQL term from heads [E, B]: mean (1 - exp(-|a - a_u|^2)) Q(s, a_u) - mean Q(s, a): a uniform
+    action is pushed down as far as it lies from the data's, and the data's action up."""
+    weight = 1.0 - jnp.exp(-jnp.sum((actions - uniform_actions) ** 2, axis=-1))
+    return jnp.mean(weight[None] * q_uniform) - jnp.mean(q_data)
+
+
+def critic_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, trained: tuple, batch: Batch,
+                target: jax.Array, calibration: tuple | None = None, regularisers: Regularisers | None = None,
+                value_target: jax.Array | None = None) -> tuple[jax.Array, CriticMetrics]:
+    """Mean over heads and batch of (Q_i(s, a) - target)^2, plus
+    - w * calibrated_conservative_term when `calibration` = (w, actions a ~ pi_RL(s), V_phi(s)) at the batch's first
+      k states (k = the rows given; the term is then a mean over those);
+    - ntk_weight * ntk_regulariser and cql_weight * weighted_cql_term from `regularisers` (Simplified Q);
+    - IQL's expectile loss of V(s) against `value_target` (min-subset Q_target(s, a)) when V is trained here.
+    `trained` is critic_trained(cfg, params). The metrics report the parts apart."""
+    params = with_critic_trained(cfg, params, trained)
+    feats = nets.encoder.apply(params.encoder, params.normalizer.normalize(batch.obs))
+    zero = jnp.zeros(())
+    term = ntk = cql = value_loss = zero
     if calibration is None:
-        q = nets.critic.apply(critic, feats, batch.actions)
-        term = jnp.zeros(())
+        q = nets.critic.apply(params.critic, feats, batch.actions)
     else:
         # One critic pass over the data actions and, stacked under them, pi_RL's actions at the first k states.
         weight, policy_actions, reference = calibration
         n, k = batch.actions.shape[0], policy_actions.shape[0]
-        q_all = nets.critic.apply(critic, jnp.concatenate([feats, feats[:k]]),
+        q_all = nets.critic.apply(params.critic, jnp.concatenate([feats, feats[:k]]),
                                   jnp.concatenate([batch.actions, policy_actions]))
         q = q_all[:, :n]
         term = calibrated_conservative_term(q_all[:, n:], q[:, :k], reference)
     td = jnp.mean((q - target[None]) ** 2)
     loss = td if calibration is None else td + weight * term
-    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term, jnp.mean(jnp.std(q, axis=0)))
+    if regularisers is not None:
+        q_uniform, phi_uniform = critic_heads_and_features(nets.critic, params.critic, feats,
+                                                           regularisers.uniform_actions)
+        if cfg.ntk_weight > 0:
+            _, phi_other = critic_heads_and_features(nets.critic, params.critic, jnp.roll(feats, 1, axis=0),
+                                                     regularisers.other_policy_actions)
+            ntk = ntk_regulariser(phi_uniform, phi_other)
+            loss = loss + cfg.ntk_weight * ntk
+        if cfg.cql_weight > 0:
+            cql = weighted_cql_term(q_uniform, q, regularisers.uniform_actions, batch.actions)
+            loss = loss + cfg.cql_weight * cql
+    if value_target is not None:
+        value_loss = jnp.mean(expectile_loss(value_target - value(nets, params, batch.obs),
+                                             cfg.batch_online.expectile))
+        loss = loss + value_loss
+    return loss, CriticMetrics(td, jnp.mean(q), jnp.mean(target), term, jnp.mean(jnp.std(q, axis=0)), ntk, cql,
+                               value_loss)
 
 
 def decaying_weight(start: float, final: float, decay_updates: int, step: jax.Array) -> jax.Array:
@@ -392,6 +488,26 @@ def actor_loss(nets: Networks, cfg: AgentConfig, params: AgentParams, actor: Any
     return loss, ActorMetrics(loss, q_term, bc_nll, -jnp.mean(log_prob), temperature, q_head_std)
 
 
+def imitation_loss(params: AgentParams, bc_params: Any, batch: Batch, key: jax.Array
+                   ) -> tuple[jax.Array, ActorMetrics]:
+    """batch_online's policy objective: the NLL of the stored actions (demos and autonomous alike) under pi_BC's
+    network with `bc_params`; the metrics put it where the SAC actor's are (bc_nll, entropy; no Q term)."""
+    bc = params.bc.replace(params=bc_params)
+    dist, _ = bc.distribution(batch.obs)
+    nll = -jnp.mean(dist.log_prob(batch.actions))
+    zero = jnp.zeros(())
+    return nll, ActorMetrics(nll, zero, nll, jnp.mean(dist.entropy(key)), zero, zero)
+
+
+def without_encoder_grads(grads: Any) -> Any:
+    """pi_BC's gradients with its image encoder's set to zero: its features are what replay stored for each frame
+    (the frozen-encoder view), so they must not move (Adam then leaves those weights exactly as they are)."""
+    if "encoder" not in grads.get("params", {}):
+        return grads
+    inner = dict(grads["params"], encoder=jax.tree_util.tree_map(jnp.zeros_like, grads["params"]["encoder"]))
+    return {**grads, "params": inner}
+
+
 def temperature_loss(log_temperature: jax.Array, entropy: jax.Array, target_entropy: float) -> jax.Array:
     """Auto temperature: grows when the entropy is below target, shrinks above."""
     return jnp.exp(log_temperature) * (entropy - target_entropy)
@@ -404,14 +520,15 @@ def polyak(target: Any, online: Any, tau: float) -> Any:
 
 def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batch: Batch,
                 key: jax.Array) -> tuple[SacState, CriticMetrics]:
-    """One critic (+ encoder) gradient step and a Polyak update of the targets."""
+    """One critic (+ encoder, + IQL's V) gradient step and a Polyak update of the targets (none without a target
+    network: nothing reads them)."""
     p = state.params
     if cfg.image_shift_pad > 0 and nets.encoder.camera_names and not frozen_encoder(nets):
         # DrQ: the learned encoder sees each minibatch's images shifted at random (obs and next_obs apart)
         key, k_obs, k_next = jax.random.split(key, 3)
         batch = batch._replace(obs=augment_observation(k_obs, batch.obs, cfg.image_shift_pad),
                                next_obs=augment_observation(k_next, batch.next_obs, cfg.image_shift_pad))
-    calibration = None
+    calibration = regularisers = value_target = None
     if cfg.calibrated_conservatism > 0:  # static: without it the key stream and the loss are as before
         key, k_pi = jax.random.split(key)
         rows = batch.actions.shape[0]
@@ -420,20 +537,38 @@ def critic_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
         calibration = (conservatism_weight(cfg, state.step),
                        jax.lax.stop_gradient(actor_dist(nets, p, obs).sample(k_pi)),
                        jax.lax.stop_gradient(value(nets, p, obs)))
+    if cfg.ntk_weight > 0 or cfg.cql_weight > 0:  # static, as above
+        key, k_uniform, k_pi = jax.random.split(key, 3)
+        other = jax.tree_util.tree_map(lambda x: jnp.roll(x, 1, axis=0), batch.obs)
+        regularisers = Regularisers(
+            jax.random.uniform(k_uniform, batch.actions.shape, jnp.float32, -1.0, 1.0),
+            jax.lax.stop_gradient(actor_dist(nets, p, other).sample(k_pi)))
+    if cfg.rules.critic_objective == "iql":
+        key, k_heads = jax.random.split(key)
+        value_target = jax.lax.stop_gradient(subsample_min(
+            k_heads, critic_values(nets, p, batch.obs, batch.actions, target=True), cfg.critic_subsample))
     target = td_target(nets, cfg, p, batch, key)
-    grads, metrics = jax.grad(critic_loss, argnums=2, has_aux=True)(nets, p, (p.critic, p.encoder), batch, target,
-                                                                    calibration)
-    updates, critic_opt = opts.critic.update(grads, state.critic_opt, (p.critic, p.encoder))
-    critic, encoder = optax.apply_updates((p.critic, p.encoder), updates)
-    p = p.replace(critic=critic, encoder=encoder, critic_target=polyak(p.critic_target, critic, cfg.tau),
-                  encoder_target=polyak(p.encoder_target, encoder, cfg.tau))
+    trained = critic_trained(cfg, p)
+    grads, metrics = jax.grad(critic_loss, argnums=3, has_aux=True)(nets, cfg, p, trained, batch, target,
+                                                                    calibration, regularisers, value_target)
+    updates, critic_opt = opts.critic.update(grads, state.critic_opt, trained)
+    p = with_critic_trained(cfg, p, optax.apply_updates(trained, updates))
+    if cfg.target_network:
+        p = p.replace(critic_target=polyak(p.critic_target, p.critic, cfg.tau),
+                      encoder_target=polyak(p.encoder_target, p.encoder, cfg.tau))
     return state.replace(params=p, critic_opt=critic_opt), metrics
 
 
 def actor_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacState, batch: Batch,
                key: jax.Array) -> tuple[SacState, ActorMetrics]:
-    """One actor gradient step (and one temperature step when the entropy term is on)."""
+    """One actor gradient step (and one temperature step when the entropy term is on); with an imitation policy
+    (batch_online), one NLL step of pi_BC's network on the minibatch's actions instead."""
     p = state.params
+    if cfg.rules.policy_objective == "imitation":
+        grads, metrics = jax.grad(lambda b: imitation_loss(p, b, batch, key), has_aux=True)(p.bc.params)
+        updates, actor_opt = opts.actor.update(without_encoder_grads(grads), state.actor_opt, p.bc.params)
+        p = p.replace(bc=p.bc.replace(params=optax.apply_updates(p.bc.params, updates)))
+        return state.replace(params=p, actor_opt=actor_opt), metrics
     w = bc_weight_at(cfg, state.step)
     grads, metrics = jax.grad(lambda a: actor_loss(nets, cfg, p, a, batch, key, w), has_aux=True)(p.actor)
     updates, actor_opt = opts.actor.update(grads, state.actor_opt, p.actor)
@@ -479,7 +614,8 @@ def update_step(nets: Networks, cfg: AgentConfig, opts: Optimizers, state: SacSt
     return state, UpdateMetrics(mean(critic_metrics), mean(actor_metrics))
 
 
-# The params an update reads and never changes (phase 1 fitted them, or they came with pi_BC).
+# The params an update reads and never changes (phase 1 fitted them, or they came with pi_BC); frozen_params(cfg)
+# leaves out what an algorithm does train.
 FROZEN_PARAMS = ("value", "value_stats", "normalizer", "bc")
 
 
@@ -489,13 +625,14 @@ def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers, donate: bool
 
     `donate`: the update writes the parts it replaces (trained params, their targets, optimiser states, step) into
     the old state's buffers instead of fresh ones, so the caller's old state is consumed and must not be read
-    again. The frozen params (FROZEN_PARAMS) go in apart and are never donated: the gate and Q-Estimation read them.
+    again. The frozen params (frozen_params(cfg)) go in apart and are never donated: the gate and Q-Estimation read them.
     (A buffer something else still views, e.g. a numpy array from device_get on the CPU, is copied, not donated.)
     """
     step = lambda s, b, k: update_step(nets, cfg, opts, s, b, k)
     if not donate:
         return jax.jit(step)
-    without_frozen = lambda state: state.replace(params=state.params.replace(**{n: None for n in FROZEN_PARAMS}))
+    frozen_names = frozen_params(cfg)
+    without_frozen = lambda state: state.replace(params=state.params.replace(**{n: None for n in frozen_names}))
 
     def live_step(live: SacState, frozen: dict, batches: Batch, key: jax.Array):
         state, metrics = step(live.replace(params=live.params.replace(**frozen)), batches, key)
@@ -504,7 +641,7 @@ def make_update(nets: Networks, cfg: AgentConfig, opts: Optimizers, donate: bool
     jitted = jax.jit(live_step, donate_argnums=0)
 
     def update(state: SacState, batches: Batch, key: jax.Array) -> tuple[SacState, UpdateMetrics]:
-        frozen = {n: getattr(state.params, n) for n in FROZEN_PARAMS}
+        frozen = {n: getattr(state.params, n) for n in frozen_names}
         live, metrics = jitted(without_frozen(state), frozen, batches, key)
         return live.replace(params=live.params.replace(**frozen)), metrics
 

@@ -95,7 +95,7 @@ def test_critic_loss_by_numpy():
     agent, params = agent_and_params()
     b = batch(1)
     target = jnp.asarray(np.arange(B, dtype=np.float32))
-    loss, metrics = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target)
+    loss, metrics = sac.critic_loss(agent.nets, agent.cfg, params, (params.critic, params.encoder), b, target)
     q = np.asarray(sac.critic_values(agent.nets, params, b.obs, b.actions))  # [E, B]
     assert float(loss) == pytest.approx(np.mean((q - np.arange(B)[None]) ** 2), rel=1e-5)
     assert float(metrics.q_mean) == pytest.approx(q.mean(), rel=1e-5, abs=1e-6)
@@ -121,8 +121,8 @@ def test_calibrated_conservative_term_by_numpy():
     np.testing.assert_allclose(grad_data, -1.0 / q_data.size)
     # inside the critic loss: TD + w * term, with the metrics still reporting the TD part
     target = jnp.zeros(B)
-    td, _ = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target)
-    loss, metrics = sac.critic_loss(agent.nets, params, (params.critic, params.encoder), b, target,
+    td, _ = sac.critic_loss(agent.nets, agent.cfg, params, (params.critic, params.encoder), b, target)
+    loss, metrics = sac.critic_loss(agent.nets, agent.cfg, params, (params.critic, params.encoder), b, target,
                                     (2.0, a_pi, jnp.asarray(reference, jnp.float32)))
     assert float(loss) == pytest.approx(float(td) + 2.0 * float(term), rel=1e-5)
     assert float(metrics.critic_loss) == pytest.approx(float(td), rel=1e-6)
@@ -186,7 +186,7 @@ def test_critic_step_reads_the_decayed_weight_from_the_state_step():
     # the plain TD gradient, from the same TD key the calibrated step uses
     key_td, _ = jax.random.split(key)
     target = sac.td_target(decaying.nets, decaying.cfg, params, b, key_td)
-    td_grads = jax.grad(lambda ce: sac.critic_loss(decaying.nets, params, ce, b, target)[0])(
+    td_grads = jax.grad(lambda ce: sac.critic_loss(decaying.nets, decaying.cfg, params, ce, b, target)[0])(
         (params.critic, params.encoder))
     updates, _ = decaying.opts.critic.update(td_grads, state.critic_opt, (params.critic, params.encoder))
     expected_critic, _ = optax.apply_updates((params.critic, params.encoder), updates)
@@ -443,7 +443,7 @@ def test_image_encoder_is_trained_by_the_critic_only():
                                                      params.actor, b, jax.random.PRNGKey(2))[0])(params.encoder)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(actor_grad))
     target = jnp.zeros(2)
-    critic_grad = jax.grad(lambda enc: sac.critic_loss(agent.nets, params, (params.critic, enc), b, target)[0])(
+    critic_grad = jax.grad(lambda enc: sac.critic_loss(agent.nets, agent.cfg, params, (params.critic, enc), b, target)[0])(
         params.encoder)
     assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree_util.tree_leaves(critic_grad))
     action, info = agent.gate(params, one, jax.random.PRNGKey(3))
