@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from q2rl.core.agents import make_agent
+from q2rl.core.noise import ou_step
 from q2rl.core.parameters import apply_parameter_set, init_agent_params
 from q2rl.interfaces import (ACTION_DIM, EpisodeReport, Grants, ParameterSource, Transition, TransitionSink,
                              example_obs, policy_obs)
@@ -125,6 +126,11 @@ class Actor:
         self.first_seq = first_seq
         # agent.random_steps: uniform exploration once parameters arrive; a resumed actor counts what it sent
         self._random_left = max(0, self.acfg.random_steps - first_seq)
+        # batch_online's OU noise on the executed training actions: its state restarts with every episode
+        bo = self.acfg.batch_online
+        self._ou = (bo.ou_theta, bo.ou_sigma, bo.ou_dt) if self.acfg.algo == "batch_online" and bo.ou_sigma > 0 else None
+        self._noise = np.zeros(ACTION_DIM)
+        self._noise_rng = np.random.default_rng(cfg.actor.seed)
         self.episode_id = first_episode_id
         self.summary = ActorSummary()
         self.paused = False
@@ -286,6 +292,7 @@ class Actor:
         if seed is None:
             seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
         obs = policy_obs(self.env.reset(seed=seed)[0], *self.contract)
+        self._noise = np.zeros(ACTION_DIM)
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
         next_tick = self.clock()
@@ -388,6 +395,9 @@ class Actor:
             action = np.asarray(action, np.float32)
             record = (np.asarray(info.a_bc, np.float32), np.asarray(info.a_rl, np.float32),
                       float(info.q_bc), float(info.q_rl), bool(info.use_rl))
+        if self._ou is not None and not evaluate and self.policy == "gated":
+            self._noise = ou_step(self._noise, self._noise_rng.standard_normal(ACTION_DIM), *self._ou)
+            action = np.clip(action + self._noise, -1.0, 1.0).astype(np.float32)
         if not np.all(np.isfinite(action)):
             raise FloatingPointError(f"the gate produced a non-finite action {action} (parameter version {self.version})")
         return action, record

@@ -40,7 +40,8 @@ from q2rl.core.agents import make_agent
 from q2rl.core.checkpoint import CheckpointError, kept_checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from q2rl.core.parameters import (LEARNER_CHECKPOINT_KIND, init_agent_params, load_learner_checkpoint,
                                   non_finite_leaves, publishable)
-from q2rl.core.replay import ReplayBuffer, RewardShaping, demo_buffer, sample_mixed, stack_batches
+from q2rl.core.replay import (ReplayBuffer, RewardShaping, demo_buffer, sample_demos, sample_mixed,
+                              stack_batches)
 from q2rl.core.sac import SacState, UpdateMetrics
 from q2rl.interfaces import ACTION_DIM, EpisodeReport, Grants, ParameterBoard, Transition, example_obs
 from q2rl.candidates import link_file, rank_candidates, read_best_candidates
@@ -56,7 +57,7 @@ def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...], frame_view=N
     checked against the observations this run's policies read; `frame_view` as the replay's."""
     from q2rl.demos.hdf5 import DemoFileError, read_demos
 
-    why = "agent.algo rlpd" if cfg.agent.algo == "rlpd" else "agent.use_demos: true"
+    why = f"agent.algo {cfg.agent.algo}" if cfg.agent.rules.uses_demos else "agent.use_demos: true"
     if not cfg.bc.demos:
         raise ConfigError(f"bc.demos: {why} samples {cfg.agent.demo_fraction:.0%} of every batch from "
                           "demonstrations; set bc.demos to a demos.hdf5 (`q2rl demos record`, or the file pi_BC "
@@ -90,7 +91,8 @@ def learning_metrics(metrics: UpdateMetrics | None) -> dict[str, float]:
     values = {"critic_loss": critic.critic_loss, "q_mean": critic.q_mean, "target_mean": critic.target_mean,
               "conservative_term": critic.conservative_term, "actor_q": -actor.q_term, "bc_nll": actor.bc_nll,
               "entropy": actor.entropy, "temperature": actor.temperature,
-              "q_head_std_data": critic.q_head_std, "q_head_std_policy": actor.q_head_std}
+              "q_head_std_data": critic.q_head_std, "q_head_std_policy": actor.q_head_std,
+              "ntk_term": critic.ntk_term, "cql_term": critic.cql_term, "value_loss": critic.value_loss}
     return {name: float(v) if np.isfinite(v) else None for name, v in values.items()}
 
 
@@ -101,7 +103,9 @@ class Bookkeeping:
     phase: str = "rollout"
     env_steps: int = 0
     online_start_steps: int = 0
+    online_start_updates: int = 0  # update calls made before the online phase (offline pre-training)
     updates: int = 0
+    iterations: int = 0  # batch_online's finished iterations (agent.batch_online.iteration_episodes > 0)
     param_version: int = 0
     episodes: int = 0
     train_successes: int = 0  # of `episodes`
@@ -241,15 +245,20 @@ class Learner:
         """Do the next chunk of work for the current phase; returns the number of update calls made."""
         phase = self.book.phase
         if phase == "rollout" and self._rollouts_ready():
-            if not self.spec.q_estimation:
+            if self.spec.q_estimation:
+                self.book.phase = "q_estimation"
+                self.on_phase_change(self.book.phase)
+            elif self.acfg.offline_updates > 0:
+                self.book.phase = "offline"
+                self.on_phase_change(self.book.phase)
+            else:
                 self._start_online_phase()
-                return 0
-            self.book.phase = "q_estimation"
-            self.on_phase_change(self.book.phase)
             return 0
         if phase == "q_estimation":
             self._advance_fit()
             return 0
+        if phase == "offline":
+            return self._pretrain()
         if phase != "online":
             return 0
         owed = self.owed_updates()
@@ -260,6 +269,10 @@ class Learner:
         n = min(owed, self.cfg.learner.updates_per_chunk)
         for _ in range(n):
             self._update_once()
+        if self._iteration_episodes and n == owed:  # this iteration's training is done: the next one collects
+            self.book.iterations += 1
+            log.info("batch_online iteration %d trained (%d update calls in all)", self.book.iterations,
+                     self.book.updates)
         return n
 
     def _rollouts_ready(self) -> bool:
@@ -312,23 +325,59 @@ class Learner:
                 "key": _key_list(self.fit.key)}
         save_checkpoint(self.run_dir / FIT_CHECKPOINT_FILE, tree, meta)
 
+    def _pretrain(self) -> int:
+        """One chunk of offline pre-training (agent.offline_updates update calls on the demo buffer alone, as
+        Simplified Q pre-trains); online RL starts when they are done."""
+        n = min(self.acfg.offline_updates - self.book.updates, self.cfg.learner.updates_per_chunk)
+        for _ in range(max(0, n)):
+            self._update_once(demos_only=True)
+        if self.book.updates >= self.acfg.offline_updates:
+            log.info("offline pre-training: %d update calls on %d demo transitions", self.book.updates,
+                     len(self.demos))
+            self._start_online_phase()
+        return max(0, n)
+
     def _start_online_phase(self) -> None:
         """Online updates owed per new env step, from learning_starts stored transitions on."""
         self.book.phase = "online"
         # Updates are owed from here on, but not before learning_starts transitions are stored.
         self.book.online_start_steps = max(self.book.env_steps, self.cfg.learner.learning_starts)
+        self.book.online_start_updates = self.book.updates
         self.on_phase_change(self.book.phase)
 
+    @property
+    def _online_updates(self) -> int:
+        """Update calls of the online phase (offline pre-training's are not owed to the data)."""
+        return self.book.updates - self.book.online_start_updates
+
+    @property
+    def _iteration_episodes(self) -> int:
+        """batch_online's episodes per iteration (0: fully online, and for every other algorithm)."""
+        return self.acfg.batch_online.iteration_episodes if self.acfg.algo == "batch_online" else 0
+
+    def _collecting(self) -> bool:
+        """In batch_online's iterations: the current iteration still collects its episodes (no updates owed)."""
+        return self.book.episodes < (self.book.iterations + 1) * self._iteration_episodes
+
     def owed_updates(self) -> int:
-        """Update calls owed to the data: one per online env step (UTD against the insert rate, docs/design.md#update-pacing)."""
+        """Update calls owed to the data: one per online env step (UTD against the insert rate,
+        docs/design.md#update-pacing); in batch_online's iterations, iteration_updates once each iteration's
+        episodes are in, none while they are collected."""
         if self.book.phase != "online" or not self.spec.trains:
             return 0
-        return self.book.env_steps - self.book.online_start_steps - self.book.updates
+        online_updates = self._online_updates
+        if self._iteration_episodes:
+            if self._collecting():
+                return 0
+            return (self.book.iterations + 1) * self.acfg.batch_online.iteration_updates - online_updates
+        return self.book.env_steps - self.book.online_start_steps - online_updates
 
-    def _update_once(self) -> None:
+    def _update_once(self, demos_only: bool = False) -> None:
         a = self.acfg
-        batches = stack_batches([sample_mixed(self.rng, self.replay, self.demos, a.minibatch_size, self.shaping, a.n_step,
-                                              a.demo_fraction) for _ in range(a.utd)])
+        sample = ((lambda: sample_demos(self.rng, self.demos, a.minibatch_size, self.shaping, a.n_step)) if demos_only
+                  else lambda: sample_mixed(self.rng, self.replay, self.demos, a.minibatch_size, self.shaping,
+                                            a.n_step, a.demo_fraction))
+        batches = stack_batches([sample() for _ in range(a.utd)])
         self.key, k = jax.random.split(self.key)
         self.state, self.metrics = self.update(self.state, self.mesh.shard_batch(batches), k)
         self.book.updates += 1
@@ -340,8 +389,11 @@ class Learner:
         phase, ahead = self.book.phase, self.cfg.learner.ahead_steps
         if phase not in ("rollout", "online"):
             return Grants(dict(self.last_seq), -1)
-        if phase == "online" and self.spec.trains:
-            paid = self.book.online_start_steps + self.book.updates + ahead  # UTD: one update call per step
+        if phase == "online" and self._iteration_episodes:
+            # batch_online's iterations: steps flow while the iteration collects, none while the learner trains
+            paid = self.book.env_steps + (ahead if self._collecting() else 0)
+        elif phase == "online" and self.spec.trains:
+            paid = self.book.online_start_steps + self._online_updates + ahead  # UTD: one update call per step
         else:
             # No updates to wait for (pi_BC rollouts, or the bc baseline), but still at most `ahead` steps beyond
             # what the learner has stored: a learner slow to ingest (a loaded machine) would otherwise switch to
@@ -364,7 +416,10 @@ class Learner:
             self._published_grants = grants
         if self.book.phase != "online" or (not force and self.book.updates == self._published_updates):
             return
-        subsets = publishable(self._finite(jax.device_get(self.state.params)))
+        if self._iteration_episodes and not self._collecting() and self.owed_updates() > 0:
+            return  # batch_online's iterations: the parameters change only between iterations
+        subsets = publishable(self._finite(jax.device_get(self.state.params)),
+                              with_bc=self.spec.policy_objective == "imitation")
         self.book.param_version += 1
         board.publish(self.book.param_version, subsets)
         self._published_updates = self.book.updates
@@ -406,12 +461,12 @@ class Learner:
             bc_share=bc_num / bc_den if bc_den else 1.0,
             updates=self.book.updates,
             updates_per_s=self.updates_per_s(),
-            utd_measured=self.acfg.utd * self.book.updates / max(1, self.book.env_steps - self.book.online_start_steps)
+            utd_measured=self.acfg.utd * self._online_updates / max(1, self.book.env_steps - self.book.online_start_steps)
             if self.book.phase == "online" else 0.0,
             param_version=self.book.param_version,
             replay_size=len(self.replay),
             duplicates_dropped=self.duplicates,
-            budget_env_steps=min(self.cfg.session.env_steps, self.book.online_start_steps + self.book.updates
+            budget_env_steps=min(self.cfg.session.env_steps, self.book.online_start_steps + self._online_updates
                                  + self.cfg.learner.ahead_steps) if self.book.phase == "online" else 0,
             eval_curve=curve,
             best_eval=EvalPoint(**self.book.best_eval) if self.book.best_eval else None,
@@ -505,6 +560,7 @@ class Learner:
         saved = self.saved_book
         self.book.phase = saved.phase
         self.book.updates, self.book.online_start_steps = saved.updates, saved.online_start_steps
+        self.book.online_start_updates, self.book.iterations = saved.online_start_updates, saved.iterations
         self.book.param_version = saved.param_version
         self.book.eval_curve = saved.eval_curve
         if saved.phase != "rollout":

@@ -122,3 +122,72 @@ def test_each_update_call_reads_utd_minibatches_of_the_accounted_size(bc, tmp_pa
     run.learner.update = watched
     run.run(LocalSchedule(online_steps=12, eval_every=0))
     assert shapes and set(shapes) == {(2, minibatch, 7)}  # utd 2, batch_size 8
+
+
+@pytest.fixture(scope="module")
+def demos_file(bc, tmp_path_factory):
+    """Two short successful demos of pick_cube's state size (what a demo buffer reads)."""
+    from q2rl.demos.hdf5 import Demo, write_demos
+
+    dim = int(np.asarray(bc.normalizer.state_mean).shape[-1])
+    rng = np.random.default_rng(0)
+    episodes = [Demo(states=rng.normal(size=(10, dim)).astype(np.float32),
+                     actions=rng.uniform(-1, 1, (10, 7)).astype(np.float32),
+                     rewards=np.r_[np.zeros(9), 1.0].astype(np.float32), dones=np.r_[np.zeros(9), 1.0].astype(bool),
+                     next_states=rng.normal(size=(10, dim)).astype(np.float32), success=True) for _ in range(2)]
+    return str(write_demos(tmp_path_factory.mktemp("demos") / "demos.hdf5", episodes, {"task": "pick_cube"}))
+
+
+def with_demos(cfg, demos: str):
+    import dataclasses
+
+    return dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, demos=demos))
+
+
+def test_simplified_q_pretrains_on_the_demos_alone_then_goes_online(bc, demos_file, tmp_path):
+    run = LocalRun(with_demos(run_config("simplified_q", offline_updates=6), demos_file), bc, tmp_path,
+                   log=lambda s: None)
+    batches = []
+    update = run.learner.update
+    run.learner.update = lambda state, b, key: (batches.append((run.learner.book.phase, b)), update(state, b, key))[1]
+    phases = []
+    on_phase = run.learner.on_phase_change
+    run.learner.on_phase_change = lambda phase: (phases.append(phase), on_phase(phase))
+    run.run(LocalSchedule(online_steps=30, eval_every=0))
+    assert phases == ["offline", "online"]
+    offline = [b for phase, b in batches if phase == "offline"]
+    assert len(offline) == 6 and all(np.all(np.asarray(b.is_demo)) for b in offline)  # the demos alone
+    online = [b for phase, b in batches if phase == "online"]
+    # online: one update call per env step from learning_starts (10) on, half of each minibatch from the demos
+    book = run.learner.book
+    assert book.online_start_updates == 6 and len(online) == book.updates - 6 == book.env_steps - 10
+    assert all(np.asarray(b.is_demo).mean() == 0.5 for b in online)
+    # the actor acted with the pre-trained pi_RL from its first step (published when the online phase began)
+    first = run.learner.replay.export_episode(*run.learner.replay.completed_episodes[0])
+    assert np.all(first.param_version >= 1) and np.all(first.source == SOURCE_CODES["rl"])
+
+
+def test_batch_online_iterations_hold_the_parameters_while_collecting(bc, demos_file, tmp_path):
+    run = LocalRun(with_demos(run_config("batch_online", batch_online={"iteration_episodes": 2,
+                                                                       "iteration_updates": 4}), demos_file),
+                   bc, tmp_path, log=lambda s: None)
+    run.run(LocalSchedule(online_steps=6 * EPISODE, eval_every=0))
+    book, replay = run.learner.book, run.learner.replay
+    assert book.iterations == 3 and book.updates == 3 * 4  # 6 episodes: 3 iterations of 2, 4 update calls each
+    versions = [set(replay.export_episode(*k).param_version) for k in replay.completed_episodes]
+    # every episode ran on one parameter set, the same for both episodes of an iteration, a newer one after
+    assert all(len(v) == 1 for v in versions)
+    versions = [v.pop() for v in versions]
+    assert versions[0] == versions[1] < versions[2] == versions[3] < versions[4] == versions[5]
+    # the actor acts with the retrained pi_BC the learner published, and adds the OU noise to what it runs
+    run.actor.refresh()  # the last iteration's set, published after the actor's last step
+    assert run.actor.version == book.param_version
+    assert leaves_equal(run.actor.params.bc.params, run.learner.state.params.bc.params)
+    assert not leaves_equal(run.actor.params.bc.params, bc.params)
+    episode = replay.export_episode(*replay.completed_episodes[-1])
+    assert not np.allclose(episode.actions, episode.a_rl)  # executed = the chosen candidate + OU noise
+    np.testing.assert_allclose(episode.actions, np.clip(episode.actions, -1, 1))
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
