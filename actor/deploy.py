@@ -40,8 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="run config YAML whose env section to run in (default: the env the policy "
                                          "was trained in)")
     parser.add_argument("--policy", choices=("gated", "rl", "bc"), default="gated",
-                        help="gated: Q-Gating between pi_BC and pi_RL, as trained (default); rl: pi_RL alone; "
-                             "bc: pi_BC alone")
+                        help="gated: the policy's own action rule, as trained (default; Q-Gating between pi_BC "
+                             "and pi_RL, batch_online's best of N pi_BC samples); rl: pi_RL alone; bc: pi_BC alone "
+                             "(batch_online: the pi_BC it retrained)")
     parser.add_argument("--episodes", type=int, default=0, help="episodes to run (0: until q or Ctrl-C)")
     parser.add_argument("--max-steps", type=int, default=0, help="episode time limit in control steps (0: none)")
     parser.add_argument("--record", metavar="OUT.hdf5", help="where to record the episodes (robomimic HDF5)")
@@ -145,6 +146,9 @@ def run_deploy(args, stop: threading.Event) -> dict:
     if args.policy == "rl" and not policy.online:
         raise DeployError("--policy rl: this checkpoint was saved before online RL, so pi_RL was never trained; "
                           "deploy it gated or bc (both run pi_BC), or export a later checkpoint")
+    if args.policy == "rl" and policy.agent.rules.policy_objective == "imitation":
+        raise DeployError(f"--policy rl: {policy.agent.algo} trains no pi_RL (it acts with the best of several "
+                          "samples of the pi_BC it retrained); deploy it gated, or bc for that pi_BC's own samples")
     if cfg.env.backend == "franka":
         check_fits(policy, cfg)  # before connecting to the robot
     for line in policy.env_differences(json.loads(json.dumps(_plain(cfg.env)))):
