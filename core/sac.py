@@ -149,7 +149,8 @@ def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str]
 # ------------------------------------------------------------------------------------------------ state
 @struct.dataclass
 class AgentParams:
-    """All parameters an actor or learner needs. `bc` and `value` are frozen during online RL."""
+    """All parameters an actor or learner needs. `bc` and `value` are frozen during online RL, except for
+    batch_online, which trains both (frozen_params)."""
 
     encoder: Any
     actor: Any
@@ -293,7 +294,7 @@ def value(nets: Networks, params: AgentParams, obs: Any) -> jax.Array:
 
 
 def bc_dist(params: AgentParams, obs: Any):
-    """pi_BC(.|obs) from the frozen BC policy (feed-forward: empty carry)."""
+    """pi_BC(.|obs) (feed-forward: empty carry); frozen but for batch_online, which retrains it by imitation."""
     dist, _ = params.bc.distribution(obs)
     return dist
 
