@@ -133,8 +133,9 @@ def steps_to_reach(steps, success, threshold: float) -> int | None:
 
 def bc_reference(curves: dict, field: str = "success_rate") -> float | None:
     """pi_BC's success under a protocol: the mean of the BC-based runs' first evaluation (every such run evaluates
-    pi_BC first, on the same resets; rlpd has no pi_BC). None when no run recorded `field` (NaN)."""
-    starts = [_number(getattr(c[0], field)) for a, cs in curves.items() if a != "rlpd" for c in cs]
+    pi_BC first, at env step 0, on the same resets; rlpd and simplified_q have no pi_BC and no point there). None
+    when no run recorded `field` (NaN)."""
+    starts = [_number(getattr(c[0], field)) for cs in curves.values() for c in cs if c[0].env_steps == 0]
     starts = [x for x in starts if np.isfinite(x)]
     return float(np.mean(starts)) if starts else None
 

@@ -61,6 +61,16 @@ def test_a_curve_that_never_falls_under_bc_has_no_dip(tmp_path):
     assert run_report(tmp_path, rows, "q2rl")["results"]["q2rl"]["dip_below_bc"] == 0.0
 
 
+def test_a_run_without_pi_bc_does_not_set_the_bc_reference(tmp_path):
+    # simplified_q has no pi_BC: its first point comes after 1000 online steps and is no BC evaluation
+    no_bc = curve([0.40, 0.0, 0.0])[1:]
+    rows = [{"algo": "q2rl", "seed": 0, "eval_deterministic": True, "curve": curve([0.40, 0.45, 0.70])},
+            {"algo": "simplified_q", "seed": 0, "eval_deterministic": True, "curve": no_bc}]
+    report = run_report(tmp_path, rows, "q2rl,simplified_q")
+    assert report["bc_success"] == pytest.approx(0.40)
+    assert report["results"]["simplified_q"]["dip_below_bc"] == pytest.approx(0.40)
+
+
 def test_a_truncated_curves_file_is_an_error_that_says_what_to_delete(tmp_path):
     good = json.dumps({"algo": "q2rl", "seed": 0, "eval_deterministic": True, "curve": curve([0.4, 0.5])})
     out = report_from(tmp_path, good + "\n" + good[:40], "q2rl")
