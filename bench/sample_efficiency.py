@@ -100,7 +100,7 @@ def read_bc_mode(cache: Path) -> float:
     return float(json.loads(cache.read_text())["bc_mode_success"])
 
 
-def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
+def bc_mode_success(task: str, bc, episodes: int, out: Path, base_config: str = "") -> float:
     """pi_BC's success with its mode (no sampling) on the evaluation resets, cached in <out>/<task>_bc_mode.json.
 
     Needed with --no-eval-deterministic, where the curves evaluate every policy as it acts in training (sampled
@@ -114,7 +114,8 @@ def bc_mode_success(task: str, bc, episodes: int, out: Path) -> float:
 
     from q2rl.local import LocalRun
 
-    cfg = bench_run_config(task, "bc", 0, eval_episodes=episodes, eval_deterministic=True)
+    # the runs' own config (`--config`): its cameras are what pi_BC reads
+    cfg = bench_run_config(task, "bc", 0, eval_episodes=episodes, eval_deterministic=True, base_config=base_config)
     with tempfile.TemporaryDirectory() as run_dir:
         actor = LocalRun(cfg, bc, run_dir, log=lambda s: None).actor  # no parameters: it acts as pi_BC alone
         reports = actor.evaluate(episodes, first_seed=EVAL_SEED, report=False)
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         cached = [c for c in (bc_mode_cache(Path(p).parent, args.task) for p in merged) if c.exists()]
         bc_mode = read_bc_mode(cached[0]) if cached else None
     else:
-        bc_mode = bc_mode_success(args.task, bc, max(args.eval_episodes, 40), out)
+        bc_mode = bc_mode_success(args.task, bc, max(args.eval_episodes, 40), out, args.config)
     results = summarise(curves, bc_success)
     if merged:  # the run settings are those of the merged files, not this invocation's defaults
         meta = {"merged_from": merged,
