@@ -294,6 +294,9 @@ def run_session(cfg, resume: str | None) -> SessionResult:
     # `kill`, a scheduler or `timeout` stop the session as Ctrl-C does (actors, then the learner's final checkpoint),
     # never leaving its children running on their own; the final evaluation is left out (it takes minutes).
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C stops the session even when it was started with SIGINT ignored (a background job of a script, nohup),
+    # which Python would otherwise keep: the learner and actors install their own handlers the same way.
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         try:
             address = wait_for_address(run_dir, learner, cfg.session.startup_timeout_s)
@@ -348,6 +351,7 @@ def run_session(cfg, resume: str | None) -> SessionResult:
         _shutdown(actors, learner, cfg.session.shutdown_timeout_s)
         _restore_terminal(terminal)
         signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGINT, previous_interrupt)
     final = best = None
     # every best candidate and the last checkpoint on the same fresh episodes (best.ckpt names the winner), or the
     # last checkpoint alone when no window was kept

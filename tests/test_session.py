@@ -234,6 +234,28 @@ def test_sigterm_stops_a_session_as_ctrl_c_does_and_leaves_no_child_running(tmp_
     assert "stopped:" in (run / "actor-0.log").read_text()
 
 
+def test_ctrl_c_stops_a_session_started_with_sigint_ignored(tmp_path):
+    """A session started as a background job of a script (or under nohup) inherits SIGINT ignored, which Python keeps:
+    it must still stop in order on Ctrl-C, as its learner and actors do."""
+    import signal
+    import time
+
+    config = tiny_run_config(tmp_path, session={"env_steps": 10**6, "final_eval_episodes": 0})
+    argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *q2rl("session", "--config", str(config),
+                                                            "learner.run_name=ign")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
+                            cwd=REPO)
+    run = tmp_path / "runs" / "ign"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run / "actors" / "actor-0.json").is_file():
+        time.sleep(0.5)  # the actor is up and stepping
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "session: stopping (interrupted (Ctrl-C)) — actors first, then the learner" in out
+    assert (run / "checkpoint" / "learner.ckpt").is_file()
+
+
 def test_a_camera_run_from_a_state_only_pi_bc_is_refused_in_one_line_before_anything_starts(tmp_path):
     """The frozen image encoder (the default) reads pi_BC's features of each camera: a pi_BC trained on the state
     alone cannot give them; the session says so and what to set, and creates no run directory."""
