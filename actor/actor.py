@@ -127,8 +127,7 @@ class Actor:
         # agent.random_steps: uniform exploration once parameters arrive; a resumed actor counts what it sent
         self._random_left = max(0, self.acfg.random_steps - first_seq)
         # batch_online's OU noise on the executed training actions: its state restarts with every episode
-        bo = self.acfg.batch_online
-        self._ou = (bo.ou_theta, bo.ou_sigma, bo.ou_dt) if self.acfg.algo == "batch_online" and bo.ou_sigma > 0 else None
+        self._ou = self.acfg.ou_noise
         self._noise = np.zeros(ACTION_DIM)
         self._noise_rng = np.random.default_rng(cfg.actor.seed)
         self.episode_id = first_episode_id

@@ -336,6 +336,18 @@ class AgentConfig:
         """This algorithm's row of ALGO_RULES."""
         return ALGO_RULES[self.algo]
 
+    @property
+    def ou_noise(self) -> tuple[float, float, float] | None:
+        """(theta, sigma, dt) of the OU noise on the executed training actions: batch_online's (the algorithm whose
+        gate is best_of_n), None for the others or with ou_sigma 0."""
+        bo = self.batch_online
+        return (bo.ou_theta, bo.ou_sigma, bo.ou_dt) if self.rules.gate == "best_of_n" and bo.ou_sigma > 0 else None
+
+    @property
+    def iteration_episodes(self) -> int:
+        """batch_online's episodes per iteration; 0 (fully online) for it by default and for every other algorithm."""
+        return self.batch_online.iteration_episodes if self.rules.gate == "best_of_n" else 0
+
     def validate(self) -> None:
         for name in ("hidden_dims", "value_hidden_dims"):
             if not getattr(self, name):

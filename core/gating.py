@@ -52,10 +52,15 @@ def prior_weighted_scores(nets: Networks, cfg: AgentConfig, params: AgentParams,
     return q_bc_critic + prior(a_bc), q_rl + prior(a_rl)
 
 
+def broadcast_rows(tree: Any, n: int) -> Any:
+    """A pytree with batch dim 1 (one state, or a distribution over one) repeated to n rows."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), tree)
+
+
 def sample_candidates(dist: Any, n: int, key: jax.Array, mode_first: bool = False) -> jax.Array:
     """n actions from a distribution over one state (batch dim 1) -> [n, A]: the distribution broadcast to n rows
     and sampled once, so n = 1 is exactly `dist.sample(key)`. `mode_first`: row 0 is the mode instead."""
-    many = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), dist)
+    many = broadcast_rows(dist, n)
     samples = many.sample(key)
     return samples.at[0].set(dist.mode()[0]) if mode_first else samples
 
@@ -72,8 +77,7 @@ def best_of_n_action(nets: Networks, cfg: AgentConfig, params: AgentParams, batc
     critic chose another. Deterministic (evaluation with modes): the first candidate is pi_BC's mode."""
     n = cfg.batch_online.best_of_n
     candidates = jnp.clip(sample_candidates(dist, n, key, mode_first=deterministic), -1.0, 1.0)
-    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + x.shape[1:]), batched)
-    q = jnp.min(critic_values(nets, params, states, candidates), axis=0)
+    q = jnp.min(critic_values(nets, params, broadcast_rows(batched, n), candidates), axis=0)
     best = best_of_n(q)
     return candidates[best], GateInfo(candidates[0], candidates[best], q[0].astype(jnp.float32),
                                       q[best].astype(jnp.float32), best != 0)

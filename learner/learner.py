@@ -269,7 +269,7 @@ class Learner:
         n = min(owed, self.cfg.learner.updates_per_chunk)
         for _ in range(n):
             self._update_once()
-        if self._iteration_episodes and n == owed:  # this iteration's training is done: the next one collects
+        if self.acfg.iteration_episodes and n == owed:  # this iteration's training is done: the next one collects
             self.book.iterations += 1
             log.info("batch_online iteration %d trained (%d update calls in all)", self.book.iterations,
                      self.book.updates)
@@ -350,14 +350,9 @@ class Learner:
         """Update calls of the online phase (offline pre-training's are not owed to the data)."""
         return self.book.updates - self.book.online_start_updates
 
-    @property
-    def _iteration_episodes(self) -> int:
-        """batch_online's episodes per iteration (0: fully online, and for every other algorithm)."""
-        return self.acfg.batch_online.iteration_episodes if self.acfg.algo == "batch_online" else 0
-
     def _collecting(self) -> bool:
         """In batch_online's iterations: the current iteration still collects its episodes (no updates owed)."""
-        return self.book.episodes < (self.book.iterations + 1) * self._iteration_episodes
+        return self.book.episodes < (self.book.iterations + 1) * self.acfg.iteration_episodes
 
     def owed_updates(self) -> int:
         """Update calls owed to the data: one per online env step (UTD against the insert rate,
@@ -366,7 +361,7 @@ class Learner:
         if self.book.phase != "online" or not self.spec.trains:
             return 0
         online_updates = self._online_updates
-        if self._iteration_episodes:
+        if self.acfg.iteration_episodes:
             if self._collecting():
                 return 0
             return (self.book.iterations + 1) * self.acfg.batch_online.iteration_updates - online_updates
@@ -389,7 +384,7 @@ class Learner:
         phase, ahead = self.book.phase, self.cfg.learner.ahead_steps
         if phase not in ("rollout", "online"):
             return Grants(dict(self.last_seq), -1)
-        if phase == "online" and self._iteration_episodes:
+        if phase == "online" and self.acfg.iteration_episodes:
             # batch_online's iterations: steps flow while the iteration collects, none while the learner trains
             paid = self.book.env_steps + (ahead if self._collecting() else 0)
         elif phase == "online" and self.spec.trains:
@@ -416,7 +411,7 @@ class Learner:
             self._published_grants = grants
         if self.book.phase != "online" or (not force and self.book.updates == self._published_updates):
             return
-        if self._iteration_episodes and not self._collecting() and self.owed_updates() > 0:
+        if self.acfg.iteration_episodes and self.owed_updates() > 0:
             return  # batch_online's iterations: the parameters change only between iterations
         subsets = publishable(self._finite(jax.device_get(self.state.params)),
                               with_bc=self.spec.policy_objective == "imitation")
