@@ -32,6 +32,7 @@ import numpy as np
 from q2rl.core.agents import make_agent
 from q2rl.core.noise import ou_step
 from q2rl.core.parameters import apply_parameter_set, init_agent_params
+from q2rl.core.policies import BC_CARRY
 from q2rl.interfaces import (ACTION_DIM, EpisodeReport, Grants, ParameterSource, Transition, TransitionSink,
                              example_obs, policy_obs)
 from q2rl.metrics import ActorStatusLog
@@ -116,6 +117,9 @@ class Actor:
         self.key = jax.random.PRNGKey(cfg.actor.seed)
         self.key, k = jax.random.split(self.key)
         self.template = init_agent_params(self.agent, k, example_obs(state_dim, images), bc)
+        # a recurrent pi_BC's memory: restarted with every episode, advanced by every observation it reads
+        self._bc_recurrent = bc.recurrent
+        self._bc_carry = bc.initial_carry()
         self._warm_up(example_obs(state_dim, images))
         self.params: Any = None  # AgentParams on device once the learner has published them
         self.version = 0
@@ -150,8 +154,11 @@ class Actor:
             functions += [self.agent.bc_mode_act, self.agent.eval_gate]
         if self.policy == "rl":
             functions += [self.agent.rl_act, self.agent.rl_mode_act]
+        obs = self._with_memory(obs)
         for fn in functions:
             jax.block_until_ready(fn(self.template, obs, self.key))
+        if self._bc_recurrent:
+            jax.block_until_ready(self.agent.bc_carry_step(self.template.bc, obs))
         if self.acfg.random_steps:
             jax.block_until_ready(self.agent.random_act(self.key))
 
@@ -292,6 +299,7 @@ class Actor:
             seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
         obs = policy_obs(self.env.reset(seed=seed)[0], *self.contract)
         self._noise = np.zeros(ACTION_DIM)
+        self._bc_carry = self.template.bc.initial_carry() if self._bc_recurrent else ()
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
         next_tick = self.clock()
@@ -313,7 +321,11 @@ class Actor:
                 if stop.is_set():
                     raise _Quit
                 self._step = step
-                action, info = self._decide(obs, evaluate, modes)
+                seen = self._with_memory(obs)
+                action, info = self._decide(seen, evaluate, modes)
+                if self._bc_recurrent:  # pi_BC read this observation whichever action runs
+                    bc = (self.params if self.params is not None else self.template).bc
+                    self._bc_carry = self.agent.bc_carry_step(bc, seen)
                 self._note_loop_gap()
                 raw_next, reward, terminated, truncated, env_info = self.env.step(action)
                 next_obs = policy_obs(raw_next, *self.contract)
@@ -371,6 +383,11 @@ class Actor:
         # keeps its once-a-second rhythm, not one reset at every episode's end.
         self._draw_status_line()
         return result
+
+    def _with_memory(self, obs):
+        """The observation as the policies read it: with a recurrent pi_BC's memory under BC_CARRY (the transition
+        stores `obs` without it; the learner recomputes it, docs/design.md#recurrent-bc)."""
+        return {**obs, BC_CARRY: self._bc_carry} if self._bc_recurrent else obs
 
     def _decide(self, obs, evaluate: bool, modes: bool):
         """The gate's action and record, as numpy (pi_BC alone until parameters arrive); `modes`: act with the

@@ -5,6 +5,9 @@
     dist, _ = result.policy.distribution(obs)
 
 Episodes (not steps) are held out for the validation NLL, so it measures generalisation to new starts.
+A recurrent policy (gmm_rnn) trains on windows of `policy.rnn_horizon` consecutive steps of one episode, from a
+zero memory (robomimic's recipe); its validation NLL reads each episode in the windows a rollout sees (its memory
+restarts every rnn_horizon steps).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from q2rl.interfaces import ACTION_DIM
 
 
 class BCBatch(NamedTuple):
-    """State-action pairs: obs {"state": f32[N, D], "images": {cam: u8[N, H, W, 3]}}, actions f32[N, A]."""
+    """State-action pairs: obs {"state": f32[N, D], "images": {cam: u8[N, H, W, 3]}}, actions f32[N, A]; for a
+    recurrent policy, windows of T steps: every leaf [N, T, ...] and `mask` [N, T] (False past an episode's end)."""
 
     obs: dict
     actions: Any
+    mask: Any = None
 
     @property
     def size(self) -> int:
@@ -93,13 +98,58 @@ def flatten_episodes(episodes: Sequence[Demo], cameras: Sequence[str]) -> BCBatc
     return BCBatch(obs=obs, actions=actions)
 
 
+def episode_ends(episodes: Sequence[Demo]) -> np.ndarray:
+    """For every step of the flattened episodes, the (exclusive) flat index where its episode ends."""
+    lengths = [len(e.actions) for e in episodes]
+    return np.repeat(np.cumsum(lengths), lengths)
+
+
+def take_windows(data: BCBatch, ends: np.ndarray, starts: np.ndarray, horizon: int) -> BCBatch:
+    """Windows of `horizon` steps from each flat index in `starts`, masked past the end of the start's episode."""
+    index = starts[:, None] + np.arange(horizon)[None]
+    mask = index < ends[starts][:, None]
+    return data.take(np.where(mask, index, starts[:, None]))._replace(mask=mask)
+
+
+def rollout_window_starts(ends: np.ndarray, horizon: int) -> np.ndarray:
+    """The windows a rollout's memory sees: every episode cut at steps 0, horizon, 2 horizon, ..."""
+    begins = np.concatenate([[0], np.unique(ends)[:-1]])
+    return np.concatenate([np.arange(b, e, horizon) for b, e in zip(begins, np.unique(ends))])
+
+
+def log_likelihoods(module: nn.Module, params: Any, normalizer: ObsNormalizer, batch: BCBatch,
+                    dropout_key: jax.Array | None = None) -> jax.Array:
+    """log pi(a|s) of every pair ([N]); for windows ([N, T]) the memory runs through each window from zero."""
+    training = dropout_key is not None
+
+    def apply(obs, carry, key):
+        rngs = {"dropout": key} if training else None
+        return module.apply(params, normalizer.normalize(obs), carry, training=training, rngs=rngs)
+
+    if batch.mask is None:
+        dist, _ = apply(batch.obs, module.initial_carry(len(batch.actions)), dropout_key)
+        return dist.log_prob(batch.actions)
+    n, horizon = batch.mask.shape
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)
+    keys = jax.random.split(dropout_key if training else jax.random.PRNGKey(0), horizon)
+
+    def step(carry, xs):
+        obs, actions, key = xs
+        dist, carry = apply(obs, carry, key)
+        return carry, dist.log_prob(actions)
+
+    xs = (jax.tree_util.tree_map(time_major, batch.obs), time_major(batch.actions), keys)
+    _, logp = jax.lax.scan(step, module.initial_carry(n), xs)
+    return time_major(logp)
+
+
 def nll_loss(module: nn.Module, params: Any, normalizer: ObsNormalizer, batch: BCBatch,
              dropout_key: jax.Array | None = None) -> jax.Array:
     """Mean negative log-likelihood of the batch's actions under the policy (nats per pair)."""
-    rngs = {"dropout": dropout_key} if dropout_key is not None else None
-    dist, _ = module.apply(params, normalizer.normalize(batch.obs), module.initial_carry(len(batch.actions)),
-                           training=dropout_key is not None, rngs=rngs)
-    return -jnp.mean(dist.log_prob(batch.actions))
+    logp = log_likelihoods(module, params, normalizer, batch, dropout_key)
+    if batch.mask is None:
+        return -jnp.mean(logp)
+    return -jnp.sum(logp * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1)
 
 
 def make_optimizer(cfg: BCConfig) -> optax.GradientTransformation:
@@ -116,13 +166,24 @@ def add_state_noise(key: jax.Array, obs: dict, normalizer: ObsNormalizer, noise_
     return {**obs, "state": obs["state"] + noise}
 
 
+def augment_windows(key: jax.Array, obs: dict, pad: int) -> dict:
+    """Random-shift augmentation of a batch of pairs or of windows (images [N, T, H, W, 3]: one shift per frame)."""
+    images = obs.get("images") or {}
+    lead = next(iter(images.values())).shape[:-3] if images else ()
+    if len(lead) < 2:
+        return augment_observation(key, obs, pad)
+    flat = {**obs, "images": {c: v.reshape(-1, *v.shape[-3:]) for c, v in images.items()}}
+    shifted = augment_observation(key, flat, pad)["images"]
+    return {**obs, "images": {c: v.reshape(*lead, *v.shape[-3:]) for c, v in shifted.items()}}
+
+
 def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, normalizer: ObsNormalizer,
                     image_shift_pad: int, state_noise_std: float = 0.0):
     """The jitted update (state, batch, key) -> (state, metrics)."""
 
     def train_step(state: TrainState, batch: BCBatch, key: jax.Array) -> tuple[TrainState, dict]:
         aug_key, noise_key, dropout_key = jax.random.split(key, 3)
-        obs = augment_observation(aug_key, batch.obs, image_shift_pad)
+        obs = augment_windows(aug_key, batch.obs, image_shift_pad)
         batch = batch._replace(obs=add_state_noise(noise_key, obs, normalizer, state_noise_std))
         loss, grads = jax.value_and_grad(
             lambda p: nll_loss(module, p, normalizer, batch, dropout_key))(state.params)
@@ -134,21 +195,26 @@ def make_train_step(module: nn.Module, optimizer: optax.GradientTransformation, 
     return jax.jit(train_step)
 
 
-def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 512):
-    """Mean NLL over a whole BCBatch, in fixed-size jitted chunks (one compilation for any dataset size)."""
+def make_eval_nll(module: nn.Module, normalizer: ObsNormalizer, chunk: int = 512, horizon: int | None = None):
+    """Mean NLL over a whole BCBatch of flattened episodes, in fixed-size jitted chunks (one compilation for any
+    dataset size); `eval_nll(params, data, ends)`. With `horizon` (a recurrent policy) the episodes are read in the
+    windows a rollout sees (rollout_window_starts), chunk // horizon windows per call."""
+    rows = chunk if horizon is None else max(1, chunk // horizon)
 
     @jax.jit
-    def chunk_nll(params: Any, batch: BCBatch, mask: jax.Array) -> jax.Array:
-        carry = module.initial_carry(chunk)
-        dist, _ = module.apply(params, normalizer.normalize(batch.obs), carry)
-        return -jnp.sum(dist.log_prob(batch.actions) * mask)
+    def chunk_nll(params: Any, batch: BCBatch, weight: jax.Array) -> jax.Array:
+        logp = log_likelihoods(module, params, normalizer, batch)
+        return -jnp.sum(logp * (weight if batch.mask is None else weight[:, None] * batch.mask))
 
-    def eval_nll(params: Any, data: BCBatch) -> float:
+    def eval_nll(params: Any, data: BCBatch, ends: np.ndarray) -> float:
+        starts = np.arange(data.size) if horizon is None else rollout_window_starts(ends, horizon)
         total = 0.0
-        for start in range(0, data.size, chunk):
-            index = np.arange(start, start + chunk)
-            mask = index < data.size
-            total += float(chunk_nll(params, data.take(np.where(mask, index, 0)), mask.astype(np.float32)))
+        for first in range(0, len(starts), rows):
+            index = np.arange(first, first + rows)
+            valid = index < len(starts)
+            picked = starts[np.where(valid, index, 0)]
+            batch = data.take(picked) if horizon is None else take_windows(data, ends, picked, horizon)
+            total += float(chunk_nll(params, batch, valid.astype(np.float32)))
         return total / max(1, data.size)
 
     return eval_nll
@@ -176,10 +242,13 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
             "(dx, dy, dz, droll, dpitch, dyaw, gripper); record the demos with `q2rl demos` for this action contract")
     rng = np.random.default_rng(cfg.seed)
     train_eps, val_eps = split_episodes(select_episodes(dataset, cfg), cfg.val_fraction, rng)
-    train_data = flatten_episodes(train_eps, cfg.cameras)
+    train_data, train_ends = flatten_episodes(train_eps, cfg.cameras), episode_ends(train_eps)
     val_data = flatten_episodes(val_eps, cfg.cameras) if val_eps else None
+    val_ends = episode_ends(val_eps) if val_eps else None
     normalizer = ObsNormalizer.fit(train_data.obs["state"])
     module = make_policy_net(cfg.policy, dataset.action_dim, cfg.cameras)
+    # a recurrent policy trains on windows: as many as make up batch_size state-action pairs
+    horizon = cfg.policy.rnn_horizon if cfg.policy.kind == "gmm_rnn" else None
 
     key = jax.random.PRNGKey(cfg.seed)
     key, init_key = jax.random.split(key)
@@ -188,7 +257,7 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     train_step = make_train_step(module, optimizer, normalizer, cfg.image_shift_pad if cfg.cameras else 0,
                                  cfg.state_noise_std)
-    eval_nll = make_eval_nll(module, normalizer)
+    eval_nll = make_eval_nll(module, normalizer, horizon=horizon)
 
     metrics_file = None
     if out_dir is not None:
@@ -198,7 +267,7 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
 
     def record(step: int, train_nll: float) -> dict:
         row = {"step": step, "train_nll": train_nll,
-               "val_nll": eval_nll(state.params, val_data) if val_data is not None else None}
+               "val_nll": eval_nll(state.params, val_data, val_ends) if val_data is not None else None}
         history.append(row)
         if row["val_nll"] is not None and row["val_nll"] < best["val_nll"]:
             best.update(val_nll=row["val_nll"], step=step, params=state.params)
@@ -209,12 +278,16 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
 
     history: list[dict] = []
     best: dict = {"val_nll": float("inf"), "step": 0, "params": state.params}
-    initial = record(0, eval_nll(state.params, train_data))
+    initial = record(0, eval_nll(state.params, train_data, train_ends))
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), desc="bc train", unit="step", disable=not progress, mininterval=0.5)
     running = None
     for step in bar:
-        batch = train_data.take(rng.integers(0, train_data.size, cfg.batch_size))
+        if horizon is None:
+            batch = train_data.take(rng.integers(0, train_data.size, cfg.batch_size))
+        else:
+            starts = rng.integers(0, train_data.size, -(-cfg.batch_size // horizon))
+            batch = take_windows(train_data, train_ends, starts, horizon)
         key, step_key = jax.random.split(key)
         state, metrics = train_step(state, batch, step_key)
         evaluate = step % cfg.eval_every == 0 or step == cfg.steps
@@ -235,8 +308,8 @@ def train_bc(dataset: DemoDataset, cfg: BCConfig, out_dir: Path | None = None, p
     policy = BCPolicy(module=module, params=jax.device_get(params), normalizer=normalizer)
     result = BCResult(
         policy=policy, initial_val_nll=initial["val_nll"],
-        final_val_nll=eval_nll(params, val_data) if val_data is not None else None,
-        final_train_nll=eval_nll(params, train_data), best_step=kept_step, num_train_demos=len(train_eps),
+        final_val_nll=eval_nll(params, val_data, val_ends) if val_data is not None else None,
+        final_train_nll=eval_nll(params, train_data, train_ends), best_step=kept_step, num_train_demos=len(train_eps),
         num_val_demos=len(val_eps), num_train_samples=train_data.size, steps=cfg.steps, seconds=seconds,
         history=tuple(history),
     )

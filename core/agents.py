@@ -23,7 +23,7 @@ from q2rl.config import ConfigError
 from q2rl.core.agent_config import AgentConfig, AlgoRules
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
-from q2rl.core.replay import Batch
+from q2rl.core.replay import Batch, FrameCarry
 from q2rl.core.sac import (AgentParams, Networks, Optimizers, SacState, UpdateMetrics, actor_dist, bc_dist,
                            frozen_encoder, init_params, init_state, make_networks, make_optimizers, make_update,
                            observe)
@@ -51,17 +51,29 @@ class Agent:
     random_act: Callable[[jax.Array], jax.Array]  # uniform in the action box (cfg.random_steps)
     # obs -> the view the networks read (core.sac.observe), jitted: replay stores frames in it (None: obs as is)
     frame_view: Callable[[Any, Any], Any] | None
+    # (bc, obs holding pi_BC's memory under BC_CARRY) -> its memory after obs, jitted: a recurrent pi_BC's step
+    bc_carry_step: Callable[[Any, Any], Any]
 
     def init_params(self, key: jax.Array, example_obs: Any, bc: Any = None) -> AgentParams:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
         if self.spec.needs_bc and bc is None:
             raise ValueError(f"algo {self.cfg.algo!r} needs a BC policy (bc=...)")
+        if bc is not None and bc.recurrent and self.spec.policy_objective == "imitation":
+            raise ConfigError(f"agent.algo: {self.cfg.algo} retrains pi_BC by imitation of single stored steps, but "
+                              "this pi_BC is recurrent (bc.train.policy.kind: gmm_rnn), which trains on windows of "
+                              "steps; use a gmm or gaussian pi_BC with this algorithm")
         if frozen_encoder(self.nets):
             problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
             if problem:
                 raise ConfigError(problem)
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
         return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
+
+    def frame_carry(self, bc: Any) -> FrameCarry | None:
+        """How replay keeps a recurrent pi_BC's memory with every frame (None for a feed-forward pi_BC)."""
+        if bc is None or not bc.recurrent:
+            return None
+        return FrameCarry(jax.device_get(bc.initial_carry()), lambda obs: self.bc_carry_step(bc, obs))
 
     def init_state(self, params: AgentParams) -> SacState:
         """The learner state for online RL (fresh optimizers) from phase-1 (or fresh) params."""
@@ -107,4 +119,5 @@ def make_agent(cfg: AgentConfig, action_dim: int = 7, camera_names: Sequence[str
         rl_mode_act=jax.jit(lambda p, o, k: _rl_action(nets, p, o, k, True)),
         random_act=jax.jit(lambda k: jax.random.uniform(k, (action_dim,), jnp.float32, -1.0, 1.0)),
         frame_view=jax.jit(lambda bc, obs: observe(nets, bc, obs)) if frozen_encoder(nets) else None,
+        bc_carry_step=jax.jit(lambda bc, obs: bc.next_carry(obs)),
     )

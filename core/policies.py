@@ -28,13 +28,17 @@ from q2rl.core.networks import MLP
 from q2rl.core.normalization import ObsNormalizer
 
 Carry = Any  # () for feed-forward policies; a pytree of [batch, ...] arrays for recurrent ones
+# The observation key under which a recurrent pi_BC's carry rides with the observation it is about to read: the
+# actor adds it before its gate, replay stores it with every frame (recomputed there), so bc_dist(obs) needs no more.
+BC_CARRY = "bc_carry"
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
     """Architecture of a BC policy network (stored in its checkpoint so it can be rebuilt)."""
 
-    kind: Literal["gaussian", "gmm"] = doc("gaussian", "Action head: diagonal Gaussian or Gaussian mixture.")
+    kind: Literal["gaussian", "gmm", "gmm_rnn"] = doc(
+        "gaussian", "Action head: diagonal Gaussian, Gaussian mixture, or a recurrent (LSTM) Gaussian mixture.")
     # Small on purpose: 2x256 memorises the noise of 20 demos (held-out NLL rises while train NLL falls).
     hidden_dims: tuple[int, ...] = doc((64, 64), "Widths of the MLP trunk.")
     activation: str = doc("relu", "Trunk activation: relu, gelu, silu, tanh or elu.")
@@ -48,6 +52,10 @@ class PolicyConfig:
     entropy_estimator: Literal["bound", "mc"] = doc("bound", "GMM entropy: upper bound or Monte Carlo.")
     entropy_mc_samples: int = doc(16, "Samples per state for the Monte-Carlo GMM entropy.")
     image_feature_dim: int = doc(64, "Feature size of each camera's conv encoder.")
+    rnn_hidden_dim: int = doc(128, "gmm_rnn: width of the LSTM between the encoder and the MLP trunk.")
+    # robomimic's rollout convention: the memory restarts every `rnn_horizon` steps, as it does in training (windows
+    # of that length from a zero state), so the policy never meets a memory longer than it was trained on.
+    rnn_horizon: int = doc(10, "gmm_rnn: steps per training window; the memory restarts every this many steps.")
 
     def validate(self) -> None:
         if not self.hidden_dims or min(self.hidden_dims) <= 0:
@@ -58,6 +66,8 @@ class PolicyConfig:
             raise ConfigError("log_std_min: must be smaller than log_std_max")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ConfigError(f"dropout_rate: {self.dropout_rate} must be in [0, 1)")
+        if self.rnn_hidden_dim < 1 or self.rnn_horizon < 1:
+            raise ConfigError(f"rnn_hidden_dim, rnn_horizon: {self.rnn_hidden_dim}, {self.rnn_horizon} must be >= 1")
 
 
 class PolicyNet(Protocol):
@@ -93,12 +103,16 @@ class _FeedForwardPolicy(nn.Module):
         del batch_size
         return ()
 
+    def encode(self, obs: Mapping[str, Any]) -> jax.Array:
+        return ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim,
+                          image_input=self.image_input, name="encoder")(obs)
+
+    def mlp(self, x: jax.Array, training: bool) -> jax.Array:
+        return MLP(tuple(self.hidden_dims), self.activation, self.layer_norm, self.dropout_rate or None,
+                   activate_final=True, name="trunk")(x, training=training)
+
     def trunk(self, obs: Mapping[str, Any], training: bool) -> jax.Array:
-        features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim,
-                              image_input=self.image_input, name="encoder")(obs)
-        mlp = MLP(tuple(self.hidden_dims), self.activation, self.layer_norm, self.dropout_rate or None,
-                  activate_final=True, name="trunk")
-        return mlp(features, training=training)
+        return self.mlp(self.encode(obs), training)
 
     def means(self, raw: jax.Array) -> jax.Array:
         return jnp.tanh(raw) if self.squash_mean else raw
@@ -126,7 +140,9 @@ class GMMPolicy(_FeedForwardPolicy):
     @nn.compact
     def __call__(self, obs: Mapping[str, Any], carry: Carry = (), training: bool = False
                  ) -> tuple[GaussianMixture, Carry]:
-        h = self.trunk(obs, training)
+        return self.mixture(self.trunk(obs, training)), carry
+
+    def mixture(self, h: jax.Array) -> GaussianMixture:
         k, d = self.num_modes, self.action_dim
         logits = nn.Dense(k, name="logits")(h)
         # Spread the initial means so the components do not start identical (they would stay tied).
@@ -134,9 +150,36 @@ class GMMPolicy(_FeedForwardPolicy):
         means = self.means(raw_means - 1.0).reshape(*h.shape[:-1], k, d)
         raw_log_stds = nn.Dense(k * d, name="log_stds")(h).reshape(*h.shape[:-1], k, d)
         log_stds = soft_clamp(raw_log_stds, self.log_std_min, self.log_std_max)
-        dist = GaussianMixture(logits, means, log_stds, entropy_estimator=self.entropy_estimator,
+        return GaussianMixture(logits, means, log_stds, entropy_estimator=self.entropy_estimator,
                                mc_samples=self.entropy_mc_samples)
-        return dist, carry
+
+
+class GMMRNNPolicy(GMMPolicy):
+    """The Q2RL paper's real-robot pi_BC (robomimic's GMM-RNN): encoder -> LSTM -> MLP -> Gaussian mixture.
+
+    The carry is {"h", "c": [..., rnn_hidden_dim], "t": [...] int32 steps since the episode began}; the LSTM's memory
+    is zeroed whenever t is a multiple of rnn_horizon (robomimic's rollout convention, matching training on windows
+    of rnn_horizon steps from a zero state). The memory reads observations only, never actions, so it is a function
+    of the episode's observations: the learner recomputes it from the stored frames (docs/design.md#recurrent-bc)."""
+
+    rnn_hidden_dim: int = 128
+    rnn_horizon: int = 10
+
+    def initial_carry(self, batch_size: int | None = None) -> Carry:
+        lead = () if batch_size is None else (batch_size,)
+        zeros = jnp.zeros(lead + (self.rnn_hidden_dim,), jnp.float32)
+        return {"h": zeros, "c": zeros, "t": jnp.zeros(lead, jnp.int32)}
+
+    @nn.compact
+    def __call__(self, obs: Mapping[str, Any], carry: Carry = (), training: bool = False
+                 ) -> tuple[GaussianMixture, Carry]:
+        if not isinstance(carry, Mapping) or set(carry) != {"h", "c", "t"}:
+            raise ValueError("a recurrent pi_BC (gmm_rnn) needs its carry {h, c, t}: start an episode with "
+                             "policy.initial_carry() and pass on the carry each step returns")
+        restart = (carry["t"] % self.rnn_horizon == 0)[..., None]
+        c, h = jnp.where(restart, 0.0, carry["c"]), jnp.where(restart, 0.0, carry["h"])
+        (c, h), y = nn.LSTMCell(self.rnn_hidden_dim, name="lstm")((c, h), self.encode(obs))
+        return self.mixture(self.mlp(y, training)), {"h": h, "c": c, "t": carry["t"] + 1}
 
 
 def make_policy_net(cfg: PolicyConfig, action_dim: int, camera_names: Sequence[str] = ()) -> nn.Module:
@@ -149,10 +192,13 @@ def make_policy_net(cfg: PolicyConfig, action_dim: int, camera_names: Sequence[s
     )
     if cfg.kind == "gaussian":
         return GaussianPolicy(**common)
+    mixture = dict(num_modes=cfg.num_modes, entropy_estimator=cfg.entropy_estimator,
+                   entropy_mc_samples=cfg.entropy_mc_samples)
     if cfg.kind == "gmm":
-        return GMMPolicy(**common, num_modes=cfg.num_modes, entropy_estimator=cfg.entropy_estimator,
-                         entropy_mc_samples=cfg.entropy_mc_samples)
-    raise ConfigError(f"kind: {cfg.kind!r} is not a policy kind; use 'gaussian' or 'gmm'")
+        return GMMPolicy(**common, **mixture)
+    if cfg.kind == "gmm_rnn":
+        return GMMRNNPolicy(**common, **mixture, rnn_hidden_dim=cfg.rnn_hidden_dim, rnn_horizon=cfg.rnn_horizon)
+    raise ConfigError(f"kind: {cfg.kind!r} is not a policy kind; use 'gaussian', 'gmm' or 'gmm_rnn'")
 
 
 def _is_single(obs: Mapping[str, Any]) -> bool:
@@ -198,7 +244,22 @@ class BCPolicy:
         observation already in that view is returned as it is). pi_BC reads it as it reads the images."""
         if BC_FEATURES in obs:
             return dict(obs)
-        return {"state": obs["state"], BC_FEATURES: self.image_features(obs)}
+        view = {"state": obs["state"], BC_FEATURES: self.image_features(obs)}
+        return {**view, BC_CARRY: obs[BC_CARRY]} if BC_CARRY in obs else view
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy keeps a memory across steps (its carry is not empty)."""
+        return bool(jax.tree_util.tree_leaves(self.initial_carry()))
+
+    def at(self, obs: Mapping[str, Any]) -> Distribution:
+        """The action distribution at an observation that carries pi_BC's memory under BC_CARRY (a recurrent
+        policy's; a feed-forward one needs none)."""
+        return self.distribution(obs, obs.get(BC_CARRY, ()))[0]
+
+    def next_carry(self, obs: Mapping[str, Any]) -> Carry:
+        """The memory after reading `obs` (which carries the memory before it, under BC_CARRY)."""
+        return self.distribution(obs, obs[BC_CARRY])[1]
 
     def distribution(self, obs: Mapping[str, Any], carry: Carry = ()) -> tuple[Distribution, Carry]:
         """The action distribution at `obs` and the next carry (batch dims follow `obs`); `obs` may be the

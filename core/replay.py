@@ -113,6 +113,29 @@ def _unflat_obs(flat: Mapping[str, np.ndarray]) -> dict:
     return obs
 
 
+class FrameCarry(NamedTuple):
+    """A recurrent pi_BC's memory, stored with every frame under BC_CARRY_KEY (docs/design.md#recurrent-bc): the
+    memory at an episode's first frame (`initial`, one frame's, no batch dim), and `step`, the memory after reading
+    a batch of frames that hold theirs. Replay recomputes it frame by frame as episodes come in, so the learner
+    scores pi_BC with the memory the actor had (same parameters, same observations) and nothing rides on the wire."""
+
+    initial: dict
+    step: Callable[[dict], dict]
+
+
+BC_CARRY_KEY = "bc_carry"  # = core.policies.BC_CARRY (the replay stays free of the network code)
+
+
+def _carry_after(carry: FrameCarry, frame: Mapping[str, Any]) -> dict:
+    """The memory after one frame (that holds its own memory), as numpy without the batch dim."""
+    batched = {k: np.asarray(v)[None] for k, v in _flat_obs(frame).items()}
+    return {k: np.asarray(v)[0] for k, v in carry.step(_unflat_obs(batched)).items()}
+
+
+def _with_carry(obs: Mapping[str, Any], memory: Mapping[str, Any]) -> dict:
+    return {**obs, BC_CARRY_KEY: dict(memory)}
+
+
 FRAME_VIEW_CHUNK = 64  # frames per call of a replay's frame_view on a whole episode (one compiled shape)
 
 
@@ -172,16 +195,18 @@ class ReplayBuffer:
     `frame_capacity` defaults to capacity + capacity // 8 (room for one extra frame per episode of >= 8 steps).
     `frame_view` (obs -> obs, any leading batch dims), when given, maps every frame once as it is stored: the agent's
     frozen-encoder view (core.agents.Agent.frame_view), so replay holds pi_BC's image features, not the images.
+    `frame_carry`, for a recurrent pi_BC, stores its memory with every frame (FrameCarry).
     """
 
     def __init__(self, capacity: int, frame_capacity: int | None = None, action_dim: int = 7,
-                 frame_view: Callable[[dict], dict] | None = None):
+                 frame_view: Callable[[dict], dict] | None = None, frame_carry: FrameCarry | None = None):
         if capacity <= 0:
             raise ValueError(f"replay capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
         self.frame_capacity = int(frame_capacity or capacity + max(capacity // 8, 2))
         self.action_dim = action_dim
         self.frame_view = frame_view
+        self.frame_carry = frame_carry
         self._frames: dict[str, np.ndarray] | None = None  # allocated at the first add
         n, a = self.capacity, action_dim
         self._obs_frame = np.full(n, -1, np.int64)  # global frame ids
@@ -247,8 +272,14 @@ class ReplayBuffer:
                 raise ValueError(f"transition {key} step {t.step}: obs differs from the previous next_obs "
                                  "(steps out of order, or a missing step?)")
         else:
-            obs_frame = self._write_frame(t.obs)
-        next_frame = self._write_frame(t.next_obs)
+            first = t.obs if self.frame_carry is None else _with_carry(t.obs, self.frame_carry.initial)
+            obs_frame = self._write_frame(first)
+        next_obs = t.next_obs
+        if self.frame_carry is not None:
+            slot = obs_frame % self.frame_capacity
+            frame = _unflat_obs({k: v[slot] for k, v in self._frames.items()})
+            next_obs = _with_carry(next_obs, _carry_after(self.frame_carry, frame))
+        next_frame = self._write_frame(next_obs)
         self._put(key, obs_frame, next_frame, step=t.step, action=action, reward=t.reward,
                   terminated=t.terminated, truncated=t.truncated, a_bc=t.a_bc, a_rl=t.a_rl, q_bc=t.q_bc,
                   q_rl=t.q_rl, source=SOURCE_CODES[t.source], version=t.param_version)
@@ -292,6 +323,8 @@ class ReplayBuffer:
         flat = _flat_obs(ep.obs)
         if self.frame_view is not None:
             flat = _view_frames(self.frame_view, flat, len(ep) + 1)
+        if self.frame_carry is not None:
+            flat = self._carry_frames(flat, len(ep) + 1)
         frame_ids = [self._write_frame(_unflat_obs({k: v[j] for k, v in flat.items()}), viewed=True)
                      for j in range(len(ep) + 1)]
         for t in range(len(ep)):
@@ -301,6 +334,17 @@ class ReplayBuffer:
                       version=int(ep.param_version[t]))
         if not (ep.terminated[-1] or ep.truncated[-1]):
             self.end_episode(*key)
+
+    def _carry_frames(self, flat: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+        """`flat` (count frames of one episode) with the recurrent pi_BC's memory at each frame, from the first."""
+        assert self.frame_carry is not None
+        flat = {k: v for k, v in flat.items() if not k.startswith(BC_CARRY_KEY + "/")}  # recomputed, never trusted
+        memory = [dict(self.frame_carry.initial)]
+        for j in range(count - 1):
+            frame = _with_carry(_unflat_obs({k: v[j] for k, v in flat.items()}), memory[-1])
+            memory.append(_carry_after(self.frame_carry, frame))
+        stacked = {f"{BC_CARRY_KEY}/{k}": np.stack([m[k] for m in memory]) for k in memory[0]}
+        return {**flat, **stacked}
 
     # ---------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -427,14 +471,16 @@ def demo_to_episode(demo: Any, episode_id: int, cameras: Sequence[str] = ()) -> 
 
 
 def demo_buffer(demos: Sequence[Any], action_dim: int, cameras: Sequence[str] = (),
-                frame_view: Callable[[dict], dict] | None = None) -> ReplayBuffer | None:
+                frame_view: Callable[[dict], dict] | None = None,
+                frame_carry: FrameCarry | None = None) -> ReplayBuffer | None:
     """The demo buffer of symmetric sampling: the successful demonstrations (a failed recording is usually an
-    aborted attempt, not behaviour to copy), each as one episode; None when none succeeded. `frame_view`: as the
-    online replay's (ReplayBuffer)."""
+    aborted attempt, not behaviour to copy), each as one episode; None when none succeeded. `frame_view` and
+    `frame_carry`: as the online replay's (ReplayBuffer)."""
     episodes = [demo_to_episode(d, i, cameras) for i, d in enumerate(demos) if d.success]
     if not episodes:
         return None
-    buffer = ReplayBuffer(sum(len(e) for e in episodes) + 1, action_dim=action_dim, frame_view=frame_view)
+    buffer = ReplayBuffer(sum(len(e) for e in episodes) + 1, action_dim=action_dim, frame_view=frame_view,
+                          frame_carry=frame_carry)
     for episode in episodes:
         buffer.add_episode(episode)
     return buffer

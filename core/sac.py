@@ -294,9 +294,9 @@ def value(nets: Networks, params: AgentParams, obs: Any) -> jax.Array:
 
 
 def bc_dist(params: AgentParams, obs: Any):
-    """pi_BC(.|obs) (feed-forward: empty carry); frozen but for batch_online, which retrains it by imitation."""
-    dist, _ = params.bc.distribution(obs)
-    return dist
+    """pi_BC(.|obs), a recurrent pi_BC's memory read from obs[BC_CARRY]; frozen but for batch_online, which retrains
+    it by imitation."""
+    return params.bc.at(obs)
 
 
 def subsample_min(key: jax.Array, q_heads: jax.Array, subsample: int) -> jax.Array:

@@ -52,9 +52,10 @@ from q2rl.stats import wilson_lower
 log = logging.getLogger(__name__)
 
 
-def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...], frame_view=None) -> ReplayBuffer:
+def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...], frame_view=None,
+                     frame_carry=None) -> ReplayBuffer:
     """The demo buffer of an agent that samples one (rlpd, agent.use_demos): the successful episodes of bc.demos,
-    checked against the observations this run's policies read; `frame_view` as the replay's."""
+    checked against the observations this run's policies read; `frame_view` and `frame_carry` as the replay's."""
     from q2rl.demos.hdf5 import DemoFileError, read_demos
 
     why = f"agent.algo {cfg.agent.algo}" if cfg.agent.rules.uses_demos else "agent.use_demos: true"
@@ -71,7 +72,7 @@ def load_demo_buffer(cfg, state_dim: int, cameras: tuple[str, ...], frame_view=N
                           f"{state_dim}: record the demos with this task's observations")
     if dataset.action_dim != ACTION_DIM:
         raise ConfigError(f"bc.demos: {cfg.bc.demos} has actions of size {dataset.action_dim}, expected {ACTION_DIM}")
-    buffer = demo_buffer(dataset.episodes, ACTION_DIM, cameras, frame_view)
+    buffer = demo_buffer(dataset.episodes, ACTION_DIM, cameras, frame_view, frame_carry)
     if buffer is None:
         raise ConfigError(f"bc.demos: none of the {len(dataset)} demos in {cfg.bc.demos} succeeded; a demo buffer "
                           "holds successful demonstrations")
@@ -136,10 +137,13 @@ class Learner:
         # as the frame comes in); the episode store keeps the images.
         view = self.agent.frame_view
         frame_view = (lambda obs: view(bc, obs)) if view is not None else None
-        self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM, frame_view=frame_view)
+        # A recurrent pi_BC's memory is recomputed with every frame as it comes in (docs/design.md#recurrent-bc).
+        frame_carry = self.agent.frame_carry(bc)
+        self.replay = ReplayBuffer(cfg.learner.replay_capacity, action_dim=ACTION_DIM, frame_view=frame_view,
+                                   frame_carry=frame_carry)
         # Read from bc.demos at every start (resume included): the demos are an input of the run, not its state.
-        self.demos = (load_demo_buffer(cfg, state_dim, tuple(self.images), frame_view) if self.spec.uses_demos
-                      else None)
+        self.demos = (load_demo_buffer(cfg, state_dim, tuple(self.images), frame_view, frame_carry)
+                      if self.spec.uses_demos else None)
         if self.demos is not None:
             log.info("demo buffer: %d transitions from %s", len(self.demos), cfg.bc.demos)
         self.shaping = RewardShaping(self.acfg.reward_scale, self.acfg.reward_bias, self.acfg.discount)
