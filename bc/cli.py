@@ -14,9 +14,10 @@ import json
 import sys
 import typing
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_type_hints
 
 from q2rl.bc.config import ActionMode, BCConfig
+from q2rl.core.policies import PolicyConfig
 from q2rl.config import ConfigError, build_config, doc, read_yaml
 
 DEFAULT_EVAL_SEED = 10_000  # far from the scripted demos' seeds, so evaluation starts are unseen
@@ -60,7 +61,8 @@ def _train_parser() -> argparse.ArgumentParser:
                        example="bc.train.policy.kind=gmm")
     p.add_argument("--demos", required=True, help="HDF5 demonstration file (robomimic layout).")
     p.add_argument("--out", required=True, help="Output run directory, e.g. runs/bc/pick_gaussian.")
-    p.add_argument("--policy", choices=("gaussian", "gmm"), help="Policy head (bc.train.policy.kind).")
+    p.add_argument("--policy", choices=get_args(get_type_hints(PolicyConfig)["kind"]),
+                   help="Policy head (bc.train.policy.kind); gmm_rnn is the recurrent GMM.")
     p.add_argument("--steps", type=int, help="Gradient steps (bc.train.steps).")
     p.add_argument("--seed", type=int, help="Seed (bc.train.seed).")
     p.add_argument("--batch-size", type=int, help="Minibatch size (bc.train.batch_size).")
