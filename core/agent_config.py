@@ -279,6 +279,10 @@ class AgentConfig:
               "frame enters replay), so no image work in the update: the CPU choice. learned: a conv encoder of the "
               "critic's own, trained with DrQ random shifts (image_shift_pad), as the Q2RL paper: the GPU choice. "
               "None: frozen_bc for the algorithms that load pi_BC, learned for rlpd.")
+    read_bc_memory: bool = doc(
+        True, "With a recurrent pi_BC (gmm_rnn), pi_RL, the critic and V_phi also read its memory (LSTM h and c) with "
+              "each observation, so they can tell apart what it tells apart (docs/design.md#recurrent-bc); no effect "
+              "with a feed-forward pi_BC.")
     image_shift_pad: int = doc(4, "DrQ random-shift padding in pixels of the learned image encoder's minibatches "
                                   "(0 disables; frozen_bc reads no pixels in the update).")
     target_network: bool | None = doc(

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from q2rl.config import ConfigError
 from q2rl.core.agent_config import AgentConfig, AlgoRules
+from q2rl.core.encoders import BC_CARRY
 from q2rl.core.gating import GateInfo, make_gate
 from q2rl.core.q_estimation import QEstimation
 from q2rl.core.replay import Batch, FrameCarry
@@ -66,6 +67,8 @@ class Agent:
             problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
             if problem:
                 raise ConfigError(problem)
+        if bc is not None and bc.recurrent:  # shapes of the memory every observation carries (read_bc_memory)
+            example_obs = {**example_obs, BC_CARRY: bc.initial_carry()}
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
         return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
 

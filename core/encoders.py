@@ -35,6 +35,9 @@ class ConvEncoder(nn.Module):
 
 
 BC_FEATURES = "bc_features"  # the observation key of the frozen-encoder view
+# The observation key of a recurrent pi_BC's memory ({"h", "c", "t"}), carried with the observation it is about to
+# read: the actor adds it before its gate, replay stores it with every frame (docs/design.md#recurrent-bc).
+BC_CARRY = "bc_carry"
 
 
 def conv_name(camera: str) -> str:
@@ -44,13 +47,15 @@ def conv_name(camera: str) -> str:
 
 class ObsEncoder(nn.Module):
     """Concatenates the state with one feature vector per camera in `camera_names`: a ConvEncoder of its own over
-    obs["images"][name] (`image_input="pixels"`), or pi_BC's frozen features obs["bc_features"][name]."""
+    obs["images"][name] (`image_input="pixels"`), or pi_BC's frozen features obs["bc_features"][name]; with
+    `read_bc_memory`, also a recurrent pi_BC's memory (h, c) when the observation carries one."""
 
     camera_names: Sequence[str] = ()
     channels: Sequence[int] = (32, 32, 32, 32)
     strides: Sequence[int] = (2, 2, 2, 1)
     feature_dim: int = 64
     image_input: str = "pixels"
+    read_bc_memory: bool = False
 
     @nn.compact
     def __call__(self, obs: Mapping[str, Any]) -> jax.Array:
@@ -61,6 +66,8 @@ class ObsEncoder(nn.Module):
             else:
                 encoder = ConvEncoder(self.channels, self.strides, self.feature_dim, name=conv_name(name))
                 parts.append(encoder(obs["images"][name]))
+        if self.read_bc_memory and BC_CARRY in obs:
+            parts += [obs[BC_CARRY]["h"].astype(jnp.float32), obs[BC_CARRY]["c"].astype(jnp.float32)]
         return jnp.concatenate(parts, axis=-1)
 
 

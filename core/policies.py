@@ -23,14 +23,11 @@ from flax import struct
 
 from q2rl.config import ConfigError, doc
 from q2rl.core.distributions import DiagGaussian, Distribution, GaussianMixture
-from q2rl.core.encoders import BC_FEATURES, ConvEncoder, ObsEncoder, conv_name
+from q2rl.core.encoders import BC_CARRY, BC_FEATURES, ConvEncoder, ObsEncoder, conv_name
 from q2rl.core.networks import MLP
 from q2rl.core.normalization import ObsNormalizer
 
 Carry = Any  # () for feed-forward policies; a pytree of [batch, ...] arrays for recurrent ones
-# The observation key under which a recurrent pi_BC's carry rides with the observation it is about to read: the
-# actor adds it before its gate, replay stores it with every frame (recomputed there), so bc_dist(obs) needs no more.
-BC_CARRY = "bc_carry"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +154,9 @@ class GMMPolicy(_FeedForwardPolicy):
 class GMMRNNPolicy(GMMPolicy):
     """The Q2RL paper's real-robot pi_BC (robomimic's GMM-RNN): encoder -> LSTM -> MLP -> Gaussian mixture.
 
-    The carry is {"h", "c": [..., rnn_hidden_dim], "t": [...] int32 steps since the episode began}; the LSTM's memory
-    is zeroed whenever t is a multiple of rnn_horizon (robomimic's rollout convention, matching training on windows
-    of rnn_horizon steps from a zero state). The memory reads observations only, never actions, so it is a function
+    The carry is {"h", "c": [..., rnn_hidden_dim], "t": [...] int32 steps since the episode began}: the memory the
+    next step reads, zeroed after every rnn_horizon-th step (robomimic's rollout convention, matching training on
+    windows of rnn_horizon steps from a zero state), so a carry is what it says, and other networks may read it. The memory reads observations only, never actions, so it is a function
     of the episode's observations: the learner recomputes it from the stored frames (docs/design.md#recurrent-bc)."""
 
     rnn_hidden_dim: int = 128
@@ -176,10 +173,11 @@ class GMMRNNPolicy(GMMPolicy):
         if not isinstance(carry, Mapping) or set(carry) != {"h", "c", "t"}:
             raise ValueError("a recurrent pi_BC (gmm_rnn) needs its carry {h, c, t}: start an episode with "
                              "policy.initial_carry() and pass on the carry each step returns")
-        restart = (carry["t"] % self.rnn_horizon == 0)[..., None]
-        c, h = jnp.where(restart, 0.0, carry["c"]), jnp.where(restart, 0.0, carry["h"])
-        (c, h), y = nn.LSTMCell(self.rnn_hidden_dim, name="lstm")((c, h), self.encode(obs))
-        return self.mixture(self.mlp(y, training)), {"h": h, "c": c, "t": carry["t"] + 1}
+        (c, h), y = nn.LSTMCell(self.rnn_hidden_dim, name="lstm")((carry["c"], carry["h"]), self.encode(obs))
+        t = carry["t"] + 1
+        restart = (t % self.rnn_horizon == 0)[..., None]
+        memory = {"h": jnp.where(restart, 0.0, h), "c": jnp.where(restart, 0.0, c), "t": t}
+        return self.mixture(self.mlp(y, training)), memory
 
 
 def make_policy_net(cfg: PolicyConfig, action_dim: int, camera_names: Sequence[str] = ()) -> nn.Module:

@@ -123,7 +123,7 @@ class FrameCarry(NamedTuple):
     step: Callable[[dict], dict]
 
 
-BC_CARRY_KEY = "bc_carry"  # = core.policies.BC_CARRY (the replay stays free of the network code)
+BC_CARRY_KEY = "bc_carry"  # = core.encoders.BC_CARRY (the replay stays free of the network code)
 
 
 def _carry_after(carry: FrameCarry, frame: Mapping[str, Any]) -> dict:

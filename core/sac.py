@@ -110,11 +110,13 @@ class ValueNet(nn.Module):
     image_feature_dim: int = 64
     heads: int = 1
     image_input: str = "pixels"
+    read_bc_memory: bool = False
 
     @nn.compact
     def __call__(self, obs: Any) -> jax.Array:
         features = ObsEncoder(tuple(self.camera_names), feature_dim=self.image_feature_dim,
-                              image_input=self.image_input, name="encoder")(obs)
+                              image_input=self.image_input, read_bc_memory=self.read_bc_memory,
+                              name="encoder")(obs)
         if self.heads == 1:
             return value_head(self.hidden_dims, features)[None]
         vmapped = nn.vmap(ValueHead, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -137,11 +139,12 @@ def make_networks(cfg: AgentConfig, action_dim: int, camera_names: Sequence[str]
     cams = tuple(camera_names)
     image_input = BC_FEATURES if cfg.image_encoder == "frozen_bc" else "pixels"
     return Networks(
-        encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim, image_input=image_input),
+        encoder=ObsEncoder(cams, feature_dim=cfg.image_feature_dim, image_input=image_input,
+                           read_bc_memory=cfg.read_bc_memory),
         actor=PolicyNet(action_dim, tuple(cfg.hidden_dims), cfg.actor_log_std_min, cfg.actor_log_std_max),
         critic=EnsembleCritic(tuple(cfg.hidden_dims), cfg.ensemble_size, cfg.critic_layer_norm),
         value=ValueNet(tuple(cfg.value_hidden_dims), cams, cfg.image_feature_dim, cfg.q_estimation.value_heads,
-                       image_input),
+                       image_input, cfg.read_bc_memory),
         action_dim=action_dim,
     )
 

@@ -165,3 +165,24 @@ def test_learner_scores_pi_bc_with_the_memory_the_actor_had(tmp_path):
         learner = float(bc.at(frame).log_prob(stored.a_bc[step]))
         assert learner == pytest.approx(actor, rel=1e-5, abs=1e-5), (episode_id, step)
         assert int(frame[BC_CARRY]["t"]) == step
+
+
+@pytest.mark.parametrize("read", [True, False])
+def test_agent_networks_read_the_memory_when_asked(rnn_policy, read):
+    """With read_bc_memory, pi_RL, the critic and V_phi see pi_BC's memory (h, c) with the state: the same state
+    with two memories gets two values; without it, one."""
+    from q2rl.core.agents import make_agent
+    from q2rl.core.agent_config import AgentConfig
+    from q2rl.core.sac import actor_dist, critic_values, value
+
+    agent = make_agent(from_dict(AgentConfig, {"read_bc_memory": read, "hidden_dims": [8]}), ACTIONS)
+    state = np.random.default_rng(3).normal(size=STATE).astype(np.float32)
+    params = agent.init_params(jax.random.PRNGKey(0), {"state": state}, bc=rnn_policy)
+    fresh = rnn_policy.initial_carry()
+    later = rnn_policy.next_carry({"state": state, BC_CARRY: fresh})
+    one = lambda memory: {"state": state[None], BC_CARRY: jax.tree_util.tree_map(lambda x: x[None], memory)}
+    action = jnp.zeros((1, ACTIONS))
+    outputs = [(critic_values(agent.nets, params, one(m), action), value(agent.nets, params, one(m)),
+                actor_dist(agent.nets, params, one(m)).mean) for m in (fresh, later)]
+    for a, b in zip(*outputs):
+        assert np.allclose(a, b) != read
