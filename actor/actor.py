@@ -152,6 +152,8 @@ class Actor:
         functions = [self.agent.bc_act, self.agent.gate]
         if self.cfg.actor.eval_deterministic:  # evaluation acts with the modes
             functions += [self.agent.bc_mode_act, self.agent.eval_gate]
+        elif self.acfg.bc_action == "mode":  # phase 1 acts with pi_BC's mode
+            functions += [self.agent.bc_mode_act]
         if self.policy == "rl":
             functions += [self.agent.rl_act, self.agent.rl_mode_act]
         obs = self._with_memory(obs)
@@ -394,7 +396,10 @@ class Actor:
         policies' modes."""
         self.key, k = jax.random.split(self.key)
         if self.params is None or self.policy == "bc":  # phase 1: pi_BC alone (sampled; its mode in evaluation)
-            act = self.agent.bc_mode_act if modes else self.agent.bc_act
+            # agent.bc_action: mode makes pi_BC act with its mode in training too, in phase 1 as in the gate, so
+            # Q-Estimation's returns are those of the pi_BC the gate then proposes
+            mode = modes or (self.acfg.bc_action == "mode" and self.policy == "gated")
+            act = self.agent.bc_mode_act if mode else self.agent.bc_act
             action = np.asarray(jax.device_get(act(self.template, obs, k)), np.float32)
             record = (action, action, 0.0, 0.0, False)
         elif self._random_left > 0 and not evaluate:

@@ -260,7 +260,7 @@ class AgentConfig:
     rl_action: Literal["sample", "mode"] = doc("sample", "a_rl on the robot: sampled from pi_RL or its mode.")
     bc_action: Literal["sample", "mode"] = doc(
         "sample", "a_bc the Q2RL gate proposes (and pi_RL's NLL later fits): sampled from pi_BC (as designed) or its mode "
-                  "(as ibrl always does).")
+                  "(as ibrl always does); mode also makes pi_BC act with its mode in the Q-Estimation rollouts.")
     q2rl_gate: Literal["qhat_bc", "prior_weighted"] = doc(
         "qhat_bc", "How the Q2RL gate scores its two candidates: min-head Q_RL(s, a_rl) against the frozen "
                    "Qhat_BC(s, a_bc) (docs/design.md#gate-rule), or both by the live critic plus the prior, min-head Q_RL(s, a) + "

@@ -91,6 +91,19 @@ def test_bc_baseline_runs_without_updates(bc, tmp_path):
     assert len(lines) == 3 and all("other_protocol_success=" in line for line in lines)
 
 
+@pytest.mark.parametrize("bc_action", ["sample", "mode"])
+def test_phase1_rollouts_act_as_bc_action_says(bc, tmp_path, bc_action):
+    """agent.bc_action: mode makes pi_BC act with its mode in the Q-Estimation rollouts too (the returns are then
+    those of the pi_BC the gate proposes); sample (the default) samples it."""
+    run = LocalRun(run_config("q2rl", bc_action=bc_action), bc, tmp_path, log=lambda s: None)
+    run.run(LocalSchedule(online_steps=1, eval_every=0))
+    for key in run.learner.book.rollout_keys:
+        episode = run.learner.replay.export_episode(*key)
+        frames = jax.tree_util.tree_map(lambda x: x[:len(episode)], episode.obs)
+        modes = np.clip(np.asarray(bc.at(frames).mode()), -1.0, 1.0)
+        assert np.allclose(episode.actions, modes, atol=1e-5) == (bc_action == "mode")
+
+
 def test_random_steps_take_uniform_actions_then_the_gate(bc, tmp_path):
     # sac_bc has no phase 1: it is online from the first step, learning from learning_starts transitions on
     run = LocalRun(run_config("sac_bc", seed=1, random_steps=30), bc, tmp_path, log=lambda s: None)
