@@ -32,7 +32,7 @@ import numpy as np
 from q2rl.core.agents import make_agent
 from q2rl.core.noise import ou_step
 from q2rl.core.parameters import apply_parameter_set, init_agent_params
-from q2rl.core.policies import BC_CARRY
+from q2rl.core.encoders import BC_CARRY
 from q2rl.interfaces import (ACTION_DIM, EpisodeReport, Grants, ParameterSource, Transition, TransitionSink,
                              example_obs, policy_obs)
 from q2rl.metrics import ActorStatusLog
@@ -301,7 +301,7 @@ class Actor:
             seed = self.cfg.actor.seed + episode_id + (1_000_000 if evaluate else 0)
         obs = policy_obs(self.env.reset(seed=seed)[0], *self.contract)
         self._noise = np.zeros(ACTION_DIM)
-        self._bc_carry = self.template.bc.initial_carry() if self._bc_recurrent else ()
+        self._bc_carry = self.template.bc.initial_carry()  # () for a feed-forward pi_BC
         step, total_reward, bc_steps, success = 0, 0.0, 0, False
         self._last_step_time = None
         next_tick = self.clock()

@@ -113,8 +113,9 @@ def take_windows(data: BCBatch, ends: np.ndarray, starts: np.ndarray, horizon: i
 
 def rollout_window_starts(ends: np.ndarray, horizon: int) -> np.ndarray:
     """The windows a rollout's memory sees: every episode cut at steps 0, horizon, 2 horizon, ..."""
-    begins = np.concatenate([[0], np.unique(ends)[:-1]])
-    return np.concatenate([np.arange(b, e, horizon) for b, e in zip(begins, np.unique(ends))])
+    stops = np.unique(ends)
+    begins = np.concatenate([[0], stops[:-1]])
+    return np.concatenate([np.arange(b, e, horizon) for b, e in zip(begins, stops)])
 
 
 def log_likelihoods(module: nn.Module, params: Any, normalizer: ObsNormalizer, batch: BCBatch,

@@ -59,16 +59,16 @@ class Agent:
         """Fresh parameters; `example_obs` is one observation (no batch dim)."""
         if self.spec.needs_bc and bc is None:
             raise ValueError(f"algo {self.cfg.algo!r} needs a BC policy (bc=...)")
-        if bc is not None and bc.recurrent and self.spec.policy_objective == "imitation":
-            raise ConfigError(f"agent.algo: {self.cfg.algo} retrains pi_BC by imitation of single stored steps, but "
-                              "this pi_BC is recurrent (bc.train.policy.kind: gmm_rnn), which trains on windows of "
-                              "steps; use a gmm or gaussian pi_BC with this algorithm")
+        if bc is not None and bc.recurrent:
+            if self.spec.policy_objective == "imitation":
+                raise ConfigError(f"agent.algo: {self.cfg.algo} retrains pi_BC by imitation of single stored steps, "
+                                  "but this pi_BC is recurrent (bc.train.policy.kind: gmm_rnn), which trains on "
+                                  "windows of steps; use a gmm or gaussian pi_BC with this algorithm")
+            example_obs = {**example_obs, BC_CARRY: bc.initial_carry()}  # the memory every observation carries
         if frozen_encoder(self.nets):
             problem = frozen_encoder_problem(self.cfg, self.nets.encoder.camera_names, bc.camera_names)
             if problem:
                 raise ConfigError(problem)
-        if bc is not None and bc.recurrent:  # shapes of the memory every observation carries (read_bc_memory)
-            example_obs = {**example_obs, BC_CARRY: bc.initial_carry()}
         batched = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], example_obs)
         return init_params(self.nets, self.cfg, key, observe(self.nets, bc, batched), bc=bc)
 

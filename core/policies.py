@@ -156,8 +156,9 @@ class GMMRNNPolicy(GMMPolicy):
 
     The carry is {"h", "c": [..., rnn_hidden_dim], "t": [...] int32 steps since the episode began}: the memory the
     next step reads, zeroed after every rnn_horizon-th step (robomimic's rollout convention, matching training on
-    windows of rnn_horizon steps from a zero state), so a carry is what it says, and other networks may read it. The memory reads observations only, never actions, so it is a function
-    of the episode's observations: the learner recomputes it from the stored frames (docs/design.md#recurrent-bc)."""
+    windows of rnn_horizon steps from a zero state), so a carry is what it says, and other networks may read it.
+    The memory reads observations only, never actions, so it is a function of the episode's observations: the
+    learner recomputes it from the stored frames (docs/design.md#recurrent-bc)."""
 
     rnn_hidden_dim: int = 128
     rnn_horizon: int = 10
